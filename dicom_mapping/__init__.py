@@ -1,0 +1,1 @@
+"""DICOM in -> model inputs, model outputs -> SR / SEG / presentation states."""

@@ -1,0 +1,1 @@
+"""The DICOM node service: SCP, spool, jobs, queue, priors, export (issue 4)."""

@@ -1,0 +1,1 @@
+"""Offline training: dataset readers, templates, sampler, losses, trainer, evaluation."""
