@@ -81,7 +81,7 @@ class Encoder3DConfig:
 class Seg2DConfig:
     """2D UNet with a ResNet-18-shaped encoder and GroupNorm everywhere."""
 
-    stem_channels: int = 64
+    #: Widths of layer1..layer4 (the 7x7 stem is 64 wide, as in ResNet-18).
     channels: tuple[int, ...] = (64, 128, 256, 512)
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     num_groups: int = 16

@@ -104,7 +104,7 @@ def generate(
     inputs, mask = _left_pad(prompt_embeds)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = backbone(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     logits = head(out.last_hidden_state[:, -1]).float()
     last_pos = positions[:, -1]
 
@@ -129,10 +129,10 @@ def generate(
             inputs_embeds=embed(next_ids[:, None]),
             attention_mask=mask,
             position_ids=last_pos[:, None],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        cache = out.past_key_values
+        cache = out.cache
         state = out.last_hidden_state[:, -1]
         for i, gen in enumerate(results):
             if wants_state[i]:

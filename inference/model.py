@@ -144,7 +144,7 @@ class MedVersaModel(nn.Module):
         self.llm = build_llm(config)
         self.det_head = DetectionHead(hidden)
         s2 = config.seg_2d
-        self.seg_2d = ResNetUNet2d(s2.stem_channels, s2.channels, s2.decoder_channels, s2.num_groups)
+        self.seg_2d = ResNetUNet2d(s2.channels, s2.decoder_channels, s2.num_groups)
         if s2.pretrained_path:
             self._load_resnet_weights(s2.pretrained_path)
         deep_2d = s2.channels[-1]

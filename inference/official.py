@@ -209,36 +209,46 @@ class OfficialCheckpointError(ValueError):
     pass
 
 
-def load_official_state_dict(model: nn.Module, state: dict[str, torch.Tensor], lora_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> MappingReport:
+def load_official_state_dict(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    assign: bool = False,
+) -> MappingReport:
     """Load a published state dict into ``model`` strictly.
 
-    Parameters are copied (cast to the model's dtype); aliases and derived
-    buffers are checked for equality (flattened). Raises :class:`OfficialCheckpointError`
-    listing every key that does not fit.
+    Parameters are cast to the model's dtypes and loaded with
+    ``load_state_dict(strict=True)`` (``assign=True`` for a model built on the
+    meta device); aliases and derived buffers are checked for equality
+    (flattened). Raises :class:`OfficialCheckpointError` listing every key that
+    does not fit.
     """
     rows = [KeyRow(k, tuple(v.shape), str(v.dtype)) for k, v in state.items()]
     report = check_mapping(model, rows, lora_targets)
     if not report.ok:
         raise OfficialCheckpointError(report.errors())
+    params = dict(model.named_parameters())
+    converted: dict[str, torch.Tensor] = {}
+    checks: list[tuple[str, Target, torch.Tensor]] = []
+    for key, value in state.items():
+        target = map_official_key(key, lora_targets)
+        if target.kind == "param":
+            converted[target.name] = value.to(params[target.name].dtype)
+        else:
+            checks.append((key, target, value))
+    model.load_state_dict(converted, strict=True, assign=assign)
     tensors = _model_tensors(model)
-    pending_checks: list[tuple[str, str, torch.Tensor]] = []
+    bad = []
     with torch.no_grad():
-        for key, value in state.items():
-            target = map_official_key(key, lora_targets)
-            if target.kind == "param":
-                tensors[target.name].copy_(value.to(tensors[target.name].dtype))
-            else:
-                pending_checks.append((key, target.name, value))
-        bad = []
-        for key, name, value in pending_checks:
-            ours = tensors[name].reshape(-1)
+        for key, target, value in checks:
+            ours = tensors[target.name].reshape(-1)
             value = value.reshape(-1)
             if value.is_floating_point():
                 same = torch.allclose(ours.float(), value.float(), rtol=1e-3, atol=1e-6)
             else:
                 same = torch.equal(ours, value.to(ours.dtype))
             if not same:
-                bad.append(f"{key} differs from {name}")
-        if bad:
-            raise OfficialCheckpointError("aliases/derived buffers that disagree: " + ", ".join(bad[:20]))
+                bad.append(f"{key} differs from {target.name}")
+    if bad:
+        raise OfficialCheckpointError("aliases/derived buffers that disagree: " + ", ".join(bad[:20]))
     return report

@@ -66,7 +66,6 @@ def tiny() -> MedVersaConfig:
         encoder_2d=Encoder2DConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
         encoder_3d=Encoder3DConfig(base_channels=4, num_groups=4),
         seg_2d=Seg2DConfig(
-            stem_channels=16,
             channels=(16, 32, 64, 128),
             decoder_channels=(64, 32, 16, 16, 16),
         ),
@@ -90,7 +89,6 @@ def demo() -> MedVersaConfig:
         encoder_2d=Encoder2DConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16)),
         encoder_3d=Encoder3DConfig(base_channels=8, num_groups=8),
         seg_2d=Seg2DConfig(
-            stem_channels=32,
             channels=(32, 64, 128, 256),
             decoder_channels=(128, 64, 32, 16, 16),
         ),

@@ -70,7 +70,6 @@ class ResNetUNet2d(nn.Module):
 
     def __init__(
         self,
-        stem_channels: int = 64,
         channels: tuple[int, ...] = (64, 128, 256, 512),
         decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
         num_groups: int = 16,
@@ -81,11 +80,11 @@ class ResNetUNet2d(nn.Module):
             block=BasicBlock,
             layers=(2, 2, 2, 2),
             channels=tuple(channels),
-            stem_width=stem_channels,
             norm_layer=partial(_group_norm, num_groups=num_groups),
             num_classes=0,
             global_pool="",
         )
+        stem_channels = self.encoder.conv1.out_channels  # timm's plain stem is 64 wide
         self.decoder = UNetDecoder([stem_channels, *channels], decoder_channels, num_groups)
         self.segmentation_head = nn.Sequential(
             nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=3, padding=1)

@@ -1,0 +1,148 @@
+"""``medversa model ...`` and ``medversa bench inference``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+model_app = typer.Typer(help="Build, inspect, check and convert MedVersa models.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+
+LOGGER = logging.getLogger(__name__)
+
+
+@model_app.command("presets")
+def presets() -> None:
+    """List the named model presets."""
+    from .presets import create_config, list_presets
+
+    for name in list_presets():
+        c = create_config(name)
+        typer.echo(f"{name}\tLLM {c.llm.num_hidden_layers}x{c.llm.hidden_size}\tSwin dim {c.encoder_2d.embed_dim}"
+                   f"\t3D base {c.encoder_3d.base_channels}\tvocab {c.llm.vocab_size}")
+
+
+@model_app.command("info")
+def info(
+    preset: Annotated[str, typer.Argument(help="Preset name")] = "tiny",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Parameter counts per module of a preset (built on the meta device: no memory)."""
+    import torch
+
+    from .model import MedVersaModel
+    from .presets import create_config
+
+    config = create_config(preset)
+    with torch.device("meta"):
+        model = MedVersaModel(config)
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    if json_out:
+        typer.echo(json.dumps({"preset": preset, "parameters": counts, "config": config.to_dict()}, indent=2))
+    else:
+        for name, n in counts.items():
+            typer.echo(f"{name:<16}{n:>16,}")
+
+
+@model_app.command("config")
+def show_config(preset: Annotated[str, typer.Argument(help="Preset name")] = "tiny") -> None:
+    """Print a preset's config as JSON (the format of a checkpoint's config.json)."""
+    from .presets import create_config
+
+    typer.echo(create_config(preset).to_json())
+
+
+@model_app.command("check-official")
+def check_official(
+    tsv: Annotated[Path, typer.Argument(help="medversa-official-state-dict.tsv", exists=True, dir_okay=False)],
+) -> None:
+    """Map every published key onto medversa-7b (built on the meta device) and compare shapes."""
+    import torch
+
+    from .model import MedVersaModel
+    from .official import check_mapping, read_key_list
+    from .presets import create_config
+
+    config = create_config("medversa-7b")
+    with torch.device("meta"):
+        model = MedVersaModel(config)
+    report = check_mapping(model, read_key_list(tsv), config.lora.target_modules)
+    typer.echo(f"mapped {report.mapped}/{report.total} keys")
+    if not report.ok:
+        typer.echo(report.errors(), err=True)
+        raise typer.Exit(1)
+
+
+@model_app.command("check-equivalence")
+def check_equivalence(
+    folder: Annotated[Path, typer.Argument(help="The tiny-official fixture folder", exists=True, file_okay=False)],
+) -> None:
+    """Reproduce the published implementation's outputs on the tiny-official fixture."""
+    from .equivalence import format_report, run_equivalence
+
+    results = run_equivalence(folder)
+    typer.echo(format_report(results))
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@model_app.command("init")
+def init(
+    preset: Annotated[str, typer.Argument(help="Preset name")],
+    out: Annotated[Path, typer.Argument(help="Checkpoint folder to write")],
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    dtype: Annotated[Optional[str], typer.Option(help="Store floats as float16/bfloat16")] = None,
+) -> None:
+    """Write a randomly initialised checkpoint of a preset (for tests and demos)."""
+    import torch
+
+    from .checkpoint import build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    model, tokenizer = build_model(preset)
+    save_checkpoint(model, tokenizer, out, dtype=dtype, extra={"note": "random weights; not a trained model"})
+    typer.echo(f"wrote {out}")
+
+
+@model_app.command("convert-official")
+def convert_official_cmd(
+    weights: Annotated[Path, typer.Argument(help="Published pytorch_model.bin", exists=True, dir_okay=False)],
+    tokenizer: Annotated[Path, typer.Argument(help="Local Llama-2 tokenizer folder", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Argument(help="Checkpoint folder to write")],
+) -> None:
+    """Convert the published MedVersa checkpoint into our checkpoint folder (strict)."""
+    from .checkpoint import convert_official
+
+    convert_official(weights, tokenizer, out)
+    typer.echo(f"wrote {out}")
+
+
+@bench_app.command("inference")
+def bench_inference(
+    preset: Annotated[str, typer.Option(help="tiny, demo or medversa-7b")] = "tiny",
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if present)")] = None,
+    batch: Annotated[list[int], typer.Option(help="Decode batch sizes (repeatable)")] = [1],
+    lengths: Annotated[str, typer.Option(help="Comma-separated output lengths")] = "32,128,256",
+    skip_tasks: Annotated[bool, typer.Option(help="Only measure decoding")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Per-task latency and tokens/s; decode cost per token at several output lengths."""
+    from .bench import run_benchmark
+
+    report = run_benchmark(preset, device, tuple(batch), tuple(int(x) for x in lengths.split(",")), not skip_tasks)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"{report['preset']} on {report['device']} ({report['dtype']}, {report['parameters']:,} parameters)")
+    for task, fig in report.get("tasks", {}).items():
+        typer.echo(f"  {task:<32}{fig['latency_s']:>8.3f} s {fig['generated_tokens']:>5} tok {fig['tokens_per_s']:>8.1f} tok/s")
+    for key, dec in report["decode"].items():
+        typer.echo(f"  decode {key}: prefill {dec['prefill_s']} s, cost ratio {dec['cost_ratio_last_vs_first']}")
+        for n, fig in dec.items():
+            if isinstance(fig, dict):
+                typer.echo(f"    {n:>5} new tokens: {fig['ms_per_token']:.3f} ms/token, {fig['tokens_per_s']} tok/s")

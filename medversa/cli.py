@@ -1,0 +1,39 @@
+"""The ``medversa`` command: one entry point, a sub-command group per room."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import typer
+
+from medversa.inference.cli import bench_app, model_app
+
+app = typer.Typer(
+    help="medversa-node: a DICOM AI node running MedVersa (not for clinical use without validation).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(model_app, name="model")
+app.add_typer(bench_app, name="bench")
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Never reach for a model hub: everything loads from local paths.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

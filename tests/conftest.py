@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny model, and ../shared where it exists (tests needing it skip otherwise)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDVERSA_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+OFFICIAL_TSV = REFERENCE / "medversa-official-state-dict.tsv"
+TINY_OFFICIAL = REFERENCE / "tiny-official"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not available in this checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzer():
+    from medversa.inference.analyzer import Analyzer
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return Analyzer.from_preset("tiny", device="cpu", seed=0, max_new_tokens=24)
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

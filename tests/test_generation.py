@@ -1,0 +1,114 @@
+"""Orchestrated generation: KV cache, batching, stopping, and task-token states reaching the modules."""
+
+import numpy as np
+import torch
+
+from medversa.inference.generation import ForcedTokens, generate, greedy
+from medversa.inference.processing import preprocess_image
+from medversa.inference.prompting import build_prompt_ids, embed_with_images
+from medversa.inference.schema import ImageInput, TaskRequest
+from medversa.inference.tasks import Modality, Task
+
+
+def _prompt_embeds(analyzer, pixels, question, task=Task.VQA):
+    model, tok = analyzer.model, analyzer.tokenizer
+    image = preprocess_image(pixels, model.config.preprocess)[None]
+    tokens = model.encode_2d(image)
+    prompt = build_prompt_ids(tok, 1, question, "", task.uses_context)
+    return embed_with_images(model.embed_ids, torch.tensor(prompt.ids), tok.ids.image, tokens), prompt
+
+
+@torch.inference_mode()
+def test_planted_answer_sends_exactly_the_task_token_states_to_the_modules(tiny_analyzer, rng):
+    analyzer, model, tok = tiny_analyzer, tiny_analyzer.model, tiny_analyzer.tokenizer
+    pixels = rng.integers(0, 256, (240, 200), dtype=np.uint8)
+    request = TaskRequest(Task.ANATOMY_DETECTION, Modality.CXR, [ImageInput(pixels)],
+                          targets=("left lung", "right lung", "heart"))
+    answer_text = "left lung <DET>, right lung <DET>, heart <N/A> and the mask is <2DSEG>.###"
+    answer_ids = tok.encode(answer_text)
+
+    seen = {"det": [], "seg": []}
+    hooks = [
+        model.det_head.register_forward_pre_hook(lambda m, args: seen["det"].append(args[0].clone())),
+        model.seg_2d_text.register_forward_pre_hook(lambda m, args: seen["seg"].append(args[0].clone())),
+    ]
+    try:
+        result = analyzer.run([request], choose=ForcedTokens([answer_ids]))[0]
+    finally:
+        for h in hooks:
+            h.remove()
+
+    # Teacher-forced reference: the whole prompt + answer in one pass, no cache.
+    question = request.prompts()[0][1]
+    embeds, _ = _prompt_embeds(analyzer, pixels, question, request.task)
+    full = torch.cat([embeds, model.embed_ids(torch.tensor(answer_ids))])
+    states = model.causal_lm.model(inputs_embeds=full[None]).last_hidden_state[0]
+    start = embeds.shape[0]
+    det_pos = [start + i for i, t in enumerate(answer_ids) if t == tok.ids.det]
+    seg_pos = [start + i for i, t in enumerate(answer_ids) if t == tok.ids.seg2d]
+    assert len(det_pos) == 2 and len(seg_pos) == 1
+
+    assert len(seen["det"]) == 1 and seen["det"][0].shape[0] == 2
+    torch.testing.assert_close(seen["det"][0], states[det_pos], atol=1e-5, rtol=1e-5)
+    assert len(seen["seg"]) == 1 and seen["seg"][0].shape[0] == 1
+    torch.testing.assert_close(seen["seg"][0], states[seg_pos], atol=1e-5, rtol=1e-5)
+    # ...and not the <N/A> state, nor the state of any other token.
+    assert [b.label for b in result.boxes] == ["left lung", "right lung"]
+    assert result.absent == ["heart"]
+    assert [m.label for m in result.masks_2d] == ["heart"]
+
+
+@torch.inference_mode()
+def test_kv_cache_decoding_equals_full_recomputation(tiny_analyzer, rng):
+    model, tok = tiny_analyzer.model, tiny_analyzer.tokenizer
+    embeds, _ = _prompt_embeds(tiny_analyzer, rng.integers(0, 256, (64, 64), dtype=np.uint8), "Describe <img0>.")
+    cached = generate(model, tok, [embeds], 20, greedy, end_sym=None)[0].ids
+    seq = embeds
+    naive = []
+    for _ in range(20):
+        hidden = model.causal_lm.model(inputs_embeds=seq[None]).last_hidden_state[0, -1]
+        nxt = int(model.causal_lm.lm_head(hidden).argmax())
+        naive.append(nxt)
+        seq = torch.cat([seq, model.embed_ids(torch.tensor([nxt]))])
+    assert cached == naive
+
+
+@torch.inference_mode()
+def test_batched_generation_equals_one_by_one(tiny_analyzer, rng):
+    model, tok = tiny_analyzer.model, tiny_analyzer.tokenizer
+    a, _ = _prompt_embeds(tiny_analyzer, rng.integers(0, 256, (64, 64), dtype=np.uint8), "Is it normal?")
+    b, _ = _prompt_embeds(tiny_analyzer, rng.integers(0, 256, (80, 50), dtype=np.uint8),
+                          "Please describe every finding you can see in this image in detail.")
+    assert a.shape[0] != b.shape[0]  # different lengths: left padding is exercised
+    planted = [tok.encode("x <DET> y<2DSEG>") + [5] * 5, tok.encode("<3DSEG> z") + [7] * 8]
+    together = generate(model, tok, [a, b], 12, ForcedTokens(planted), end_sym=None)
+    for embeds, seq, batched in zip([a, b], planted, together):
+        alone = generate(model, tok, [embeds], 12, ForcedTokens([seq]), end_sym=None)[0]
+        assert alone.ids == batched.ids
+        assert [s.position for s in alone.task_states] == [s.position for s in batched.task_states]
+        for s1, s2 in zip(alone.task_states, batched.task_states):
+            torch.testing.assert_close(s1.hidden, s2.hidden, atol=1e-5, rtol=1e-5)
+    greedy_together = generate(model, tok, [a, b], 10, greedy, end_sym=None)
+    greedy_alone = [generate(model, tok, [e], 10, greedy, end_sym=None)[0] for e in (a, b)]
+    assert [g.ids for g in greedy_together] == [g.ids for g in greedy_alone]
+
+
+@torch.inference_mode()
+def test_generation_stops_at_the_end_symbol(tiny_analyzer, rng):
+    model, tok = tiny_analyzer.model, tiny_analyzer.tokenizer
+    embeds, _ = _prompt_embeds(tiny_analyzer, rng.integers(0, 256, (32, 32), dtype=np.uint8), "Hi <img0>")
+    planted = tok.encode("The lungs are clear.###") + tok.encode(" more text that must not appear")
+    gen = generate(model, tok, [embeds], 40, ForcedTokens([planted]))[0]
+    assert gen.reached_end
+    assert tok.decode(gen.ids).endswith("###")
+    assert "more" not in tok.decode(gen.ids)
+
+
+@torch.inference_mode()
+def test_a_task_token_at_the_length_limit_still_gets_its_state(tiny_analyzer, rng):
+    model, tok = tiny_analyzer.model, tiny_analyzer.tokenizer
+    embeds, _ = _prompt_embeds(tiny_analyzer, rng.integers(0, 256, (32, 32), dtype=np.uint8), "Find <img0>")
+    planted = tok.encode("lung <DET>")
+    gen = generate(model, tok, [embeds], len(planted), ForcedTokens([planted]))[0]
+    assert not gen.reached_end
+    assert [s.token_id for s in gen.task_states] == [tok.ids.det]
