@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .tokenizer import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
+from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 
 _TOKEN_RE = re.compile("(" + "|".join(re.escape(t) for t in (DET_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN, NA_TOKEN)) + ")")
 _LEAD = re.compile(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .tasks import TEMPLATES, Modality, Task, fill_template, format_region, join_targets
-from .tokenizer import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
+from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 
 #: Default targets asked for when a request names none (paper, Methods: datasets).
 DEFAULT_TARGETS: dict[Task, tuple[str, ...]] = {

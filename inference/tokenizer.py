@@ -18,12 +18,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<ImageHere>"
-DET_TOKEN = "<DET>"
-SEG2D_TOKEN = "<2DSEG>"
-SEG3D_TOKEN = "<3DSEG>"
-NA_TOKEN = "<N/A>"
-TASK_TOKENS = (DET_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN)
+from .tokens import DET_TOKEN, IMAGE_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN, TASK_TOKENS
+
+__all__ = ["MedVersaTokenizer", "SpecialIds", "IMAGE_TOKEN", "DET_TOKEN", "SEG2D_TOKEN", "SEG3D_TOKEN",
+           "NA_TOKEN", "TASK_TOKENS"]
 
 BUNDLED_TOKENIZER = Path(__file__).parent / "assets" / "tokenizer"
 

@@ -1,0 +1,164 @@
+"""Segmentation objects (PS3.3 A.51 Segmentation IOD) built with highdicom.
+
+One binary SEG per segmented source: a 2D image (one frame per segment, on the
+referenced frame) or a CT volume (one frame per source slice that the segment
+covers), in the source's frame of reference. Each structure is one segment with
+its SNOMED CT category and type (CID 7150/7151), AUTOMATIC algorithm type and
+the algorithm's name and version.
+
+Empty masks: a structure the model segmented but whose mask is empty is
+*omitted* from the SEG (a segment without frames is not useful to a viewer);
+it is still reported in the SR as not found. When every mask is empty no SEG is
+written (:func:`build_segmentation` returns ``None``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+
+from .codes import segment_codes
+from .identity import CHARACTER_SET, AlgorithmInfo, drop_invalid_copied_attributes
+from .references import ImageRef, VolumeRef
+
+LOGGER = logging.getLogger(__name__)
+
+SERIES_DESCRIPTION = "MedVersa segmentation (AI-generated, unverified)"
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """Where one structure landed in a SEG, for the SR's references and measurements."""
+
+    label: str
+    segment_number: int
+    frame_numbers: tuple[int, ...]
+
+
+@dataclass
+class SegmentationResult:
+    dataset: hd.seg.Segmentation
+    segments: list[SegmentInfo]
+
+
+def _descriptions(labels: list[str], algorithm: AlgorithmInfo) -> list[hd.seg.SegmentDescription]:
+    out = []
+    for number, label in enumerate(labels, 1):
+        c = segment_codes(label)
+        out.append(hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label[:64],
+            segmented_property_category=c.category,
+            segmented_property_type=c.type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm.seg_algorithm_id(),
+            tracking_uid=hd.UID(),
+            tracking_id=f"{label} ({algorithm.name})"[:64],
+        ))
+    return out
+
+
+def _segments_of(seg: hd.seg.Segmentation, labels: list[str]) -> list[SegmentInfo]:
+    frames: dict[int, list[int]] = {n: [] for n in range(1, len(labels) + 1)}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence, 1):
+        ident = item if "SegmentIdentificationSequence" in item else shared  # shared when one segment
+        frames[int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)].append(i)
+    return [SegmentInfo(label, n, tuple(frames[n])) for n, label in enumerate(labels, 1)]
+
+
+def build_segmentation(
+    sources: list[Dataset],
+    masks: list[tuple[str, np.ndarray]],
+    ref: ImageRef | VolumeRef,
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 9701,
+    instance_number: int = 1,
+) -> SegmentationResult | None:
+    """A binary SEG of ``masks`` (label, bool array) on ``sources``.
+
+    2D: ``sources`` is the one source instance; masks are [rows, cols] on frame
+    ``ref.frame`` (or the single frame). 3D: ``sources`` are the slice instances
+    in ``ref.sop_instance_uids`` order (or the one Enhanced CT instance); masks are
+    [slices, rows, cols] in volume order.
+    """
+    kept = [(label, m.astype(bool)) for label, m in masks if m.any()]
+    for label, m in masks:
+        if not m.any():
+            LOGGER.info("segment %r is empty: omitted from the SEG", label)
+    if not kept:
+        return None
+    labels = [label for label, _ in kept]
+    stack = np.stack([m for _, m in kept], axis=-1).astype(np.uint8)  # [..., segments]
+    if isinstance(ref, VolumeRef):
+        pixel_array = _volume_frames(stack, sources, ref)
+    else:
+        pixel_array = _image_frames(stack, sources[0], ref)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_descriptions(labels, algorithm),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.model_name,
+        software_versions=list(algorithm.software_versions),
+        device_serial_number=algorithm.serial_number,
+        content_label="MEDVERSA",
+        content_description=f"{algorithm.name} segmentation ({algorithm.ai_notice})"[:64],
+        series_description=SERIES_DESCRIPTION,
+        contributing_equipment=[algorithm.contributing_equipment()],
+        omit_empty_frames=True,
+        pixel_measures=_pixel_measures(ref),
+        specific_character_set=CHARACTER_SET,
+    )
+    if "PatientOrientation" not in seg and "FrameOfReferenceUID" not in seg:
+        # General Image, Type 2C without a frame of reference: copy it, or leave it empty.
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
+    if _pixel_measures(ref) is None:
+        # Uncalibrated projection image: say nothing rather than a spacing of zero.
+        for item in seg.SharedFunctionalGroupsSequence:
+            if "PixelMeasuresSequence" in item:
+                del item.PixelMeasuresSequence
+    drop_invalid_copied_attributes(seg)
+    return SegmentationResult(seg, _segments_of(seg, labels))
+
+
+def _pixel_measures(ref: ImageRef | VolumeRef) -> hd.PixelMeasuresSequence | None:
+    spacing = ref.pixel_spacing
+    if spacing is None or min(spacing) <= 0:
+        return None
+    thickness = ref.slice_spacing if isinstance(ref, VolumeRef) else None
+    return hd.PixelMeasuresSequence(pixel_spacing=tuple(float(v) for v in spacing), slice_thickness=thickness)
+
+
+def _image_frames(stack: np.ndarray, source: Dataset, ref: ImageRef) -> np.ndarray:
+    frames = int(getattr(source, "NumberOfFrames", 1) or 1)
+    if frames == 1:
+        return stack[None]
+    full = np.zeros((frames, *stack.shape), dtype=np.uint8)
+    full[(ref.frame or 1) - 1] = stack
+    return full
+
+
+def _volume_frames(stack: np.ndarray, sources: list[Dataset], ref: VolumeRef) -> np.ndarray:
+    if len(sources) == 1 and ref.frames:
+        # Enhanced CT: one multi-frame source; put each volume slice on its frame.
+        frames = int(sources[0].NumberOfFrames)
+        full = np.zeros((frames, *stack.shape[1:]), dtype=np.uint8)
+        for k, frame in enumerate(ref.frames):
+            full[frame - 1] = stack[k]
+        return full
+    by_uid = {str(ds.SOPInstanceUID): i for i, ds in enumerate(sources)}
+    if [by_uid.get(uid) for uid in ref.sop_instance_uids] != list(range(len(sources))):
+        raise ValueError("sources must be the volume's slice instances in volume order")
+    return stack

@@ -1,0 +1,299 @@
+"""Recognise what an instance is from its header: chest radiograph, dermoscopy, CT or unusable.
+
+Only header attributes are read (no pixel data), so classification works on data sets read with
+``stop_before_pixels``. Recognition uses the SOP Class UID (PS3.4 B.5), Modality (PS3.3
+C.7.3.1.1.1), Body Part Examined (PS3.3 C.7.3.1, defined terms in PS3.16 Annex L), Anatomic Region
+Sequence (PS3.3 C.8.11.7 / C.8.19.6), View Position (PS3.3 C.8.11.5 / C.8.1.1), View Code Sequence
+and the free-text descriptions (Study/Series Description, Protocol Name, Image Comments).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from . import header as h
+from .references import SeriesKind, View
+
+LOGGER = logging.getLogger(__name__)
+
+# --- SOP classes (PS3.4 Table B.5-1) -------------------------------------------------------
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+#: Secondary Capture (single frame) and the four multi-frame Secondary Capture SOP classes.
+SECONDARY_CAPTURE_FAMILY = frozenset({SECONDARY_CAPTURE} | {f"{SECONDARY_CAPTURE}.{i}" for i in (1, 2, 3, 4)})
+VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
+DERMOSCOPIC_PHOTOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.7"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.2"
+
+RADIOGRAPH_SOP_CLASSES = frozenset({CR_IMAGE, DX_PRESENTATION, DX_PROCESSING})
+CT_SOP_CLASSES = frozenset({CT_IMAGE, ENHANCED_CT, LEGACY_ENHANCED_CT})
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
+#: XC external-camera photography, DMS dermoscopy, OT other (PS3.3 C.7.3.1.1.1).
+PHOTO_MODALITIES = frozenset({"XC", "DMS", "OT"})
+
+#: Modalities that never carry an image this node reads (structured/derived objects).
+NON_IMAGE_MODALITIES = frozenset(
+    {"SR", "SEG", "PR", "KO", "REG", "RWV", "DOC", "PLAN", "RTSTRUCT", "RTPLAN", "RTDOSE",
+     "RTRECORD", "FID", "AU", "ECG", "HD", "BI", "OTHER"}
+)
+#: SOP class UID prefixes of non-image objects: SR (88.x), PR (11.x), raw/registration/SEG (66.x),
+#: RWV (67), encapsulated documents (104.x), waveforms (9.x), RT (481.x).
+_NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",
+    "1.2.840.10008.5.1.4.1.1.11.",
+    "1.2.840.10008.5.1.4.1.1.66",
+    "1.2.840.10008.5.1.4.1.1.67",
+    "1.2.840.10008.5.1.4.1.1.104.",
+    "1.2.840.10008.5.1.4.1.1.9.",
+    "1.2.840.10008.5.1.4.1.1.481.",
+)
+
+# --- body parts ------------------------------------------------------------------------------
+_CHEST_CODES = frozenset({"816094009", "51185008", "39607008", "43799004", "302551006", "T-D3000", "T-28000"})
+_SKIN_CODES = frozenset({"39937001", "T-01000"})
+_ABDOMEN_CODES = frozenset(
+    {"818981001", "113345001", "818982008", "416550000", "416775004", "T-D4000"}
+)
+_CHEST_PREFIXES = ("chest", "thora", "torax", "cxr", "lung", "pulmo")
+_SKIN_PREFIXES = ("skin", "derm", "lesion", "naev", "nev", "melano", "mole", "cutan")
+_ABDOMEN_PREFIXES = ("abd", "liver", "hepat", "pancrea", "kidney", "renal", "splee", "splen")
+#: Abdominal coverage from Body Part Examined (PS3.16 Annex L defined terms and common variants).
+_ABDOMEN_BODY_PARTS = frozenset(
+    {"ABDOMEN", "ABDOMENPELVIS", "ABDPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS", "CHEST_ABDOMEN",
+     "CHEST_ABDOMEN_PELVIS", "ABDOMEN_PELVIS", "LIVER", "KIDNEY", "PANCREAS", "SPLEEN"}
+)
+#: Anatomy words that, in the descriptions of a CR/DX without Body Part Examined, mean "not chest".
+_OTHER_ANATOMY_PREFIXES = (
+    "knee", "hand", "wrist", "finger", "foot", "feet", "ankle", "toe", "hip", "pelvi", "spine",
+    "lumbar", "cervical", "skull", "head", "femur", "tibia", "fibula", "humer", "elbow",
+    "shoulder", "forearm", "leg", "arm", "abdo", "mammo", "breast", "dental", "sinus", "clavic",
+    "scaphoid", "calcan", "heel", "sacr", "coccyx", "jaw", "mandib",
+)
+
+# --- views (PS3.16 CID 4010 "DX View") ---------------------------------------------------------
+_FRONTAL_VIEW_CODES = frozenset({"272479007", "399348003", "R-10214", "R-10206"})
+_LATERAL_VIEW_CODES = frozenset({"399067008", "399173006", "399198007", "R-10232", "R-10236"})
+_FRONTAL_TOKENS = frozenset({"pa", "ap", "frontal", "front", "posteroanterior", "anteroposterior"})
+_LATERAL_TOKENS = frozenset({"lat", "lateral", "ll", "rl", "lateral", "seitlich", "lat90"})
+
+
+def _has_prefix(tokens: list[str], prefixes: tuple[str, ...]) -> bool:
+    return any(tok.startswith(prefixes) for tok in tokens)
+
+
+def _sop_name(uid: str) -> str:
+    if not uid:
+        return "no SOP class"
+    try:
+        name = UID(uid).name
+    except Exception:  # noqa: BLE001
+        name = uid
+    return f"SOP class {name}" if name != uid else f"SOP class {uid}"
+
+
+def _descriptions(ds: Dataset) -> list[str]:
+    return [h.text(ds, k) for k in ("StudyDescription", "SeriesDescription", "ProtocolName",
+                                     "ImageComments", "RequestedProcedureDescription",
+                                     "PerformedProcedureStepDescription")]
+
+
+def _region_meanings(ds: Dataset) -> list[tuple[str, str]]:
+    """(code, meaning) of the anatomy codes: Anatomic Region Sequence, also per-frame/shared FG."""
+    found = [(c, m) for c, _, m in h.codes(ds, "AnatomicRegionSequence")]
+    item = h.functional_group_item(ds, 0, "FrameAnatomySequence")
+    if item is not None:
+        found += [(c, m) for c, _, m in h.codes(item, "AnatomicRegionSequence")]
+    return found
+
+
+def _region_matches(ds: Dataset, code_set: frozenset[str], prefixes: tuple[str, ...]) -> bool:
+    for code, meaning in _region_meanings(ds):
+        if code in code_set or _has_prefix(h.tokens(meaning), prefixes):
+            return True
+    return False
+
+
+def _chest_evidence(ds: Dataset) -> tuple[bool | None, str]:
+    """Is the body part the chest? True, False, or None when nothing says what it is."""
+    body_part = h.upper(ds, "BodyPartExamined")
+    if body_part:
+        if _has_prefix(h.tokens(body_part), _CHEST_PREFIXES):
+            return True, f"BodyPartExamined {body_part}"
+        return False, f"BodyPartExamined {body_part} is not the chest"
+    regions = _region_meanings(ds)
+    if regions:
+        if _region_matches(ds, _CHEST_CODES, _CHEST_PREFIXES):
+            return True, "AnatomicRegionSequence (chest)"
+        meanings = ", ".join(m or c for c, m in regions)
+        return False, f"AnatomicRegionSequence ({meanings}) is not the chest"
+    words = h.tokens(*_descriptions(ds))
+    if _has_prefix(words, _CHEST_PREFIXES):
+        return True, "descriptions mention the chest"
+    if _has_prefix(words, _OTHER_ANATOMY_PREFIXES):
+        return False, "descriptions name a body part other than the chest"
+    return None, "no body part information"
+
+
+def _view_from_tokens(words: list[str]) -> View | None:
+    frontal = any(w in _FRONTAL_TOKENS for w in words)
+    lateral = any(w in _LATERAL_TOKENS for w in words)
+    if frontal and not lateral:
+        return View.FRONTAL
+    if lateral and not frontal:
+        return View.LATERAL
+    return None  # neither, or both (e.g. "PA and LAT"): not decisive
+
+
+def chest_view(ds: Dataset) -> tuple[View | None, str]:
+    """Projection of a chest radiograph, and where it came from.
+
+    Rule, first decisive source wins:
+
+    1. View Position (0018,5101): ``PA``/``AP`` -> frontal; ``LL``/``RL``/``LAT``/``LATERAL`` ->
+       lateral (PS3.3 C.8.11.5.1.1, C.8.1.1).
+    2. View Code Sequence (0054,0220), CID 4010: postero-anterior / antero-posterior -> frontal,
+       (left/right) lateral -> lateral (by code or by meaning).
+    3. Series Description, Image Comments, Acquisition Device Processing Description, Protocol
+       Name: the words PA, AP, frontal -> frontal; LAT, lateral, LL, RL -> lateral. A text naming
+       both (e.g. "PA + LAT") is not decisive. Study Description is not used: it describes the
+       whole study, which often has both projections.
+    4. Fallback: frontal when the image is portrait or square (Rows >= Columns), since no source
+       above says lateral; a landscape image, or one without Rows/Columns, gets None (unknown).
+    """
+    vp_words = h.tokens(h.text(ds, "ViewPosition"))
+    view = _view_from_tokens(vp_words)
+    if view is not None:
+        return view, f"ViewPosition {h.upper(ds, 'ViewPosition')}"
+    for code, _, meaning in h.codes(ds, "ViewCodeSequence"):
+        if code in _FRONTAL_VIEW_CODES:
+            return View.FRONTAL, f"ViewCodeSequence {meaning or code}"
+        if code in _LATERAL_VIEW_CODES:
+            return View.LATERAL, f"ViewCodeSequence {meaning or code}"
+        low = meaning.lower()
+        if "decubitus" not in low and "oblique" not in low:
+            if "lateral" in low:
+                return View.LATERAL, f"ViewCodeSequence {meaning}"
+            if "posterior" in low or "frontal" in low:
+                return View.FRONTAL, f"ViewCodeSequence {meaning}"
+    for keyword in ("SeriesDescription", "ImageComments", "AcquisitionDeviceProcessingDescription",
+                    "ProtocolName"):
+        view = _view_from_tokens(h.tokens(h.text(ds, keyword)))
+        if view is not None:
+            return view, f"{keyword} {h.text(ds, keyword)!r}"
+    rows, cols = h.integer(ds, "Rows"), h.integer(ds, "Columns")
+    if rows and cols and rows >= cols:
+        return View.FRONTAL, "no view attribute; portrait/square image assumed frontal"
+    return None, "no view attribute and a landscape or unsized image: view unknown"
+
+
+def _is_skin(ds: Dataset) -> tuple[bool, str]:
+    body_part = h.upper(ds, "BodyPartExamined")
+    if body_part and _has_prefix(h.tokens(body_part), _SKIN_PREFIXES):
+        return True, f"BodyPartExamined {body_part}"
+    if _region_matches(ds, _SKIN_CODES, _SKIN_PREFIXES):
+        return True, "AnatomicRegionSequence (skin)"
+    words = h.tokens(*_descriptions(ds))
+    if _has_prefix(words, _SKIN_PREFIXES) or any(w.startswith("dermoscop") for w in words):
+        return True, "descriptions mention skin/lesion/dermoscopy"
+    return False, f"BodyPartExamined {body_part or '(none)'} and descriptions do not indicate skin"
+
+
+def _is_abdominal(ds: Dataset) -> tuple[bool, str]:
+    body_part = h.upper(ds, "BodyPartExamined")
+    if body_part in _ABDOMEN_BODY_PARTS:
+        return True, f"BodyPartExamined {body_part}"
+    if _region_matches(ds, _ABDOMEN_CODES, _ABDOMEN_PREFIXES):
+        return True, "AnatomicRegionSequence (abdomen)"
+    if _has_prefix(h.tokens(*_descriptions(ds)), _ABDOMEN_PREFIXES):
+        return True, "descriptions mention abdominal anatomy"
+    return False, f"BodyPartExamined {body_part or '(none)'} without abdominal coverage"
+
+
+def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
+    sop = h.sop_class_uid(ds)
+    modality = h.upper(ds, "Modality")
+    what = f"Modality {modality or '(none)'}, {_sop_name(sop)}"
+
+    if modality in NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
+        return None, None, f"not an image this node reads ({what})"
+
+    # Chest radiograph: CR/DX SOP classes, or Secondary Capture / unknown class with Modality CR/DX.
+    if sop in RADIOGRAPH_SOP_CLASSES or (
+        modality in RADIOGRAPH_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY)
+    ):
+        chest, why = _chest_evidence(ds)
+        if chest is False:
+            return None, None, f"radiograph but not a chest radiograph: {why} ({what})"
+        if chest is None:
+            LOGGER.info("%s without body part information: assumed to be a chest radiograph", what)
+            why = "no body part information, CR/DX assumed chest"
+        view, view_why = chest_view(ds)
+        return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
+
+    # Dermoscopy / skin photograph.
+    if sop == DERMOSCOPIC_PHOTOGRAPHY or (modality == "DMS" and (not sop or sop in SECONDARY_CAPTURE_FAMILY or sop == VL_PHOTOGRAPHIC)):
+        return SeriesKind.DERMOSCOPY, None, f"dermoscopy ({what})"
+    if sop == VL_PHOTOGRAPHIC or (
+        modality in PHOTO_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY)
+    ):
+        skin, why = _is_skin(ds)
+        if skin:
+            return SeriesKind.DERMOSCOPY, None, f"skin photograph ({what}; {why})"
+        return None, None, f"photograph but not of skin: {why} ({what})"
+
+    # CT.
+    if sop in CT_SOP_CLASSES or (modality == "CT" and not sop):
+        image_type = h.upper(ds, "ImageType")
+        if "LOCALIZER" in image_type.split("\\"):
+            return None, None, f"CT localizer (scout) image, not part of a volume ({what})"
+        abdominal, why = _is_abdominal(ds)
+        if abdominal:
+            return SeriesKind.ABDOMINAL_CT, None, f"abdominal CT ({what}; {why})"
+        return SeriesKind.CT, None, f"CT ({what}; {why})"
+
+    return None, None, f"not handled by this node ({what})"
+
+
+def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
+    """Recognise an instance from its header.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Any DICOM data set (pixel data not needed).
+
+    Returns
+    -------
+    tuple of (SeriesKind or None, View or None, str)
+        The kind (None when this node does not use the instance), the chest radiograph
+        projection (None for other kinds, see :func:`chest_view` for the rule) and a
+        human-readable reason naming the attributes that decided.
+
+    Notes
+    -----
+    * Chest radiograph: SOP class CR (PS3.4 B.5, ``...1.1``), DX for presentation / processing
+      (``...1.1.1`` / ``...1.1.1.1``), or Secondary Capture (``...1.7`` and multi-frame
+      ``...1.7.1-4``) with Modality CR/DX, and a chest body part (Body Part Examined,
+      Anatomic Region Sequence, or descriptions naming chest/thorax/CXR/lung). A CR/DX with no
+      body part information at all is accepted as chest (logged), since CR/DX routed to this
+      node are nearly always chest films.
+    * Dermoscopy: Dermoscopic Photography (``...77.1.7``), Modality DMS, or VL Photographic
+      (``...77.1.4``) / Secondary Capture with Modality XC/DMS/OT with a skin body part.
+    * CT: CT Image (``...1.2``), Enhanced CT (``...1.2.1``) and Legacy Converted Enhanced CT;
+      ABDOMINAL_CT when Body Part Examined is ABDOMEN, ABDOMENPELVIS, CHESTABDOMEN,
+      CHESTABDPELVIS (or the anatomy/descriptions name the abdomen or its organs), else CT.
+      Localizers (Image Type value LOCALIZER, PS3.3 C.8.2.1.1.1) are rejected.
+    * Never raises: a header that cannot be read gives ``(None, None, reason)``.
+    """
+    try:
+        return _classify(ds)
+    except Exception as exc:  # noqa: BLE001 - a weird header is a reason, not a crash
+        LOGGER.warning("could not classify instance %s: %s", h.sop_instance_uid(ds), exc)
+        return None, None, f"unreadable header: {type(exc).__name__}: {exc}"
