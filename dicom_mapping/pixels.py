@@ -14,6 +14,7 @@ cannot make the node allocate gigabytes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -116,6 +117,10 @@ def check_pixel_data(ds: Dataset) -> None:
     if data is None:
         raise PixelDataError(f"instance {uid}: Pixel Data is empty")
     length = len(data)
+    if not UID(ts).is_transfer_syntax:
+        raise PixelDataError(
+            f"instance {uid}: Transfer Syntax UID {ts} is not a known transfer syntax (PS3.6 Annex A)"
+        )
     if UID(ts).is_encapsulated:
         if length < 8 or bytes(data[:4]) != b"\xfe\xff\x00\xe0":
             raise PixelDataError(
@@ -167,7 +172,7 @@ def _lut_dataset(ds: Dataset, frame_index: int) -> Dataset:
         view.file_meta = ds.file_meta  # endianness of OW LUT Data
     for keyword in ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "BitsAllocated"):
         if h.value(ds, keyword) is not None:
-            view[keyword] = ds[keyword]
+            view[keyword] = copy.copy(ds[keyword])  # never mutate the caller's elements
     if h.value(view, "BitsStored") is None and h.value(ds, "BitsAllocated") is not None:
         view.BitsStored = int(ds.BitsAllocated)
     if h.value(view, "PixelRepresentation") is None:
@@ -181,7 +186,7 @@ def _lut_dataset(ds: Dataset, frame_index: int) -> Dataset:
                 source = item
         for keyword in keywords:
             if h.value(source, keyword) is not None:
-                view[keyword] = source[keyword]
+                view[keyword] = copy.copy(source[keyword])
     return view
 
 
@@ -200,25 +205,47 @@ def _to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _grey_display(arr: np.ndarray, view: Dataset, pi: str) -> np.ndarray:
-    """Modality LUT, then VOI LUT or window (first), else min-max; MONOCHROME1 inverted."""
-    values = apply_modality_lut(arr, view)
+def _voi_lut_display(values: np.ndarray, view: Dataset) -> np.ndarray | None:
+    """First VOI LUT of the VOI LUT Sequence (PS3.3 C.11.2.1.1), or None if there is none."""
     voi_items = h.items(view, "VOILUTSequence")
-    if voi_items and h.value(voi_items[0], "LUTDescriptor") is not None and h.value(voi_items[0], "LUTData") is not None:
-        if not np.issubdtype(values.dtype, np.integer):
-            values = np.rint(values).astype(np.int64)  # a VOI LUT is indexed by integer input values
-        out = apply_voi(values, view, 0)
-        nominal_bits = int(voi_items[0].LUTDescriptor[2])
-        hi = max(float(2**nominal_bits - 1), float(np.max(out)) if out.size else 0.0)
-        display = _to_uint8(out, 0.0, hi)
-    elif h.value(view, "WindowCenter") is not None and h.value(view, "WindowWidth") is not None:
-        out = apply_windowing(values, view, 0)
-        # The window's output range [y_min, y_max] (PS3.3 C.11.2.1.2): what pydicom maps values far
-        # below / far above the window to.
-        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            bounds = apply_windowing(np.array([-1e300, 1e300]), view, 0)
-        display = _to_uint8(out, float(bounds[0]), float(bounds[1]))
-    else:
+    if not voi_items or any(h.value(voi_items[0], k) is None for k in ("LUTDescriptor", "LUTData")):
+        return None
+    if not np.issubdtype(values.dtype, np.integer):
+        values = np.rint(values).astype(np.int64)  # a VOI LUT is indexed by integer input values
+    out = apply_voi(values, view, 0)
+    nominal_bits = int(voi_items[0].LUTDescriptor[2])
+    hi = max(float(2**nominal_bits - 1), float(np.max(out)) if out.size else 0.0)
+    return _to_uint8(out, 0.0, hi)
+
+
+def _window_display(values: np.ndarray, view: Dataset) -> np.ndarray | None:
+    """First Window Center/Width (PS3.3 C.11.2.1.2), or None if there is none."""
+    if h.value(view, "WindowCenter") is None or h.value(view, "WindowWidth") is None:
+        return None
+    out = apply_windowing(values, view, 0)
+    # The window's output range [y_min, y_max]: what pydicom maps values far below / above it to.
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        bounds = apply_windowing(np.array([-1e300, 1e300]), view, 0)
+    return _to_uint8(out, float(bounds[0]), float(bounds[1]))
+
+
+def _grey_display(arr: np.ndarray, view: Dataset, pi: str) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window (first of each), else min-max; MONOCHROME1 inverted.
+
+    A VOI LUT or window that pydicom rejects (e.g. Window Width < 1 with LINEAR, an unsupported
+    LUT entry size) is logged and skipped, as a viewer would, rather than failing the image.
+    """
+    values = apply_modality_lut(arr, view)
+    display = None
+    for step in (_voi_lut_display, _window_display):
+        try:
+            display = step(values, view)
+        except (ValueError, NotImplementedError, IndexError, TypeError) as exc:
+            LOGGER.warning("ignoring an unusable VOI transformation (%s): %s", step.__name__, exc)
+            display = None
+        if display is not None:
+            break
+    if display is None:
         finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
         lo = float(finite.min()) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 0.0

@@ -6,6 +6,10 @@ covers), in the source's frame of reference. Each structure is one segment with
 its SNOMED CT category and type (CID 7150/7151), AUTOMATIC algorithm type and
 the algorithm's name and version.
 
+A multi-frame 2D source without a frame of reference gets no SEG (highdicom
+cannot reference one of its frames); the SR still measures the mask and the
+overlays still draw it.
+
 Empty masks: a structure the model segmented but whose mask is empty is
 *omitted* from the SEG (a segment without frames is not useful to a viewer);
 it is still reported in the SR as not found. When every mask is empty no SEG is
@@ -64,7 +68,7 @@ def _descriptions(labels: list[str], algorithm: AlgorithmInfo) -> list[hd.seg.Se
 
 def _segments_of(seg: hd.seg.Segmentation, labels: list[str]) -> list[SegmentInfo]:
     frames: dict[int, list[int]] = {n: [] for n in range(1, len(labels) + 1)}
-    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared = (seg.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
     for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence, 1):
         ident = item if "SegmentIdentificationSequence" in item else shared  # shared when one segment
         frames[int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)].append(i)
@@ -100,6 +104,12 @@ def build_segmentation(
         pixel_array = _volume_frames(stack, sources, ref)
     else:
         pixel_array = _image_frames(stack, sources[0], ref)
+        if ref.frame and "FrameOfReferenceUID" not in sources[0]:
+            # highdicom builds SEGs on multi-frame sources only within a frame of reference.
+            LOGGER.warning("no SEG for frame %d of %s: a multi-frame source without a frame of reference "
+                           "is not supported; the SR and overlays still report the masks", ref.frame,
+                           ref.sop_instance_uid)
+            return None
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
@@ -118,15 +128,18 @@ def build_segmentation(
         series_description=SERIES_DESCRIPTION,
         contributing_equipment=[algorithm.contributing_equipment()],
         omit_empty_frames=True,
-        pixel_measures=_pixel_measures(ref),
+        pixel_measures=_pixel_measures(ref) if isinstance(ref, VolumeRef) else None,
         specific_character_set=CHARACTER_SET,
     )
     if "PatientOrientation" not in seg and "FrameOfReferenceUID" not in seg:
         # General Image, Type 2C without a frame of reference: copy it, or leave it empty.
         seg.PatientOrientation = sources[0].get("PatientOrientation", "")
-    if _pixel_measures(ref) is None:
-        # Uncalibrated projection image: say nothing rather than a spacing of zero.
-        for item in seg.SharedFunctionalGroupsSequence:
+    if isinstance(ref, ImageRef):
+        # A projection image has no slice geometry: SEG frames align pixel for pixel with the
+        # source, whose own spacing viewers use. highdicom writes 2D pixel measures without
+        # SliceThickness that its reader then rejects, and an uncalibrated source would give a
+        # spacing of zero; so 2D SEGs carry no Pixel Measures (allowed without a frame of reference).
+        for item in seg.get("SharedFunctionalGroupsSequence", []):
             if "PixelMeasuresSequence" in item:
                 del item.PixelMeasuresSequence
     drop_invalid_copied_attributes(seg)

@@ -56,7 +56,8 @@ _NON_IMAGE_SOP_PREFIXES = (
 )
 
 # --- body parts ------------------------------------------------------------------------------
-_CHEST_CODES = frozenset({"816094009", "51185008", "39607008", "43799004", "302551006", "T-D3000", "T-28000"})
+#: SNOMED CT chest, thoracic structure, lung, thoracic cavity, and their legacy SRT codes.
+_CHEST_CODES = frozenset({"816094009", "51185008", "39607008", "43799004", "T-D3000", "T-28000", "T-D3200"})
 _SKIN_CODES = frozenset({"39937001", "T-01000"})
 _ABDOMEN_CODES = frozenset(
     {"818981001", "113345001", "818982008", "416550000", "416775004", "T-D4000"}
@@ -78,10 +79,10 @@ _OTHER_ANATOMY_PREFIXES = (
 )
 
 # --- views (PS3.16 CID 4010 "DX View") ---------------------------------------------------------
-_FRONTAL_VIEW_CODES = frozenset({"272479007", "399348003", "R-10214", "R-10206"})
-_LATERAL_VIEW_CODES = frozenset({"399067008", "399173006", "399198007", "R-10232", "R-10236"})
+_FRONTAL_VIEW_CODES = frozenset({"272479007", "399348003", "R-40888", "R-10206"})  # PA, AP (SCT, SRT)
+_LATERAL_VIEW_CODES = frozenset({"399067008", "399173006", "399198007", "R-102CD", "R-10236", "R-10232"})
 _FRONTAL_TOKENS = frozenset({"pa", "ap", "frontal", "front", "posteroanterior", "anteroposterior"})
-_LATERAL_TOKENS = frozenset({"lat", "lateral", "ll", "rl", "lateral", "seitlich", "lat90"})
+_LATERAL_TOKENS = frozenset({"lat", "lateral", "ll", "rl", "seitlich"})
 
 
 def _has_prefix(tokens: list[str], prefixes: tuple[str, ...]) -> bool:
@@ -110,7 +111,7 @@ def _region_meanings(ds: Dataset) -> list[tuple[str, str]]:
     item = h.functional_group_item(ds, 0, "FrameAnatomySequence")
     if item is not None:
         found += [(c, m) for c, _, m in h.codes(item, "AnatomicRegionSequence")]
-    return found
+    return [(c, m) for c, m in found if c or m]  # an empty item says nothing
 
 
 def _region_matches(ds: Dataset, code_set: frozenset[str], prefixes: tuple[str, ...]) -> bool:
@@ -186,7 +187,7 @@ def chest_view(ds: Dataset) -> tuple[View | None, str]:
                     "ProtocolName"):
         view = _view_from_tokens(h.tokens(h.text(ds, keyword)))
         if view is not None:
-            return view, f"{keyword} {h.text(ds, keyword)!r}"
+            return view, f"{keyword} names a {view.value} view"  # free text itself is never echoed
     rows, cols = h.integer(ds, "Rows"), h.integer(ds, "Columns")
     if rows and cols and rows >= cols:
         return View.FRONTAL, "no view attribute; portrait/square image assumed frontal"
@@ -238,7 +239,9 @@ def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
         return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
 
     # Dermoscopy / skin photograph.
-    if sop == DERMOSCOPIC_PHOTOGRAPHY or (modality == "DMS" and (not sop or sop in SECONDARY_CAPTURE_FAMILY or sop == VL_PHOTOGRAPHIC)):
+    if sop == DERMOSCOPIC_PHOTOGRAPHY or (
+        modality == "DMS" and (not sop or sop in SECONDARY_CAPTURE_FAMILY or sop == VL_PHOTOGRAPHIC)
+    ):
         return SeriesKind.DERMOSCOPY, None, f"dermoscopy ({what})"
     if sop == VL_PHOTOGRAPHIC or (
         modality in PHOTO_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY)

@@ -66,6 +66,14 @@ def _source_image(ref: ImageRef) -> hd.sr.SourceImageForRegion:
                                       [ref.frame] if ref.frame else None)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def clean_text(text: str) -> str:
+    """Model text as a valid UT value: no control characters but LF, FF, CR, ESC (PS3.5 6.2)."""
+    return _CONTROL.sub("", text).strip()
+
+
 def split_report(text: str) -> tuple[str, str]:
     """Split a complete report into (findings, impression) at an 'Impression:' heading."""
     match = re.search(r"impression\s*:", text, re.IGNORECASE)
@@ -99,6 +107,7 @@ class _Builder:
                                         identifier=f"{label} #{self.count}"[:64])
 
     def text(self, name: hd.sr.CodedConcept, value: str) -> None:
+        value = clean_text(value)
         if value:
             self.texts.append(hd.sr.TextContentItem(name=name, value=value,
                                                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
@@ -243,6 +252,14 @@ def build_sr(
         elif result.task is Task.LONGITUDINAL_COMPARISON:
             builder.comparison(result)
     builder.text(_AI_NOTICE, AI_STATEMENT.format(name=algorithm.name, version=algorithm.version))
+    if not builder.groups:
+        # TID 1500 (as highdicom builds it) needs one measurement group: a text-only result
+        # gets a group that identifies the algorithm which wrote the text.
+        builder.groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=builder.tracking(f"{algorithm.name} analysis"),
+            finding_type=mv.CLINICAL_FINDING,
+            algorithm_id=algorithm.sr_algorithm_id(),
+        ))
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -253,7 +270,7 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=procedure_for(results),
-        imaging_measurements=builder.groups or None,
+        imaging_measurements=builder.groups,
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from .schema import Answer, Box, Mask2D, Mask3D, TaskRequest
 from .tokenizer import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN, MedVersaTokenizer
 
 LOGGER = logging.getLogger(__name__)
+
+#: Builds a batch's token chooser from its (request, instruction) pairs.
+ChooserFactory = Callable[[list[tuple[TaskRequest, str]]], TokenChooser]
 
 
 @dataclass
@@ -67,13 +71,19 @@ class Analyzer:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {cfg.llm.vocab_size}")
         self.max_batch_size = max_batch_size or cfg.generation.max_batch_size
         self.max_new_tokens = max_new_tokens or cfg.generation.max_new_tokens
+        #: Identity of the weights (checkpoint SHA-256); empty for a freshly built model.
+        self.model_id = ""
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, **kwargs: object) -> "Analyzer":
         from .checkpoint import load_checkpoint
 
+        from .checkpoint import read_meta
+
         model, tokenizer = load_checkpoint(path)
-        return cls(model, tokenizer, device=device, **kwargs)  # type: ignore[arg-type]
+        analyzer = cls(model, tokenizer, device=device, **kwargs)  # type: ignore[arg-type]
+        analyzer.model_id = read_meta(path)["weights_sha256"]
+        return analyzer
 
     @classmethod
     def from_preset(cls, name: str, device: str | None = None, seed: int = 0, **kwargs: object) -> "Analyzer":
@@ -86,8 +96,14 @@ class Analyzer:
 
     # ------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, requests: list[TaskRequest], choose: TokenChooser = greedy) -> list[Answer]:
-        """Answer every request, in order."""
+    def run(self, requests: list[TaskRequest], choose: TokenChooser = greedy,
+            choose_for: ChooserFactory | None = None) -> list[Answer]:
+        """Answer every request, in order.
+
+        ``choose_for``, when given, builds the token chooser of each batch from its
+        (request, instruction) pairs (scripted answers in tests and demos,
+        per-task constrained decoding); otherwise every batch uses ``choose``.
+        """
         answers = [Answer(r.request_id, r.task, "") for r in requests]
         groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
         for i, request in enumerate(requests):
@@ -98,7 +114,8 @@ class Analyzer:
             for start in range(0, len(jobs), self.max_batch_size):
                 batch = jobs[start:start + self.max_batch_size]
                 t0 = time.perf_counter()
-                self._run_batch(requests, batch, answers, texts, choose)
+                batch_choose = choose_for([(requests[j.request_index], j.question) for j in batch]) if choose_for else choose
+                self._run_batch(requests, batch, answers, texts, batch_choose)
                 LOGGER.info("ran %d %s/%s prompt(s) in %.2f s", len(batch), task, modality, time.perf_counter() - t0)
         for i, parts in texts.items():
             answers[i].text = " ".join(p for p in parts if p)

@@ -9,6 +9,7 @@ import warnings
 import typer
 
 from medversa.inference.cli import bench_app, model_app
+from medversa.node.cli import infer
 
 app = typer.Typer(
     help="medversa-node: a DICOM AI node running MedVersa (not for clinical use without validation).",
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
+app.command("infer")(infer)
 
 
 @app.callback()

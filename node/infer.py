@@ -1,0 +1,80 @@
+"""``medversa infer``: DICOM files in, SR / SEG / presentation states out, offline."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import pydicom
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medversa import __version__
+from medversa.dicom_mapping.identity import AlgorithmInfo
+
+from .pipeline import PipelineOptions, StudyOutput, analyze_study
+
+LOGGER = logging.getLogger(__name__)
+
+
+def read_inputs(paths: list[Path]) -> tuple[dict[str, list[Dataset]], list[str]]:
+    """DICOM files under ``paths`` grouped by study; problems as messages (never an exception)."""
+    studies: dict[str, list[Dataset]] = defaultdict(list)
+    problems: list[str] = []
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or folder")
+    for file in files:
+        try:
+            ds = pydicom.dcmread(file)
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+            problems.append(f"{file}: not a readable DICOM file ({exc})")
+            continue
+        uid = ds.get("StudyInstanceUID")
+        if not uid or "SOPInstanceUID" not in ds:
+            problems.append(f"{file}: no StudyInstanceUID/SOPInstanceUID")
+            continue
+        ds.filename = str(file)
+        studies[str(uid)].append(ds)
+    return dict(studies), problems
+
+
+def algorithm_for(analyzer, org_root: str | None = None) -> AlgorithmInfo:
+    model_id = getattr(analyzer, "model_id", "") or f"random-{analyzer.model.config.name}"
+    kwargs = {"org_root": org_root} if org_root else {}
+    return AlgorithmInfo(version=__version__, model_id=model_id, software_version=f"medversa-node {__version__}",
+                         model_name=f"MedVersa {analyzer.model.config.name}", **kwargs)
+
+
+def write_outputs(output: StudyOutput, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for obj in output.objects:
+        path = out_dir / f"{obj.kind}_{obj.dataset.SOPInstanceUID}.dcm"
+        obj.dataset.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
+
+
+def run_infer(paths: list[Path], out_dir: Path, analyzer, options: PipelineOptions,
+              prior_paths: list[Path] | None = None, choose_for=None) -> tuple[list[tuple[str, Path, Dataset]], list[str]]:
+    """Process every study found; return (kind, path, dataset) per object written and the messages."""
+    studies, messages = read_inputs(paths)
+    priors, prior_problems = read_inputs(prior_paths or [])
+    messages += prior_problems
+    prior_datasets = [ds for group in priors.values() for ds in group] or None
+    written: list[tuple[str, Path, Dataset]] = []
+    for study_uid, datasets in studies.items():
+        output = analyze_study(datasets, analyzer, options, prior_datasets, choose_for=choose_for)
+        messages += [f"study {study_uid}: {n}" for n in output.notes]
+        for obj, path in zip(output.objects, write_outputs(output, out_dir)):
+            written.append((obj.kind, path, obj.dataset))
+    if not studies:
+        messages.append("no DICOM study found in the inputs")
+    return written, messages

@@ -1,0 +1,37 @@
+"""Real DICOM tools as test oracles: dciodvfy (dicom3tools), dsrdump and dcmp2pgm (dcmtk)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (bash .ci/install installs it)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The 'Error' lines dciodvfy prints for a file (warnings are allowed)."""
+    need_tool("dciodvfy")
+    result = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def save(ds: Dataset, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def assert_valid(ds: Dataset, folder: Path, name: str) -> Path:
+    path = save(ds, folder, name)
+    errors = dciodvfy_errors(path)
+    assert not errors, "\n".join(errors)
+    return path
