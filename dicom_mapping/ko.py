@@ -52,5 +52,7 @@ def build_key_objects(
         specific_character_set=CHARACTER_SET,
         series_description=SERIES_DESCRIPTION,
     )
+    ko.ManufacturerModelName = algorithm.model_name
+    ko.SoftwareVersions = list(algorithm.software_versions)
     drop_invalid_copied_attributes(ko)
     return ko
