@@ -9,7 +9,7 @@ import warnings
 import typer
 
 from medversa.inference.cli import bench_app, model_app
-from medversa.node.cli import infer
+from medversa.node.cli import config_app, infer, retry, serve, status, worker
 
 app = typer.Typer(
     help="medversa-node: a DICOM AI node running MedVersa (not for clinical use without validation).",
@@ -19,6 +19,11 @@ app = typer.Typer(
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 app.command("infer")(infer)
+app.command("serve")(serve)
+app.command("worker")(worker)
+app.command("status")(status)
+app.command("retry")(retry)
+app.add_typer(config_app, name="config")
 
 
 @app.callback()

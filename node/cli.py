@@ -59,3 +59,129 @@ def infer(
         typer.echo(f"{kind}\t{path}\t{ds.get('SeriesDescription', '')}")
     if not written:
         typer.echo("no result objects written", err=True)
+
+
+def _settings(config: Optional[Path], **flags):
+    from .config import Peer, load_settings
+
+    try:
+        return load_settings(config, **flags)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+def serve(
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
+    ae_title: Annotated[Optional[str], typer.Option("--ae-title", help="Our AE title")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="DICOM port")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Spool, results and database folder")] = None,
+    idle_seconds: Annotated[Optional[float], typer.Option("--idle-seconds", help="Study complete after this idle time")] = None,
+    destination: Annotated[Optional[list[str]], typer.Option("--destination", help="AE@HOST:PORT to send results to (repeatable)")] = None,
+    pacs: Annotated[Optional[str], typer.Option("--pacs", help="AE@HOST:PORT queried for completeness and priors")] = None,
+    http_port: Annotated[Optional[int], typer.Option("--http-port", help="Metrics/health port (0: any free port)")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Model preset with random weights (testing)")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
+) -> None:
+    """Run the node: SCP, study completion, queue, embedded worker (default), exports, HTTP."""
+    from .config import Peer
+    from .logs import configure
+    from .service import Node
+
+    flags = {"scp.ae_title": ae_title, "scp.port": port, "data_dir": data_dir, "idle_seconds": idle_seconds,
+             "http.port": http_port, "model.preset": preset, "model.checkpoint": checkpoint,
+             "pacs.peer": pacs}
+    if destination:
+        try:
+            flags["export.destinations"] = [Peer.parse(d).model_dump() for d in destination]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    settings = _settings(config, **flags)
+    configure(settings.logging.level, settings.logging.json_format)
+    import logging
+
+    log = logging.getLogger("medversa.node")
+    if not (settings.model.checkpoint or settings.model.preset):
+        from medversa.inference.bundled import BUNDLED_CHECKPOINT
+
+        if not (BUNDLED_CHECKPOINT / "medversa-checkpoint.json").is_file():
+            log.warning("no bundled demo model yet: the node runs the 'tiny' preset with RANDOM weights "
+                        "(results are meaningless; for testing the plumbing only)")
+    log.info("medversa-node: AE %s port %d, data %s, %s broker", settings.scp.ae_title, settings.scp.port,
+             settings.data_dir, "embedded SQLite" if settings.embedded else "external")
+    Node(settings, config).run()
+
+
+def worker(
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
+    queues: Annotated[Optional[str], typer.Option("--queues", help="Comma-separated queues to consume")] = None,
+) -> None:
+    """A Celery worker (production: on each GPU host, against the Redis broker)."""
+    from .logs import configure
+    from .service import run_worker
+
+    settings = _settings(config)
+    configure(settings.logging.level, settings.logging.json_format)
+    run_worker(settings, (queues or settings.model.queue).split(","))
+
+
+def status(config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
+           data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None,
+           limit: Annotated[int, typer.Option(help="Jobs to list")] = 20) -> None:
+    """Jobs and exports at a glance."""
+    from sqlalchemy import func, select
+
+    from .store import Export, Job, Store, Study
+
+    settings = _settings(config, data_dir=data_dir)
+    store = Store(settings.db_url)
+    with store.session() as s:
+        studies = s.scalar(select(func.count()).select_from(Study)) or 0
+        typer.echo(f"studies: {studies}")
+        for state, count in s.execute(select(Job.state, func.count()).group_by(Job.state)):
+            typer.echo(f"jobs {state.value}: {count}")
+        for state, count in s.execute(select(Export.state, func.count()).group_by(Export.state)):
+            typer.echo(f"exports {state.value}: {count}")
+        typer.echo("recent jobs:")
+        for job in s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)):
+            exports = ", ".join(f"{e.kind}->{e.destination}:{e.state.value}" for e in job.exports) or "-"
+            typer.echo(f"  job {job.id} v{job.version} {job.state.value} study {job.study.study_instance_uid} "
+                       f"tasks {len(job.tasks)} exports [{exports}]{' error: ' + job.error if job.error else ''}")
+
+
+def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)")],
+          config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
+          data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None) -> None:
+    """Send a job's dead-lettered (or pending) exports again, now."""
+    from .context import NodeContext
+    from .export import deliver_due, retry_job_exports
+
+    settings = _settings(config, data_dir=data_dir)
+    ctx = NodeContext(settings)
+    try:
+        revived = retry_job_exports(ctx, job)
+    except LookupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    delivered = deliver_due(ctx, job_id=job)
+    typer.echo(f"job {job}: {revived} export(s) retried, {delivered} delivered")
+    if delivered < revived:
+        raise typer.Exit(1)
+
+
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+
+
+@config_app.command("example")
+def config_example() -> None:
+    """Print a documented example configuration."""
+    typer.echo((Path(__file__).parent / "example_config.yaml").read_text(), nl=False)
+
+
+@config_app.command("check")
+def config_check(config: Annotated[Path, typer.Argument(help="YAML configuration file")]) -> None:
+    """Validate a configuration file (with environment overrides) and print the result."""
+    import yaml as _yaml
+
+    settings = _settings(config)
+    typer.echo(_yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), nl=False)

@@ -36,3 +36,15 @@ def tiny_analyzer():
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture()
+def orthanc(tmp_path_factory):
+    """A started Orthanc PACS (tests/orthanc.py) with no modalities; skips when it is not installed."""
+    from .orthanc import orthanc_server
+
+    server = orthanc_server(tmp_path_factory)
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)

@@ -1,0 +1,100 @@
+"""When is a study complete? Idle time, confirmed against the PACS where it can answer.
+
+A study is due after ``idle_seconds`` without a new instance. Timeout-only
+completion processes half a series that is still arriving slowly, so where a PACS
+is configured we ask it (C-FIND, Number of Study Related Instances) and wait,
+up to ``completeness_wait_s``, while instances are still missing. Then the routing
+rules pick the tasks and a job version is created and queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+
+from .context import NodeContext
+from .jobs import create_job_version
+from .routing import InstanceFacts, tasks_for
+from .store import Instance, Job, JobState, Study, StudyState, utcnow
+
+LOGGER = logging.getLogger(__name__)
+
+#: enqueue(job_id, queue) -> None; raises when the broker is unavailable.
+Enqueue = Callable[[int, str], None]
+
+
+def _facts(s, study: Study) -> list[InstanceFacts]:
+    rows = s.scalars(select(Instance).where(Instance.study_id == study.id))
+    return [InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description) for i in rows]
+
+
+def _complete_enough(ctx: NodeContext, study: Study, have: int, now: dt.datetime) -> tuple[bool, str]:
+    pacs = ctx.settings.pacs
+    if pacs.peer is None or not pacs.confirm_completeness:
+        return True, ""
+    from .dimse import AssociationFailed, count_study_instances
+
+    try:
+        expected = count_study_instances(pacs.peer, ctx.settings.scp.ae_title, study.study_instance_uid,
+                                         timeout=pacs.query_timeout_s)
+    except (AssociationFailed, OSError, TimeoutError) as exc:
+        return True, f"completeness not confirmed: PACS query failed ({exc})"
+    if expected is None or have >= expected:
+        return True, "" if expected is None else f"complete: {have}/{expected} instances"
+    waited = (now - study.last_received).total_seconds()
+    if waited < pacs.completeness_wait_s:
+        LOGGER.info("study %s: %d of %d instances; waiting for the rest", study.id, have, expected)
+        return False, ""
+    return True, f"processed incomplete: {have} of {expected} instances after waiting {waited:.0f} s"
+
+
+def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | None = None) -> list[int]:
+    """Create and queue jobs for studies idle long enough (and complete); returns the job ids."""
+    now = now or utcnow()
+    idle = dt.timedelta(seconds=ctx.settings.idle_seconds)
+    with ctx.store.session() as s:
+        due = [st.id for st in s.scalars(select(Study).where(
+            Study.state == StudyState.RECEIVING, Study.is_prior.is_(False), Study.pending_instances > 0,
+            Study.last_received <= now - idle))]
+    created: list[int] = []
+    for study_id in due:
+        with ctx.store.session() as s:
+            study = s.get(Study, study_id)
+            have = s.scalar(select(func.count()).select_from(Instance).where(Instance.study_id == study_id)) or 0
+            ok, note = _complete_enough(ctx, study, have, now)
+            if not ok:
+                continue
+            tasks, rules = tasks_for(_facts(s, study), ctx.settings.routing)
+            if not tasks:
+                study.state = StudyState.DONE
+                study.pending_instances = 0
+                LOGGER.info("study %s: no routing rule matched; nothing to do", study_id)
+                ctx.store.audit("routing", "skipped", study_instance_uid=study.study_instance_uid,
+                                detail="no routing rule matched")
+                continue
+        notes = [f"rules: {', '.join(rules)}"] + ([note] if note else [])
+        created.append(create_job_version(ctx, study_id, tasks, notes))
+    requeue_waiting_jobs(ctx, enqueue)
+    return created
+
+
+def requeue_waiting_jobs(ctx: NodeContext, enqueue: Enqueue) -> int:
+    """Queue every job still RECEIVED (new, or the broker was down when it was created)."""
+    with ctx.store.session() as s:
+        waiting = [(j.id, j.queue) for j in s.scalars(select(Job).where(Job.state == JobState.RECEIVED))]
+    queued = 0
+    for job_id, queue in waiting:
+        try:
+            enqueue(job_id, queue)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: keep the job, try again later
+            LOGGER.warning("job %d not queued yet (broker unavailable: %s)", job_id, exc)
+            break
+        with ctx.store.session() as s:
+            job = s.get(Job, job_id)
+            if job.state is JobState.RECEIVED:
+                job.state = JobState.QUEUED
+        queued += 1
+    return queued

@@ -1,0 +1,887 @@
+"""The node's DICOM client side (SCU) on pynetdicom: C-ECHO, C-STORE, C-FIND, C-MOVE and C-GET.
+
+Every call opens one association with the peer, does its work and releases it. Association
+problems (connection refused, TCP or ACSE timeout, A-ASSOCIATE-RJ, A-ABORT, every presentation
+context rejected where that leaves nothing to do) raise :class:`AssociationFailed`; what a DIMSE
+service answers (a failure status, a rejected presentation context for one instance) is returned
+as data.
+
+Timeouts: the one ``timeout`` of each call is applied to the AE's TCP connection
+(``connection_timeout``), association negotiation and release (``acse_timeout``, PS3.8 9.1.1
+ARTIM), each awaited DIMSE message (``dimse_timeout``) and network inactivity
+(``network_timeout``), so a peer that never answers costs at most about that long per step.
+
+References: Verification PS3.4 Annex A; Storage PS3.4 Annex B; Query/Retrieve PS3.4 Annex C
+(C.4.1 C-FIND, C.4.2 C-MOVE, C.4.3 C-GET, C.6.2 Study Root); DIMSE services and statuses PS3.7
+9.1, 9.3 and Annex C; SCP/SCU role selection PS3.7 D.3.3.4; DICOM TLS PS3.15 B.1.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, build_context, build_role, evt, sop_class
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import (
+    GENERAL_STATUS,
+    QR_FIND_SERVICE_CLASS_STATUS,
+    QR_GET_SERVICE_CLASS_STATUS,
+    QR_MOVE_SERVICE_CLASS_STATUS,
+    STORAGE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
+
+from medversa.node.config import Peer, TLSSettings
+
+LOGGER = logging.getLogger(__name__)
+
+#: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
+MAX_CONTEXTS = 128
+
+#: The fallback every storage context offers (PS3.5 A.1, A.2): any SCP supports Implicit VR LE.
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+#: Storage SOP classes we accept as C-STORE SCP inside a C-GET (PS3.4 B.5).
+GET_STORAGE_CLASSES: tuple[str, ...] = (
+    sop_class.ComputedRadiographyImageStorage,
+    sop_class.DigitalXRayImageStorageForPresentation,
+    sop_class.DigitalXRayImageStorageForProcessing,
+    sop_class.CTImageStorage,
+    sop_class.EnhancedCTImageStorage,
+    sop_class.VLPhotographicImageStorage,
+    sop_class.SecondaryCaptureImageStorage,
+    sop_class.MultiFrameSingleBitSecondaryCaptureImageStorage,
+    sop_class.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sop_class.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    sop_class.MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+
+#: Compressed transfer syntaxes offered (one context each) for C-GET, so the SCP can send
+#: instances as stored; pydicom decodes all of them with the installed pylibjpeg plug-ins.
+GET_COMPRESSED_SYNTAXES: tuple[str, ...] = (
+    JPEG2000Lossless, JPEG2000, JPEGLosslessSV1, JPEGLossless, JPEGBaseline8Bit,
+    JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
+)
+
+#: C-STORE status we return in a C-GET when ``on_instance`` raises (PS3.4 B.2.3, A7xx: out of
+#: resources) and when the received data set cannot be decoded (C000: cannot understand).
+STATUS_CALLBACK_FAILED = 0xA702
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+_DATE_TIME_RE = re.compile(r"^\d{8}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?$")
+
+
+# -- public data types ------------------------------------------------------------------------
+
+
+class AssociationFailed(ConnectionError):
+    """No usable association with a peer: refused, rejected, aborted, timed out or unreachable.
+
+    Attributes
+    ----------
+    peer
+        The peer we tried.
+    outcomes
+        For :func:`store_datasets` only: the per-instance outcomes reached before the
+        association was lost (instances not attempted are missing).
+    """
+
+    def __init__(self, message: str, *, peer: Peer | None = None,
+                 outcomes: Sequence["StoreOutcome"] = ()) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.outcomes: list[StoreOutcome] = list(outcomes)
+
+
+class QueryFailed(RuntimeError):
+    """The peer answered a C-FIND with a failure status (PS3.4 C.4.1.1.4)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class StoreOutcome:
+    """What happened to one instance of :func:`store_datasets`.
+
+    ``status`` is the C-STORE response status (PS3.4 B.2.3), ``None`` when no request was sent
+    (unreadable file, rejected presentation context) or no response came. ``ok`` is true for
+    Success and Warning statuses (the peer stored the instance).
+    """
+
+    sop_instance_uid: str
+    status: int | None
+    ok: bool
+    message: str
+
+
+@dataclass
+class StudyMatch:
+    """One study a Study Root C-FIND at STUDY level returned (PS3.4 C.6.2.1.2)."""
+
+    study_instance_uid: str
+    study_date: str
+    study_time: str
+    accession_number: str
+    study_description: str
+    modalities_in_study: list[str] = field(default_factory=list)
+    number_of_instances: int | None = None
+
+
+@dataclass
+class RetrieveOutcome:
+    """The result of a C-MOVE or C-GET (PS3.4 C.4.2.1.6, C.4.3.1.6).
+
+    Counts are the final response's Number of Completed/Failed/Warning Sub-operations (the
+    last pending response's where the final one leaves them out). ``ok`` is true when the final
+    status is Success or Warning and no sub-operation failed.
+    """
+
+    completed: int
+    failed: int
+    warning: int
+    status: int | None
+    ok: bool
+    message: str
+
+
+# -- association handling ---------------------------------------------------------------------
+
+
+def client_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
+    """A TLS client context (PS3.15 B.1, TLS 1.2 or later) from the node's TLS settings.
+
+    Our certificate and key are presented to the server; the server's certificate chain is
+    verified against ``ca_certificates`` when ``verify_peers`` is set. Host names are not
+    checked (PACS certificates rarely name the address we use); the CA is the trust anchor.
+    """
+    cafile = str(tls.ca_certificates) if tls.ca_certificates else None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED if tls.verify_peers else ssl.CERT_NONE
+    if tls.certificate and tls.private_key:
+        context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+    return context
+
+
+def _make_ae(calling_ae: str, timeout: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = timeout
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    return ae
+
+
+@dataclass
+class _Negotiation:
+    """What we saw while requesting an association (for the error message)."""
+
+    connected: bool = False
+    pdus: list[Any] = field(default_factory=list)
+
+
+def _request(
+    peer: Peer,
+    calling_ae: str,
+    contexts: list[PresentationContext],
+    *,
+    timeout: float,
+    tls: TLSSettings | None,
+    max_pdu: int = 0,
+    ext_neg: list[Any] | None = None,
+    handlers: list[Any] | None = None,
+) -> tuple[Association, _Negotiation]:
+    """Request an association (PS3.8 7.1); return it whether established or not."""
+    seen = _Negotiation()
+
+    def on_open(event: evt.Event) -> None:
+        seen.connected = True
+
+    def on_pdu(event: evt.Event) -> None:
+        seen.pdus.append(event.pdu)
+
+    ae = _make_ae(calling_ae, timeout)
+    tls_args = (client_ssl_context(tls), peer.host) if tls is not None and tls.enabled else None
+    evt_handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu), *(handlers or [])]
+    LOGGER.debug("requesting association %s -> %s (%d contexts)", calling_ae, peer, len(contexts))
+    assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title,
+                         max_pdu=max_pdu, ext_neg=ext_neg, tls_args=tls_args,
+                         evt_handlers=evt_handlers)
+    assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
+    return assoc, seen
+
+
+def _all_contexts_rejected(assoc: Association) -> bool:
+    """The peer sent A-ASSOCIATE-AC but accepted none of our presentation contexts."""
+    primitive = assoc.acceptor.primitive
+    return primitive is not None and primitive.result == 0x00 and not assoc.accepted_contexts
+
+
+def _rejected_summary(assoc: Association) -> str:
+    parts = [f"{UID(cx.abstract_syntax).name}: {cx.status}" for cx in assoc.rejected_contexts]
+    return "; ".join(parts) or "no presentation context accepted"
+
+
+def _why_not_established(assoc: Association, seen: _Negotiation, peer: Peer, timeout: float,
+                         tls: TLSSettings | None) -> str:
+    """Explain a failed association request, naming the peer."""
+    if not seen.connected:
+        return f"cannot connect to {peer}: {_diagnose_connect(peer, timeout, tls)}"
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        return (f"association rejected by {peer} ({primitive.result_str}; source: "
+                f"{primitive.source_str}; reason: {primitive.reason_str})")
+    if _all_contexts_rejected(assoc):
+        return f"{peer} accepted the association but rejected every presentation context ({_rejected_summary(assoc)})"
+    aborts = [pdu for pdu in seen.pdus if type(pdu).__name__ == "A_ABORT_RQ"]
+    if aborts:
+        pdu = aborts[0]
+        return (f"association aborted by {peer} (A-ABORT source {pdu.source}, "
+                f"reason {pdu.reason_diagnostic})")
+    if not seen.pdus:
+        return f"no answer from {peer} to the association request within {timeout} s (ACSE timeout)"
+    return f"association with {peer} failed (unexpected answer: {type(seen.pdus[-1]).__name__})"
+
+
+def _diagnose_connect(peer: Peer, timeout: float, tls: TLSSettings | None) -> str:
+    """Why pynetdicom could not connect: retry a plain TCP connection to get the OS error."""
+    started = time.monotonic()
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=min(timeout, 5.0)):
+            pass
+    except TimeoutError:
+        return f"no TCP connection within {min(timeout, 5.0)} s"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    if tls is not None and tls.enabled:
+        return "the TCP port is open but the TLS handshake failed (certificates or protocol)"
+    elapsed = time.monotonic() - started
+    return f"the connection failed (a retry connected after {elapsed:.1f} s)"
+
+
+class _Open:
+    """Context manager: an established association, released (or aborted) on exit."""
+
+    def __init__(self, peer: Peer, calling_ae: str, contexts: list[PresentationContext], *,
+                 timeout: float, tls: TLSSettings | None, max_pdu: int = 0,
+                 ext_neg: list[Any] | None = None, handlers: list[Any] | None = None) -> None:
+        self.peer = peer
+        self.args = dict(calling_ae=calling_ae, contexts=contexts, timeout=timeout, tls=tls,
+                         max_pdu=max_pdu, ext_neg=ext_neg, handlers=handlers)
+        self.assoc: Association | None = None
+
+    def __enter__(self) -> Association:
+        assoc, seen = _request(self.peer, **self.args)  # type: ignore[arg-type]
+        if not assoc.is_established:
+            message = _why_not_established(assoc, seen, self.peer, self.args["timeout"],
+                                           self.args["tls"])
+            LOGGER.warning("%s", message)
+            raise AssociationFailed(message, peer=self.peer)
+        self.assoc = assoc
+        return assoc
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.assoc is None or not self.assoc.is_established:
+            return
+        if exc_type is None or exc_type is AssociationFailed:
+            self.assoc.release()
+        else:
+            self.assoc.abort()
+
+
+def _lost(peer: Peer, service: str, timeout: float) -> str:
+    return (f"no {service} response from {peer} within {timeout} s, or the association was "
+            f"aborted")
+
+
+def _status_text(code: int, table: dict[int, tuple[str, str]]) -> str:
+    category, text = table.get(code, GENERAL_STATUS.get(code, (code_to_category(code), "")))
+    return f"0x{code:04X} {category}" + (f": {text}" if text else "")
+
+
+# -- C-ECHO -----------------------------------------------------------------------------------
+
+
+def echo(peer: Peer, calling_ae: str, *, timeout: float = 10, tls: TLSSettings | None = None) -> bool:
+    """Verify a peer with C-ECHO (PS3.4 Annex A, PS3.7 9.1.5).
+
+    Returns
+    -------
+    bool
+        Whether the peer answered with status Success (0x0000).
+
+    Raises
+    ------
+    AssociationFailed
+        When no association could be established.
+    """
+    with _Open(peer, calling_ae, [build_context(sop_class.Verification)], timeout=timeout,
+               tls=tls) as assoc:
+        status = assoc.send_c_echo(msg_id=1)
+    if not status:
+        LOGGER.warning("%s", _lost(peer, "C-ECHO", timeout))
+        return False
+    code = int(status.Status)
+    LOGGER.info("C-ECHO %s: status 0x%04X", peer, code)
+    return code == 0x0000
+
+
+# -- C-STORE ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """One instance to send: where it comes from and what its file meta says."""
+
+    source: Dataset | Path
+    sop_class: str = ""
+    sop_instance: str = ""
+    transfer_syntax: str = ""
+    error: str | None = None
+
+
+def _describe(source: Dataset | Path | str) -> _Item:
+    """SOP class, SOP instance and transfer syntax without reading pixel data (paths: file meta)."""
+    if isinstance(source, Dataset):
+        item = _Item(source)
+        meta = getattr(source, "file_meta", None)
+        ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+        if ts is None:  # no file meta: the encoding it was read with, else Explicit VR LE
+            ts = ImplicitVRLittleEndian if source.original_encoding[0] else ExplicitVRLittleEndian
+        item.transfer_syntax = str(ts)
+        item.sop_class = str(source.get("SOPClassUID", ""))
+        item.sop_instance = str(source.get("SOPInstanceUID", ""))
+    else:
+        item = _Item(Path(source))
+        try:
+            meta = read_file_meta_info(item.source)
+            item.sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+            item.sop_instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
+            item.transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
+            if not (item.sop_class and item.sop_instance and item.transfer_syntax):
+                head = dcmread(item.source, stop_before_pixels=True, force=True)
+                item.sop_class = item.sop_class or str(head.get("SOPClassUID", ""))
+                item.sop_instance = item.sop_instance or str(head.get("SOPInstanceUID", ""))
+                item.transfer_syntax = item.transfer_syntax or str(
+                    head.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file becomes an outcome
+            item.error = f"cannot read {item.source.name}: {type(exc).__name__}: {exc}"
+    if item.error is None and not (item.sop_class and item.sop_instance):
+        item.error = "no SOP Class UID / SOP Instance UID"
+    return item
+
+
+def storage_contexts(items: Sequence[tuple[str, str]]) -> tuple[list[PresentationContext], set[str]]:
+    """Presentation contexts for (SOP class, transfer syntax) pairs, within the 128 limit.
+
+    Each SOP class gets one context offering Explicit and Implicit VR Little Endian (the
+    fallback every Storage SCP supports, PS3.4 B.4.1); each other transfer syntax present gets its
+    own context (PS3.8 9.3.2.2), most frequent first, while room is left.
+
+    Returns
+    -------
+    contexts, classes_left_out
+        The contexts and the SOP classes that did not fit (more than 128 classes).
+    """
+    per_class: dict[str, Counter[str]] = {}
+    for sop, ts in items:
+        per_class.setdefault(sop, Counter())[ts] += 1
+    contexts = [build_context(sop, list(UNCOMPRESSED)) for sop in list(per_class)[:MAX_CONTEXTS]]
+    fitted = {str(cx.abstract_syntax) for cx in contexts}
+    extras = sorted(((count, sop, ts) for sop, counts in per_class.items() if sop in fitted
+                     for ts, count in counts.items() if ts not in UNCOMPRESSED),
+                    key=lambda row: -row[0])
+    for _, sop, ts in extras:
+        if len(contexts) >= MAX_CONTEXTS:
+            LOGGER.info("128 presentation contexts reached; %s instances of %s will be decompressed",
+                        UID(ts).name, UID(sop).name)
+            continue
+        contexts.append(build_context(sop, [ts]))
+    return contexts, set(per_class) - fitted
+
+
+def _prepare(ds: Dataset, ts: str, accepted: set[str], copy_first: bool) -> tuple[Dataset | None, str]:
+    """The data set to send over one of the ``accepted`` transfer syntaxes, or None and why.
+
+    ``copy_first``: the data set is the caller's; change a copy (file meta, decompression).
+    """
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        ds = copy.copy(ds) if copy_first else ds
+        meta = FileMetaDataset(getattr(ds, "file_meta", Dataset()))
+        meta.TransferSyntaxUID = ts
+        ds.file_meta = meta
+    if ts in accepted:
+        return ds, ""
+    uid = UID(ts)
+    if not any(UID(a).is_little_endian and not UID(a).is_compressed for a in accepted):
+        return None, f"no accepted transfer syntax for {uid.name}"
+    if uid.is_compressed:
+        try:
+            out = copy.deepcopy(ds) if copy_first else ds
+            out.decompress()
+            return out, f"decompressed from {uid.name}"
+        except Exception as exc:  # noqa: BLE001 - a decoder problem becomes an outcome
+            return None, f"{uid.name} not accepted and decompression failed: {exc}"
+    if not uid.is_little_endian:
+        return None, f"{uid.name} not accepted (no conversion to little endian)"
+    return ds, ""  # implicit <-> explicit little endian: pynetdicom re-encodes
+
+
+def store_datasets(
+    peer: Peer,
+    calling_ae: str,
+    datasets: Sequence[Dataset | Path],
+    *,
+    timeout: float = 30,
+    tls: TLSSettings | None = None,
+    max_pdu: int = 0,
+) -> list[StoreOutcome]:
+    """Send instances to a Storage SCP with C-STORE over one association (PS3.4 B.2, PS3.7 9.1.1).
+
+    Presentation contexts cover exactly the SOP classes and transfer syntaxes present (see
+    :func:`storage_contexts`). An instance whose own transfer syntax is not accepted is sent
+    over the accepted uncompressed context (decompressed first where needed).
+
+    Parameters
+    ----------
+    peer
+        The Storage SCP.
+    calling_ae
+        Our AE title.
+    datasets
+        Data sets (with file meta) or paths to DICOM files; files are read one at a time.
+    timeout
+        Seconds for connecting, negotiation and each C-STORE response.
+    tls
+        Use DICOM TLS when given and enabled.
+    max_pdu
+        Maximum PDU length we receive (0: unlimited).
+
+    Returns
+    -------
+    list of StoreOutcome
+        One per input, in order. Unreadable inputs, rejected presentation contexts and failure
+        statuses are not-ok outcomes.
+
+    Raises
+    ------
+    AssociationFailed
+        When the association cannot be established or is lost; ``outcomes`` then holds the
+        results so far.
+    """
+    items = [_describe(source) for source in datasets]
+    outcomes: list[StoreOutcome | None] = [None] * len(items)
+    for i, item in enumerate(items):
+        if item.error:
+            outcomes[i] = StoreOutcome(item.sop_instance, None, False, item.error)
+    todo = [i for i, item in enumerate(items) if item.error is None]
+    if not todo:
+        return [o for o in outcomes if o is not None]
+    contexts, left_out = storage_contexts([(items[i].sop_class, items[i].transfer_syntax) for i in todo])
+    for i in todo:
+        if items[i].sop_class in left_out:
+            outcomes[i] = StoreOutcome(items[i].sop_instance, None, False,
+                                       "more SOP classes than presentation contexts (128)")
+    todo = [i for i in todo if outcomes[i] is None]
+
+    assoc, seen = _request(peer, calling_ae, contexts, timeout=timeout, tls=tls, max_pdu=max_pdu)
+    if not assoc.is_established:
+        if not _all_contexts_rejected(assoc):
+            raise AssociationFailed(_why_not_established(assoc, seen, peer, timeout, tls), peer=peer)
+        summary = _rejected_summary(assoc)
+        LOGGER.warning("%s rejected every presentation context (%s)", peer, summary)
+        for i in todo:
+            outcomes[i] = StoreOutcome(items[i].sop_instance, None, False,
+                                       f"presentation context rejected by {peer}: {summary}")
+        return [o for o in outcomes if o is not None]
+
+    accepted: dict[str, set[str]] = {}
+    for cx in assoc.accepted_contexts:
+        accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+    rejected = {str(cx.abstract_syntax): cx.status for cx in assoc.rejected_contexts}
+    try:
+        for msg_id, i in enumerate(todo, start=1):
+            outcomes[i] = _store_one(assoc, items[i], accepted, rejected, msg_id % 65536 or 1, peer)
+            if not assoc.is_established:
+                done = [o for o in outcomes if o is not None]
+                raise AssociationFailed(f"{_lost(peer, 'C-STORE', timeout)}; "
+                                        f"{sum(o.ok for o in done)} of {len(items)} stored", peer=peer,
+                                        outcomes=done)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    result = [o for o in outcomes if o is not None]
+    LOGGER.info("C-STORE to %s: %d of %d stored", peer, sum(o.ok for o in result), len(result))
+    return result
+
+
+def _store_one(assoc: Association, item: _Item, accepted: dict[str, set[str]],
+               rejected: dict[str, str], msg_id: int, peer: Peer) -> StoreOutcome:
+    """One C-STORE request and its outcome."""
+    uid = item.sop_instance
+    syntaxes = accepted.get(item.sop_class)
+    if not syntaxes:
+        why = rejected.get(item.sop_class, "not accepted")
+        return StoreOutcome(uid, None, False,
+                            f"presentation context for {UID(item.sop_class).name} rejected by {peer} ({why})")
+    try:
+        ds = item.source if isinstance(item.source, Dataset) else dcmread(item.source)
+    except Exception as exc:  # noqa: BLE001
+        return StoreOutcome(uid, None, False, f"cannot read the file: {type(exc).__name__}: {exc}")
+    ds, note = _prepare(ds, item.transfer_syntax, syntaxes, copy_first=isinstance(item.source, Dataset))
+    if ds is None:
+        return StoreOutcome(uid, None, False, note)
+    try:
+        status = assoc.send_c_store(ds, msg_id=msg_id)
+    except (ValueError, AttributeError) as exc:
+        return StoreOutcome(uid, None, False, f"cannot send: {exc}")
+    if not status:
+        return StoreOutcome(uid, None, False, "no C-STORE response (timeout or abort)")
+    code = int(status.Status)
+    category = code_to_category(code)
+    message = _status_text(code, STORAGE_SERVICE_CLASS_STATUS)
+    if "ErrorComment" in status:
+        message += f" ({status.ErrorComment})"
+    if note:
+        message += f"; {note}"
+    ok = category in ("Success", "Warning")
+    if not ok:
+        LOGGER.warning("C-STORE of %s to %s failed: %s", uid, peer, message)
+    return StoreOutcome(uid, code, ok, message)
+
+
+# -- C-FIND -----------------------------------------------------------------------------------
+
+
+def _c_find(assoc: Association, identifier: Dataset, peer: Peer, timeout: float,
+            msg_id: int = 1) -> list[Dataset]:
+    """All pending identifiers of one Study Root C-FIND (PS3.4 C.4.1.2)."""
+    matches: list[Dataset] = []
+    for status, answer in assoc.send_c_find(
+            identifier, sop_class.StudyRootQueryRetrieveInformationModelFind, msg_id=msg_id):
+        if not status:
+            raise AssociationFailed(_lost(peer, "C-FIND", timeout), peer=peer)
+        code = int(status.Status)
+        category = code_to_category(code)
+        if category == "Pending":
+            if answer is not None:
+                matches.append(answer)
+            continue
+        if category in ("Success", "Cancel"):
+            break
+        text = _status_text(code, QR_FIND_SERVICE_CLASS_STATUS)
+        if "ErrorComment" in status:
+            text += f" ({status.ErrorComment})"
+        raise QueryFailed(f"C-FIND at {peer} failed: {text}", code)
+    return matches
+
+
+def _find_context() -> list[PresentationContext]:
+    return [build_context(sop_class.StudyRootQueryRetrieveInformationModelFind)]
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(str(value).strip()) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def count_study_instances(peer: Peer, calling_ae: str, study_uid: str, *, timeout: float = 30,
+                          tls: TLSSettings | None = None) -> int | None:
+    """Number of Study Related Instances the peer holds for one study (PS3.4 C.6.2.1.2, C.3.4).
+
+    Returns
+    -------
+    int or None
+        ``None`` when the study is unknown, the peer leaves the attribute empty, or answers
+        with a failure status.
+
+    Raises
+    ------
+    AssociationFailed
+        When no association could be established or it was lost.
+    """
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    identifier.NumberOfStudyRelatedInstances = ""
+    with _Open(peer, calling_ae, _find_context(), timeout=timeout, tls=tls) as assoc:
+        try:
+            matches = _c_find(assoc, identifier, peer, timeout)
+        except QueryFailed as exc:
+            LOGGER.warning("%s", exc)
+            return None
+    counts = [_int_or_none(m.get("NumberOfStudyRelatedInstances")) for m in matches
+              if str(m.get("StudyInstanceUID", study_uid)) == study_uid]
+    if not counts:
+        LOGGER.info("study %s unknown to %s", study_uid, peer)
+        return None
+    return counts[0]
+
+
+def _modalities(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v).strip().upper() for v in values if str(v).strip()]
+
+
+def _date_time_key(date: str, time_: str) -> str:
+    """YYYYMMDDHHMMSS (time right-padded with zeros; fractions dropped); '' without a date."""
+    date = (date or "").strip()
+    if not re.fullmatch(r"\d{8}", date):
+        return ""
+    digits = (time_ or "").strip().split(".")[0]
+    digits = digits if digits.isdigit() else ""
+    return date + digits.ljust(6, "0")[:6]
+
+
+def _before_key(before: str) -> tuple[str, bool]:
+    """``before`` as YYYYMMDD[HHMMSS] key and whether it carries a time."""
+    if not _DATE_TIME_RE.match(before):
+        raise ValueError(f"before={before!r} is not YYYYMMDD[HHMMSS]")
+    has_time = len(before) > 8
+    return _date_time_key(before[:8], before[8:]), has_time
+
+
+def _is_before(match: StudyMatch, key: str, has_time: bool) -> bool:
+    """Strictly earlier than ``key``; a study on the same day without a time is not."""
+    if not match.study_date:
+        return False
+    if not has_time or match.study_date != key[:8]:
+        return match.study_date < key[:8]
+    if not match.study_time.strip():
+        return False
+    return _date_time_key(match.study_date, match.study_time) < key
+
+
+def find_prior_studies(
+    peer: Peer,
+    calling_ae: str,
+    *,
+    patient_id: str,
+    modality: str | None = None,
+    before: str | None = None,
+    exclude_study_uid: str | None = None,
+    timeout: float = 30,
+    tls: TLSSettings | None = None,
+) -> list[StudyMatch]:
+    """A patient's earlier studies, most recent first (Study Root C-FIND, PS3.4 C.6.2.1).
+
+    The query asks for STUDY level with Patient ID, Study Date range ``-YYYYMMDD`` and
+    Modalities in Study (PS3.4 C.2.2.2: single value, range matching). Everything is also
+    checked here, because not every PACS matches all keys: studies are kept only if they are
+    strictly before ``before`` (date and time; same-day studies without a time are dropped when
+    ``before`` has one), are not ``exclude_study_uid`` and include ``modality`` (a study whose
+    modalities the PACS does not return is looked up at SERIES level).
+
+    Raises
+    ------
+    AssociationFailed
+        When no association could be established or it was lost.
+    QueryFailed
+        When the peer answers with a failure status.
+    ValueError
+        When ``before`` is not YYYYMMDD[HHMMSS].
+    """
+    key, has_time = _before_key(before) if before else ("", False)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientID = patient_id
+    identifier.StudyInstanceUID = ""
+    identifier.StudyDate = f"-{key[:8]}" if key else ""
+    identifier.StudyTime = ""
+    identifier.AccessionNumber = ""
+    identifier.StudyDescription = ""
+    identifier.ModalitiesInStudy = modality or ""
+    identifier.NumberOfStudyRelatedInstances = ""
+    wanted = modality.strip().upper() if modality else None
+    with _Open(peer, calling_ae, _find_context(), timeout=timeout, tls=tls) as assoc:
+        answers = _c_find(assoc, identifier, peer, timeout)
+        studies: list[StudyMatch] = []
+        for answer in answers:
+            if str(answer.get("PatientID", patient_id)) != patient_id:
+                continue  # a PACS that ignored the key
+            match = StudyMatch(
+                study_instance_uid=str(answer.get("StudyInstanceUID", "")),
+                study_date=str(answer.get("StudyDate", "") or ""),
+                study_time=str(answer.get("StudyTime", "") or ""),
+                accession_number=str(answer.get("AccessionNumber", "") or ""),
+                study_description=str(answer.get("StudyDescription", "") or ""),
+                modalities_in_study=_modalities(answer.get("ModalitiesInStudy")),
+                number_of_instances=_int_or_none(answer.get("NumberOfStudyRelatedInstances")),
+            )
+            if not match.study_instance_uid or match.study_instance_uid == exclude_study_uid:
+                continue
+            if key and not _is_before(match, key, has_time):
+                continue
+            if wanted and not match.modalities_in_study:
+                match.modalities_in_study = _series_modalities(assoc, match.study_instance_uid, peer, timeout)
+            if wanted and wanted not in match.modalities_in_study:
+                continue
+            studies.append(match)
+    studies.sort(key=lambda m: _date_time_key(m.study_date, m.study_time), reverse=True)
+    LOGGER.info("C-FIND at %s: %d prior studies", peer, len(studies))
+    return studies
+
+
+def _series_modalities(assoc: Association, study_uid: str, peer: Peer, timeout: float) -> list[str]:
+    """Modalities of a study's series (SERIES level C-FIND, PS3.4 C.6.2.1.2)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = ""
+    identifier.Modality = ""
+    found: list[str] = []
+    for answer in _c_find(assoc, identifier, peer, timeout, msg_id=2):
+        for value in _modalities(answer.get("Modality")):
+            if value not in found:
+                found.append(value)
+    return found
+
+
+# -- C-MOVE and C-GET -------------------------------------------------------------------------
+
+
+def _study_identifier(study_uid: str) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    return identifier
+
+
+def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], service: str, peer: Peer,
+             timeout: float, table: dict[int, tuple[str, str]]) -> RetrieveOutcome:
+    """Fold C-MOVE/C-GET responses into a :class:`RetrieveOutcome` (PS3.4 C.4.2.1.6, C.4.3.1.6)."""
+    counts = {"completed": 0, "failed": 0, "warning": 0}
+    names = {"completed": "NumberOfCompletedSuboperations",
+             "failed": "NumberOfFailedSuboperations",
+             "warning": "NumberOfWarningSuboperations"}
+    final: Dataset | None = None
+    for status, _identifier in responses:
+        if not status:
+            raise AssociationFailed(_lost(peer, service, timeout), peer=peer)
+        for key, keyword in names.items():
+            value = _int_or_none(status.get(keyword))
+            if value is not None:
+                counts[key] = value
+        if code_to_category(int(status.Status)) != "Pending":
+            final = status
+            break
+    if final is None:
+        raise AssociationFailed(f"{service} at {peer} ended without a final response", peer=peer)
+    code = int(final.Status)
+    category = code_to_category(code)
+    ok = category in ("Success", "Warning") and counts["failed"] == 0
+    message = (f"{service}: {counts['completed']} completed, {counts['failed']} failed, "
+               f"{counts['warning']} warning; status {_status_text(code, table)}")
+    if "ErrorComment" in final:
+        message += f" ({final.ErrorComment})"
+    (LOGGER.info if ok else LOGGER.warning)("%s from %s", message, peer)
+    return RetrieveOutcome(counts["completed"], counts["failed"], counts["warning"], code, ok, message)
+
+
+def move_study(peer: Peer, calling_ae: str, study_uid: str, destination_ae: str, *,
+               timeout: float = 300, tls: TLSSettings | None = None) -> RetrieveOutcome:
+    """Ask the peer to send a study to ``destination_ae`` (Study Root C-MOVE, PS3.4 C.4.2).
+
+    The peer must know ``destination_ae`` (its address book); an unknown destination gives
+    ``ok=False`` (status 0xA801). ``timeout`` bounds each wait for the next response.
+
+    Raises
+    ------
+    AssociationFailed
+        When no association could be established or it was lost.
+    """
+    context = [build_context(sop_class.StudyRootQueryRetrieveInformationModelMove)]
+    with _Open(peer, calling_ae, context, timeout=timeout, tls=tls) as assoc:
+        responses = assoc.send_c_move(_study_identifier(study_uid), destination_ae,
+                                      sop_class.StudyRootQueryRetrieveInformationModelMove, msg_id=1)
+        return _collect(responses, f"C-MOVE to {destination_ae}", peer, timeout,
+                        QR_MOVE_SERVICE_CLASS_STATUS)
+
+
+def get_contexts() -> tuple[list[PresentationContext], list[Any]]:
+    """Contexts and SCP role selection items for a Study Root C-GET (PS3.4 C.4.3, PS3.7 D.3.3.4).
+
+    One uncompressed context per storage class in :data:`GET_STORAGE_CLASSES`, plus one per
+    compressed syntax in :data:`GET_COMPRESSED_SYNTAXES`, so the SCP may send instances as stored.
+    """
+    contexts = [build_context(sop_class.StudyRootQueryRetrieveInformationModelGet)]
+    for uid in GET_STORAGE_CLASSES:
+        contexts.append(build_context(uid, list(UNCOMPRESSED)))
+        contexts.extend(build_context(uid, [ts]) for ts in GET_COMPRESSED_SYNTAXES)
+    if len(contexts) > MAX_CONTEXTS:  # pragma: no cover - guarded by the constants above
+        raise ValueError(f"{len(contexts)} presentation contexts exceed {MAX_CONTEXTS}")
+    roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE_CLASSES]
+    return contexts, roles
+
+
+def get_study(peer: Peer, calling_ae: str, study_uid: str, on_instance: Callable[[Dataset], None], *,
+              timeout: float = 300, tls: TLSSettings | None = None) -> RetrieveOutcome:
+    """Retrieve a study over our own association (Study Root C-GET, PS3.4 C.4.3).
+
+    The peer sends each instance with C-STORE on the same association; ``on_instance`` gets it
+    (with file meta). If it raises, that C-STORE is answered with 0xA702 (out of resources), an
+    undecodable data set with 0xC000; the peer counts those as failed sub-operations.
+
+    Raises
+    ------
+    AssociationFailed
+        When no association could be established or it was lost.
+    """
+    def on_store(event: evt.Event) -> int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+        except Exception:  # noqa: BLE001 - answered with a status
+            LOGGER.warning("C-GET from %s: undecodable instance", peer, exc_info=True)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            on_instance(ds)
+        except Exception as exc:  # noqa: BLE001 - answered with a status
+            LOGGER.warning("C-GET from %s: handling instance %s failed: %s", peer,
+                           ds.get("SOPInstanceUID", "?"), type(exc).__name__, exc_info=True)
+            return STATUS_CALLBACK_FAILED
+        return 0x0000
+
+    contexts, roles = get_contexts()
+    with _Open(peer, calling_ae, contexts, timeout=timeout, tls=tls, ext_neg=roles,
+               handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        responses = assoc.send_c_get(_study_identifier(study_uid),
+                                     sop_class.StudyRootQueryRetrieveInformationModelGet, msg_id=1)
+        return _collect(responses, "C-GET", peer, timeout, QR_GET_SERVICE_CLASS_STATUS)

@@ -1,0 +1,114 @@
+"""Exports: C-STORE results to every destination, persisted, retried with backoff, dead-lettered.
+
+Every (object, destination) pair is a row. A due row is sent; success marks it
+DELIVERED; a failure schedules the next try after ``initial * 2**(tries-1)``
+seconds (capped), which survives restarts because it is a column, not a timer.
+After ``max_attempts`` the row goes to DEAD (audited) until ``medversa retry``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from sqlalchemy import select
+
+from .config import Peer
+from .context import NodeContext
+from .store import Export, ExportState, Job, JobState, utcnow
+
+LOGGER = logging.getLogger(__name__)
+
+
+def backoff_s(attempts: int, initial: float, maximum: float) -> float:
+    return min(maximum, initial * 2 ** max(attempts - 1, 0))
+
+
+def deliver_due(ctx: NodeContext, job_id: int | None = None, now: dt.datetime | None = None) -> int:
+    """Send every due export (of one job, or all); returns how many were delivered."""
+    from .dimse import AssociationFailed, store_datasets
+
+    now = now or utcnow()
+    settings = ctx.settings.export
+    with ctx.store.session() as s:
+        query = select(Export).where(Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
+        if job_id is not None:
+            query = query.where(Export.job_id == job_id)
+        due = [(e.id, e.destination, e.path, e.sop_instance_uid, e.job_id) for e in s.scalars(query)]
+    by_destination: dict[str, list[tuple]] = defaultdict(list)
+    for row in due:
+        by_destination[row[1]].append(row)
+    delivered = 0
+    for destination, rows in by_destination.items():
+        peer = Peer.parse(destination)
+        try:
+            outcomes = store_datasets(peer, ctx.settings.scp.ae_title, [Path(r[2]) for r in rows],
+                                      timeout=ctx.settings.pacs.query_timeout_s)
+            result = {o.sop_instance_uid: o for o in outcomes}
+            messages = {r[0]: (result.get(r[3]).ok if r[3] in result else False,
+                               result[r[3]].message if r[3] in result else "not sent") for r in rows}
+        except (AssociationFailed, OSError) as exc:
+            messages = {r[0]: (False, f"association failed: {exc}") for r in rows}
+        delivered += _record_outcomes(ctx, messages, destination)
+    touched = {row[4] for row in due}
+    if touched:
+        from .jobs import finish_if_delivered
+
+        for jid in touched:
+            finish_if_delivered(ctx, jid)
+    return delivered
+
+
+def _record_outcomes(ctx: NodeContext, outcomes: dict[int, tuple[bool, str]], destination: str) -> int:
+    settings = ctx.settings.export
+    delivered = 0
+    now = utcnow()
+    with ctx.store.session() as s:
+        for export_id, (ok, message) in outcomes.items():
+            export = s.get(Export, export_id)
+            export.attempts += 1
+            export.last_status = message[:256]
+            if ok:
+                export.state = ExportState.DELIVERED
+                export.delivered_at = now
+                delivered += 1
+                finished = export.job.finished_at or now
+                ctx.metrics.export_latency.observe(max((now - finished).total_seconds(), 0.0))
+                ctx.store.audit("export", "success", peer=destination, study_instance_uid=export.job.study.study_instance_uid,
+                                sop_instance_uid=export.sop_instance_uid, detail=export.kind)
+            else:
+                ctx.metrics.export_failures.inc()
+                if export.attempts >= settings.max_attempts:
+                    export.state = ExportState.DEAD
+                    ctx.metrics.dead_letters.inc()
+                    LOGGER.error("export %d of %s to %s: dead-letter after %d tries (%s)", export.id,
+                                 export.sop_instance_uid, destination, export.attempts, message)
+                    ctx.store.audit("export", "dead-letter", peer=destination,
+                                    sop_instance_uid=export.sop_instance_uid, detail=message[:500])
+                else:
+                    delay = backoff_s(export.attempts, settings.backoff_initial_s, settings.backoff_max_s)
+                    export.next_attempt_at = now + dt.timedelta(seconds=delay)
+                    LOGGER.warning("export %d to %s failed (try %d): %s; next try in %.0f s", export.id,
+                                   destination, export.attempts, message, delay)
+    return delivered
+
+
+def retry_job_exports(ctx: NodeContext, job_id: int) -> int:
+    """Revive a job's dead or pending exports for an immediate try; returns how many."""
+    with ctx.store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        revived = 0
+        for export in job.exports:
+            if export.state in (ExportState.DEAD, ExportState.PENDING):
+                export.state = ExportState.PENDING
+                export.attempts = 0
+                export.next_attempt_at = utcnow()
+                revived += 1
+        if revived and job.state is JobState.DONE:
+            job.state = JobState.EXPORTING
+    ctx.store.audit("retry", "success", detail=f"job {job_id}: {revived} export(s) revived")
+    return revived

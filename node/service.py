@@ -1,0 +1,141 @@
+"""``medversa serve``: the SCP, the scheduler (completion, queueing, exports), HTTP, and
+in the embedded default a Celery worker process it starts and stops itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import yaml
+from sqlalchemy import func, select
+
+from .completion import queue_due_studies
+from .config import NodeSettings
+from .context import NodeContext
+from .export import deliver_due
+from .metrics import start_http
+from .queue import enqueue_with, make_celery
+from .retention import apply_retention
+from .scp import ReceiverHooks, StorageSCP, record_instance
+from .store import Instance, Job, JobState
+
+LOGGER = logging.getLogger(__name__)
+
+
+def recover_spool(ctx: NodeContext) -> int:
+    """After a crash: drop partial files, record spooled files whose rows were not written."""
+    removed = ctx.spool.remove_partials()
+    if removed:
+        LOGGER.warning("removed %d partial spool file(s) left by a crash", removed)
+    with ctx.store.session() as s:
+        known = set(s.scalars(select(Instance.path)))
+    recovered = 0
+    for path in ctx.spool.root.rglob("*.dcm"):
+        if str(path) in known:
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            record_instance(ctx.store, ds, str(path), path.stat().st_size, "recovered")
+            recovered += 1
+        except Exception as exc:  # noqa: BLE001 - a foreign file in the spool: leave it, say so
+            LOGGER.error("spool file %s cannot be recorded: %s", path, exc)
+    if recovered:
+        LOGGER.warning("recorded %d spooled instance(s) that had no row (crash after the write)", recovered)
+    return recovered
+
+
+class Node:
+    def __init__(self, settings: NodeSettings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.ctx = NodeContext(settings)
+        self.app = make_celery(settings)
+        self.enqueue = enqueue_with(self.app)
+        self.scp = StorageSCP(settings, self.ctx.store, self.ctx.spool, ReceiverHooks(), self.ctx.metrics)
+        self.worker: subprocess.Popen | None = None
+        self.http = None
+        self._stop = threading.Event()
+
+    def health(self) -> dict:
+        report = {"scp": self.scp._server is not None, "disk_fill": round(self.ctx.spool.disk_fill(), 3)}
+        try:
+            with self.ctx.store.session() as s:
+                s.scalar(select(func.count()).select_from(Job))
+            report["database"] = True
+        except Exception:  # noqa: BLE001
+            report["database"] = False
+        if self.settings.embedded:
+            report["worker"] = self.worker is not None and self.worker.poll() is None
+        report["ok"] = all(v for k, v in report.items() if k != "disk_fill")
+        return report
+
+    def start(self) -> None:
+        recover_spool(self.ctx)
+        self.scp.start()
+        if self.settings.http.enabled:
+            self.http = start_http(self.settings.http.bind, self.settings.http.port, self.ctx.metrics, self.health)
+        if self.settings.embedded:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        effective = self.settings.data_dir / "effective-config.yaml"
+        data = self.settings.model_dump(mode="json")
+        effective.write_text(yaml.safe_dump(data, sort_keys=False))
+        cmd = [sys.executable, "-m", "medversa.cli", "worker", "--config", str(effective),
+               "--queues", self.settings.model.queue]
+        env = dict(os.environ)
+        self.worker = subprocess.Popen(cmd, env=env)
+        LOGGER.info("embedded worker started (pid %d) on queue %s", self.worker.pid, self.settings.model.queue)
+
+    def tick(self) -> None:
+        queue_due_studies(self.ctx, self.enqueue)
+        deliver_due(self.ctx)
+        apply_retention(self.ctx)
+        with self.ctx.store.session() as s:
+            for state in JobState:
+                count = s.scalar(select(func.count()).select_from(Job).where(Job.state == state)) or 0
+                self.ctx.metrics.jobs.labels(state.value).set(count)
+
+    def run(self, interval: float = 1.0) -> None:
+        self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - the scheduler must keep running
+                    LOGGER.exception("scheduler tick failed")
+                if self.worker is not None and self.worker.poll() is not None:
+                    LOGGER.error("embedded worker exited (%s); restarting it", self.worker.returncode)
+                    self._start_worker()
+                self._stop.wait(interval)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        LOGGER.info("stopping")
+        self.scp.stop()
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.terminate()
+            try:
+                self.worker.wait(20)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+        if self.http is not None:
+            self.http.shutdown()
+
+
+def run_worker(settings: NodeSettings, queues: list[str]) -> None:
+    """A Celery worker process: solo pool (one job at a time; the model loads once per process)."""
+    app = make_celery(settings)
+    argv = ["worker", "--pool=solo", "--concurrency=1", "-Q", ",".join(queues), "--loglevel=INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"medversa@{os.uname().nodename}"]
+    app.worker_main(argv)

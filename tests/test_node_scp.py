@@ -1,0 +1,172 @@
+"""The Storage SCP over loopback with real peers (dcmtk storescu/echoscu, pynetdicom)."""
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE
+from sqlalchemy import func, select
+
+from medversa.node.config import load_settings
+from medversa.node.scp import StorageSCP, record_instance
+from medversa.node.spool import Spool, SpoolFull
+from medversa.node.store import AuditEvent, Instance, Store, Study, StudyState
+
+from . import dicom_factory as f
+from .dicom_tools import need_tool
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def scp(tmp_path):
+    def start(**flags):
+        settings = load_settings(None, data_dir=tmp_path / "data", **{"scp.port": free_port(), "scp.bind": "127.0.0.1",
+                                                                       **flags})
+        store = Store(settings.db_url)
+        spool = Spool(settings.spool_dir)
+        server = StorageSCP(settings, store, spool)
+        server.start()
+        started.append(server)
+        return server
+    started: list[StorageSCP] = []
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _count(store: Store, model) -> int:
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_echo_and_store_with_storescu_spools_and_records(scp, tmp_path):
+    need_tool("storescu")
+    server = scp()
+    study = f.make_cr(64, 64)
+    paths = f.write_datasets([study, f.make_cr(64, 64, study_uid=study.StudyInstanceUID)], tmp_path / "in")
+    echo = subprocess.run(["echoscu", "-aec", "MEDVERSA", "127.0.0.1", str(server.port)], capture_output=True, timeout=30)
+    assert echo.returncode == 0
+    sent = subprocess.run(["storescu", "-aet", "PACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), *map(str, paths)],
+                          capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert _count(server.store, Instance) == 2 and _count(server.store, Study) == 1
+    spooled = sorted(server.spool.root.rglob("*.dcm"))
+    assert len(spooled) == 2
+    assert {dcmread(p).SOPInstanceUID for p in spooled} == {dcmread(p).SOPInstanceUID for p in paths}
+    assert not list(server.spool.root.rglob("*.partial"))
+
+
+def test_a_resent_instance_is_idempotent(scp, tmp_path):
+    server = scp()
+    path = f.write_datasets([f.make_cr(32, 32)], tmp_path / "in")[0]
+    for _ in range(2):
+        subprocess.run(["storescu", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+                       capture_output=True, timeout=60, check=True)
+    assert _count(server.store, Instance) == 1
+    with server.store.session() as s:
+        assert s.scalars(select(Study)).one().pending_instances == 1
+
+
+def test_a_calling_ae_outside_the_allow_list_is_rejected_and_audited(scp, tmp_path):
+    need_tool("storescu")
+    server = scp(**{"scp.allowed_calling_aes": ["GOODPACS"]})
+    path = f.write_datasets([f.make_cr(32, 32)], tmp_path / "in")[0]
+    bad = subprocess.run(["storescu", "-aet", "EVIL", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    assert "Calling AE title not recognised" in (bad.stdout + bad.stderr)
+    good = subprocess.run(["storescu", "-aet", "GOODPACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0
+    with server.store.session() as s:
+        rejected = s.scalars(select(AuditEvent).where(AuditEvent.outcome == "rejected")).all()
+    assert len(rejected) == 1 and "EVIL" in rejected[0].peer
+
+
+def test_an_unknown_sop_class_is_refused_at_negotiation(scp):
+    server = scp()
+    ae = AE("PACS")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage: not ours
+    ae.add_requested_context("1.2.840.10008.1.1")  # Verification
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MEDVERSA")
+    assert assoc.is_established
+    assert [c.abstract_syntax for c in assoc.accepted_contexts] == ["1.2.840.10008.1.1"]
+    assert [c.abstract_syntax for c in assoc.rejected_contexts] == ["1.2.840.10008.5.1.4.1.1.4"]
+    assoc.release()
+
+
+def _send(port: int, ds, sop_class: str | None = None) -> int:
+    ae = AE("PACS")
+    ae.add_requested_context(sop_class or ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERSA")
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    return int(status.Status)
+
+
+def test_a_data_set_without_its_uids_gets_cannot_understand(scp):
+    server = scp()
+    ds = f.make_cr(32, 32)
+    del ds.StudyInstanceUID
+    assert _send(server.port, ds) == 0xC000
+    assert _count(server.store, Instance) == 0 and not list(server.spool.root.rglob("*.dcm"))
+
+
+def test_a_full_disk_answers_out_of_resources_and_leaves_nothing(scp, monkeypatch):
+    server = scp()
+
+    def full(*args, **kwargs):
+        raise SpoolFull(28, "no space")
+
+    monkeypatch.setattr(server.spool, "write", full)
+    assert _send(server.port, f.make_cr(32, 32)) == 0xA700
+    assert _count(server.store, Instance) == 0
+
+
+def test_associations_are_refused_above_the_disk_refusal_level(scp, monkeypatch):
+    server = scp()
+    monkeypatch.setattr(server.spool, "disk_fill", lambda: 0.99)
+    ae = AE("PACS")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MEDVERSA")
+    assert assoc.is_rejected
+    with server.store.session() as s:
+        assert "disk" in s.scalars(select(AuditEvent).where(AuditEvent.outcome == "rejected")).one().detail
+
+
+def test_a_new_instance_after_processing_reopens_the_study(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    first = f.make_cr(16, 16)
+    record_instance(store, first, "a.dcm", 1, "PACS")
+    with store.session() as s:
+        study = s.scalars(select(Study)).one()
+        study.state, study.pending_instances = StudyState.DONE, 0
+    late = f.make_cr(16, 16, study_uid=first.StudyInstanceUID)
+    assert record_instance(store, late, "b.dcm", 1, "PACS")
+    with store.session() as s:
+        study = s.scalars(select(Study)).one()
+        assert study.state is StudyState.RECEIVING and study.pending_instances == 1
+
+
+def test_spool_write_is_atomic_and_partials_are_cleaned(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    written = spool.write("1.2.3", "1.2.3.4", b"DICM" * 10)
+    assert written.path.read_bytes() == b"DICM" * 10 and not written.replaced
+    assert spool.write("1.2.3", "1.2.3.4", b"x").replaced
+    (written.path.parent / ".junk.partial").write_bytes(b"half")
+    assert spool.remove_partials() == 1
+    with pytest.raises(ValueError, match="not a valid UID"):
+        spool.write("../../etc", "1.2", b"x")
+
+
+def test_spool_path_names_by_sop_instance_uid(tmp_path):
+    spool = Spool(tmp_path)
+    assert spool.path_for("1.2", "1.2.3") == Path(tmp_path) / "1.2" / "1.2.3.dcm"
