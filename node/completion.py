@@ -72,7 +72,7 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
                 study.state = StudyState.DONE
                 study.pending_instances = 0
                 LOGGER.info("study %s: no routing rule matched; nothing to do", study_id)
-                ctx.store.audit("routing", "skipped", study_instance_uid=study.study_instance_uid,
+                ctx.store.audit("routing", "skipped", session=s, study_instance_uid=study.study_instance_uid,
                                 detail="no routing rule matched")
                 continue
         notes = [f"rules: {', '.join(rules)}"] + ([note] if note else [])

@@ -172,6 +172,10 @@ class ModelSettings(BaseModel):
     device: str | None = None
     #: Celery queue this model's jobs go to (GPU hosts consume the queues of the models they hold).
     queue: str = "medversa-demo"
+    #: Integration testing without a trained model: a YAML/JSON file mapping task -> planted
+    #: answer (e.g. ``chest_organ_segmentation: "The segmentation mask of {target} is <2DSEG>."``).
+    #: The real vision modules still run on the planted task tokens. Never for clinical use.
+    scripted_answers: Path | None = None
 
 
 class RetentionSettings(BaseModel):

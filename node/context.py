@@ -43,6 +43,19 @@ class NodeContext:
         return getattr(analyzer, "model_id", "") or f"random-{analyzer.model.config.name}"
 
     @cached_property
+    def choose_for(self):
+        """The scripted-answer chooser when configured (integration testing), else None."""
+        path = self.settings.model.scripted_answers
+        if path is None:
+            return None
+        import yaml
+
+        from medversa.inference.scripted import scripted_chooser
+
+        LOGGER.warning("SCRIPTED ANSWERS from %s: results are planted, not the model's (testing only)", path)
+        return scripted_chooser(self.analyzer.tokenizer, yaml.safe_load(path.read_text()))
+
+    @cached_property
     def algorithm(self) -> AlgorithmInfo:
         analyzer = self.analyzer
         return AlgorithmInfo(

@@ -48,7 +48,9 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, build_context, build_role, evt, sop_class
+from pynetdicom import _config as _pynetdicom_config
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import (
     GENERAL_STATUS,
@@ -62,6 +64,11 @@ from pynetdicom.status import (
 from medversa.node.config import Peer, TLSSettings
 
 LOGGER = logging.getLogger(__name__)
+
+# pynetdicom logs C-FIND/C-GET/C-MOVE request and response identifiers (Patient ID, names...)
+# at INFO by default; the node never logs patient identifiers, so switch that off process-wide.
+_pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+_pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_CONTEXTS = 128
@@ -209,6 +216,7 @@ class _Negotiation:
 
     connected: bool = False
     pdus: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def _request(
@@ -235,9 +243,11 @@ def _request(
     tls_args = (client_ssl_context(tls), peer.host) if tls is not None and tls.enabled else None
     evt_handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu), *(handlers or [])]
     LOGGER.debug("requesting association %s -> %s (%d contexts)", calling_ae, peer, len(contexts))
+    started = time.monotonic()
     assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title,
                          max_pdu=max_pdu, ext_neg=ext_neg, tls_args=tls_args,
                          evt_handlers=evt_handlers)
+    seen.seconds = time.monotonic() - started
     assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
     return assoc, seen
 
@@ -257,31 +267,38 @@ def _why_not_established(assoc: Association, seen: _Negotiation, peer: Peer, tim
                          tls: TLSSettings | None) -> str:
     """Explain a failed association request, naming the peer."""
     if not seen.connected:
-        return f"cannot connect to {peer}: {_diagnose_connect(peer, timeout, tls)}"
+        if seen.seconds >= 0.9 * timeout:
+            return f"cannot connect to {peer}: no TCP connection within {timeout} s"
+        return f"cannot connect to {peer}: {_diagnose_connect(peer, timeout - seen.seconds, tls)}"
     primitive = assoc.acceptor.primitive
     if assoc.is_rejected and primitive is not None:
         return (f"association rejected by {peer} ({primitive.result_str}; source: "
                 f"{primitive.source_str}; reason: {primitive.reason_str})")
     if _all_contexts_rejected(assoc):
-        return f"{peer} accepted the association but rejected every presentation context ({_rejected_summary(assoc)})"
-    aborts = [pdu for pdu in seen.pdus if type(pdu).__name__ == "A_ABORT_RQ"]
+        return (f"{peer} accepted the association but rejected every presentation context "
+                f"({_rejected_summary(assoc)})")
+    aborts = [pdu for pdu in seen.pdus if isinstance(pdu, A_ABORT_RQ)]
     if aborts:
         pdu = aborts[0]
         return (f"association aborted by {peer} (A-ABORT source {pdu.source}, "
                 f"reason {pdu.reason_diagnostic})")
-    if not seen.pdus:
+    if not seen.pdus and seen.seconds >= 0.9 * timeout:
         return f"no answer from {peer} to the association request within {timeout} s (ACSE timeout)"
+    if not seen.pdus:
+        return f"association aborted by {peer}: connection closed without an A-ASSOCIATE response"
     return f"association with {peer} failed (unexpected answer: {type(seen.pdus[-1]).__name__})"
 
 
-def _diagnose_connect(peer: Peer, timeout: float, tls: TLSSettings | None) -> str:
-    """Why pynetdicom could not connect: retry a plain TCP connection to get the OS error."""
+def _diagnose_connect(peer: Peer, budget: float, tls: TLSSettings | None) -> str:
+    """Why pynetdicom could not connect: retry a plain TCP connection (within what is left of
+    the timeout) to get the operating system's error."""
     started = time.monotonic()
+    budget = max(0.1, min(budget, 5.0))
     try:
-        with socket.create_connection((peer.host, peer.port), timeout=min(timeout, 5.0)):
+        with socket.create_connection((peer.host, peer.port), timeout=budget):
             pass
     except TimeoutError:
-        return f"no TCP connection within {min(timeout, 5.0)} s"
+        return f"no TCP connection within {budget:.1f} s"
     except ConnectionRefusedError:
         return "connection refused"
     except OSError as exc:
@@ -293,30 +310,35 @@ def _diagnose_connect(peer: Peer, timeout: float, tls: TLSSettings | None) -> st
 
 
 class _Open:
-    """Context manager: an established association, released (or aborted) on exit."""
+    """Context manager: an established association, released on exit (aborted on errors that
+    leave it in an unknown state)."""
 
     def __init__(self, peer: Peer, calling_ae: str, contexts: list[PresentationContext], *,
-                 timeout: float, tls: TLSSettings | None, max_pdu: int = 0,
-                 ext_neg: list[Any] | None = None, handlers: list[Any] | None = None) -> None:
+                 timeout: float, tls: TLSSettings | None, ext_neg: list[Any] | None = None,
+                 handlers: list[Any] | None = None) -> None:
         self.peer = peer
-        self.args = dict(calling_ae=calling_ae, contexts=contexts, timeout=timeout, tls=tls,
-                         max_pdu=max_pdu, ext_neg=ext_neg, handlers=handlers)
+        self.calling_ae = calling_ae
+        self.contexts = contexts
+        self.timeout = timeout
+        self.tls = tls
+        self.ext_neg = ext_neg
+        self.handlers = handlers
         self.assoc: Association | None = None
 
     def __enter__(self) -> Association:
-        assoc, seen = _request(self.peer, **self.args)  # type: ignore[arg-type]
+        assoc, seen = _request(self.peer, self.calling_ae, self.contexts, timeout=self.timeout,
+                               tls=self.tls, ext_neg=self.ext_neg, handlers=self.handlers)
         if not assoc.is_established:
-            message = _why_not_established(assoc, seen, self.peer, self.args["timeout"],
-                                           self.args["tls"])
+            message = _why_not_established(assoc, seen, self.peer, self.timeout, self.tls)
             LOGGER.warning("%s", message)
             raise AssociationFailed(message, peer=self.peer)
         self.assoc = assoc
         return assoc
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
         if self.assoc is None or not self.assoc.is_established:
             return
-        if exc_type is None or exc_type is AssociationFailed:
+        if exc_type is None or issubclass(exc_type, (AssociationFailed, QueryFailed)):
             self.assoc.release()
         else:
             self.assoc.abort()

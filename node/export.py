@@ -76,7 +76,7 @@ def _record_outcomes(ctx: NodeContext, outcomes: dict[int, tuple[bool, str]], de
                 delivered += 1
                 finished = export.job.finished_at or now
                 ctx.metrics.export_latency.observe(max((now - finished).total_seconds(), 0.0))
-                ctx.store.audit("export", "success", peer=destination, study_instance_uid=export.job.study.study_instance_uid,
+                ctx.store.audit("export", "success", session=s, peer=destination, study_instance_uid=export.job.study.study_instance_uid,
                                 sop_instance_uid=export.sop_instance_uid, detail=export.kind)
             else:
                 ctx.metrics.export_failures.inc()
@@ -85,7 +85,7 @@ def _record_outcomes(ctx: NodeContext, outcomes: dict[int, tuple[bool, str]], de
                     ctx.metrics.dead_letters.inc()
                     LOGGER.error("export %d of %s to %s: dead-letter after %d tries (%s)", export.id,
                                  export.sop_instance_uid, destination, export.attempts, message)
-                    ctx.store.audit("export", "dead-letter", peer=destination,
+                    ctx.store.audit("export", "dead-letter", session=s, peer=destination,
                                     sop_instance_uid=export.sop_instance_uid, detail=message[:500])
                 else:
                     delay = backoff_s(export.attempts, settings.backoff_initial_s, settings.backoff_max_s)
@@ -110,5 +110,5 @@ def retry_job_exports(ctx: NodeContext, job_id: int) -> int:
                 revived += 1
         if revived and job.state is JobState.DONE:
             job.state = JobState.EXPORTING
-    ctx.store.audit("retry", "success", detail=f"job {job_id}: {revived} export(s) revived")
+        ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: {revived} export(s) revived")
     return revived

@@ -98,7 +98,7 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
                 # Stable across job versions: a later version's objects replace the earlier ones.
                 job_key=f"{study_uid}:{ctx.algorithm.model_id}",
             )
-            output = analyze_study(datasets, ctx.analyzer, options, prior)
+            output = analyze_study(datasets, ctx.analyzer, options, prior, choose_for=ctx.choose_for)
             notes.extend(output.notes)
             folder = ctx.settings.results_dir / study_uid
             folder.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def apply_retention(ctx: NodeContext, now: dt.datetime | None = None) -> list[st
             shutil.rmtree(ctx.settings.results_dir / study.study_instance_uid, ignore_errors=True)
             study.state = StudyState.PURGED
             removed.append(study.study_instance_uid)
-            ctx.store.audit("retention", "success", study_instance_uid=study.study_instance_uid,
+            ctx.store.audit("retention", "success", session=s, study_instance_uid=study.study_instance_uid,
                             detail="emergency clean-up" if emergency else f"older than {cfg.days} days")
             if emergency and ctx.spool.disk_fill() < cfg.cleanup_above:
                 emergency = False

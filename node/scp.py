@@ -261,7 +261,6 @@ def record_instance(store: Store, ds, path: str, size: int, calling: str, is_pri
             instance.received_at = now
         if not is_prior:
             study.last_received = now
-        s.add_all([])
-    store.audit("instance", "success", peer=calling, study_instance_uid=study_uid, sop_instance_uid=sop_uid,
-                detail="new" if new else "duplicate (idempotent)")
+        store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,
+                    sop_instance_uid=sop_uid, detail="new" if new else "duplicate (idempotent)")
     return new

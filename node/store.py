@@ -193,7 +193,12 @@ class Store:
                 session.rollback()
                 raise
 
-    def audit(self, event: str, outcome: str = "success", **fields: str) -> None:
+    def audit(self, event: str, outcome: str = "success", session: Session | None = None, **fields: str) -> None:
+        """Record an audit event; inside an open ``session`` it joins that transaction
+        (a second writer on SQLite would wait for the first)."""
+        if session is not None:
+            session.add(AuditEvent(event=event, outcome=outcome, **fields))
+            return
         with self.session() as s:
             s.add(AuditEvent(event=event, outcome=outcome, **fields))
 

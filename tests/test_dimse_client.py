@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import ssl
@@ -29,7 +30,7 @@ from medversa.node.dimse import (
     store_datasets,
 )
 
-from .dicom_factory import make_cr, make_ct_series, make_vl_photo, write_datasets
+from .dicom_factory import PATIENT_NAME, make_cr, make_ct_series, make_vl_photo, write_datasets
 from .orthanc import free_port, orthanc_server
 
 CALLING = "MEDVERSA"
@@ -133,6 +134,67 @@ def test_rejection_names_reason():
         server.shutdown()
 
 
+def test_abort_during_negotiation_is_reported():
+    ae = AE(ae_title="ABORTS")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_REQUESTED, lambda event: event.assoc.abort())])
+    try:
+        with pytest.raises(AssociationFailed, match="aborted by ABORTS@127.0.0.1"):
+            echo(Peer(ae_title="ABORTS", host="127.0.0.1", port=port), CALLING, timeout=5)
+    finally:
+        server.shutdown()
+
+
+def test_a_abort_pdu_is_reported_with_source_and_reason():
+    """A raw peer answers A-ASSOCIATE-RQ with an A-ABORT PDU (PS3.8 9.3.8: source 2, reason 0)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0]))
+                time.sleep(1)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        peer = Peer(ae_title="RAW", host="127.0.0.1", port=listener.getsockname()[1])
+        with pytest.raises(AssociationFailed, match=r"aborted by RAW@127\.0\.0\.1:\d+ \(A-ABORT source 2"):
+            echo(peer, CALLING, timeout=5)
+        thread.join(5)
+
+
+def test_store_peer_that_stops_answering_raises_with_partial_outcomes():
+    """C-STORE responses that never come: each wait is bounded by the timeout (dimse_timeout)."""
+    ae = AE(ae_title="SLOW")
+    ae.add_supported_context(make_cr().SOPClassUID, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    calls: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        calls.append(event.request.AffectedSOPInstanceUID)
+        if len(calls) > 1:
+            time.sleep(2.5)
+        return 0x0000
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        items = [make_cr(16, 16) for _ in range(3)]
+        started = time.monotonic()
+        with pytest.raises(AssociationFailed) as info:
+            store_datasets(Peer(ae_title="SLOW", host="127.0.0.1", port=port), CALLING, items, timeout=1)
+        assert time.monotonic() - started < 2.5
+        assert [o.ok for o in info.value.outcomes] == [True, False]
+        assert "no C-STORE response" in info.value.outcomes[1].message
+        assert "SLOW@127.0.0.1" in str(info.value)
+    finally:
+        server.shutdown()
+
+
 def _make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server and a client certificate (EC P-256) made with the openssl command."""
     if shutil.which("openssl") is None:
@@ -218,6 +280,37 @@ def test_unknown_sop_class_and_unreadable_file_are_outcomes(orthanc, tmp_path):
         good.SOPInstanceUID]
 
 
+def test_compressed_instance_is_decompressed_when_the_peer_only_takes_uncompressed():
+    ae = AE(ae_title="PLAIN")
+    ae.add_supported_context(make_cr().SOPClassUID, ["1.2.840.10008.1.2"])  # Implicit VR LE only
+    got: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got.append(ds)
+        return 0x0000
+
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        j2k = make_cr(64, 64)
+        native = make_cr(32, 24)
+        original = j2k.pixel_array.copy()
+        try:
+            j2k.compress(JPEG2000Lossless)
+        except Exception as exc:  # noqa: BLE001
+            pytest.skip(f"cannot build a JPEG 2000 CR here: {exc}")
+        outcomes = store_datasets(Peer(ae_title="PLAIN", host="127.0.0.1", port=port), CALLING, [j2k, native])
+        assert [o.ok for o in outcomes] == [True, True], outcomes
+        assert "decompressed from JPEG 2000" in outcomes[0].message
+        np.testing.assert_array_equal(got[0].pixel_array, original)
+        np.testing.assert_array_equal(got[1].pixel_array, native.pixel_array)
+        assert j2k.file_meta.TransferSyntaxUID == JPEG2000Lossless  # the caller's copy is untouched
+    finally:
+        server.shutdown()
+
+
 def test_storage_contexts_stay_within_the_limit():
     pairs = [(f"1.2.3.{i}", "1.2.840.10008.1.2.4.90") for i in range(100)]
     pairs += [(f"1.2.3.{i}", "1.2.840.10008.1.2.1") for i in range(100, 140)]
@@ -248,7 +341,8 @@ def test_count_study_instances(pacs):
         assert "[3]" in out.stderr + out.stdout
 
 
-def test_find_prior_studies(pacs):
+def test_find_prior_studies(pacs, caplog):
+    caplog.set_level(logging.DEBUG)
     pid = _patient()
 
     def study(date: str, time_: str, modality: str = "CR", patient: str = pid, n: int = 1) -> list[Dataset]:
@@ -290,6 +384,8 @@ def test_find_prior_studies(pacs):
                                      exclude_study_uid=uid["current"])
     assert [m.study_instance_uid for m in all_studies] == [uid["later"], uid["c"], uid["b"], uid["a"]]
 
+    assert pid not in caplog.text and PATIENT_NAME.split("^")[0] not in caplog.text
+
     with pytest.raises(ValueError):
         find_prior_studies(pacs.peer, CALLING, patient_id=pid, modality=None, before="2024-01-01",
                            exclude_study_uid=None)
@@ -302,7 +398,7 @@ def _study_with_mixed_content(tmp_path: Path) -> list[Dataset]:
     study = generate_uid()
     items = make_ct_series(3, study_uid=study, PatientID=_patient())
     items.append(make_vl_photo(study_uid=study, PatientID=items[0].PatientID))
-    j2k = make_cr(32, 32, study_uid=study, PatientID=items[0].PatientID)
+    j2k = make_cr(64, 64, study_uid=study, PatientID=items[0].PatientID)
     try:
         j2k.compress(JPEG2000Lossless)
     except Exception:  # noqa: BLE001 - no encoder: a native CR instead

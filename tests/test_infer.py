@@ -6,7 +6,7 @@ import sys
 import highdicom as hd
 import pydicom
 
-from medversa.inference.generation import ForcedTokens
+from medversa.inference.scripted import scripted_chooser
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for, run_infer
 from medversa.node.pipeline import PipelineOptions, analyze_study
@@ -32,13 +32,7 @@ SCRIPT = {
 
 def scripted(tokenizer):
     """Plant each task's answer (random tiny weights would rarely emit task tokens)."""
-    def factory(batch):
-        seqs = []
-        for request, question in batch:
-            target = next((t for t in request.targets if t in question), "")
-            seqs.append(tokenizer.encode(SCRIPT[request.task].format(target=target)))
-        return ForcedTokens(seqs)
-    return factory
+    return scripted_chooser(tokenizer, {task.value: text for task, text in SCRIPT.items()})
 
 
 def _options(analyzer, **kwargs):

@@ -1,14 +1,17 @@
 """The Orthanc auto-routing script (deploy/orthanc/autoroute.lua) in a real Orthanc 1.10.1.
 
-Orthanc runs with deploy/orthanc/orthanc.json, changed only where a test must (free ports,
-storage in tmp_path, no authentication, localhost only, StableAge 1 s, the node entry pointing
-at a pynetdicom Storage SCP with AE title MEDVERSA that records every SOP Instance UID it gets).
+Orthanc reads deploy/orthanc/orthanc.json as written (comments included), with only the values a
+test must change replaced in the text: free ports, storage in tmp_path, no authentication,
+localhost only, StableAge 1 s, and the node entry pointing at a pynetdicom Storage SCP with AE
+title MEDVERSA that records every SOP Instance UID it receives.
 
 Checked: the original images of a stable study reach the node; the node's own results never go
 back to it, whichever rule identifies them (sent from the node's AE title, a series description
-marked "MedVersa", a result SOP class); originals are not sent twice when the study becomes
-stable again; a late original image is forwarded alone. Self-contained (no shared Orthanc
-fixture); skipped where /usr/sbin/Orthanc is not installed.
+marked "MedVersa", the node's Manufacturer, a result SOP class); originals are not sent twice when
+the study becomes stable again; a late original image is forwarded alone; a failed forwarding job is resubmitted
+"MaxRetries" times and then left to an operator; without any
+"MedversaRouting" or "UserMetadata" settings the script's defaults apply. Self-contained (no
+shared Orthanc fixture); skipped where /usr/sbin/Orthanc is not installed.
 """
 
 from __future__ import annotations
@@ -62,10 +65,19 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
-def read_commented_json(path: Path) -> dict[str, Any]:
-    """An Orthanc configuration file: JSON with full-line ``//`` comments."""
-    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("//"))
-    return json.loads(text)
+def set_value(text: str, key: str, value: Any) -> str:
+    """Replace the JSON value of top-level ``key`` in an Orthanc configuration text (comments kept)."""
+    match = re.search(rf'^  "{re.escape(key)}"\s*:\s*', text, re.MULTILINE)
+    assert match, f"{key} is not in {ORTHANC_CONFIG}"
+    _, end = json.JSONDecoder().raw_decode(text, match.end())
+    return text[:match.end()] + json.dumps(value) + text[end:]
+
+
+def hide_key(text: str, key: str) -> str:
+    """Rename a top-level key so that Orthanc (which ignores unknown keys) sees it absent."""
+    renamed, count = re.subn(rf'^  "{re.escape(key)}"', f'  "Unused{key}"', text, flags=re.MULTILINE)
+    assert count == 1, key
+    return renamed
 
 
 @dataclass
@@ -100,26 +112,24 @@ class RecordingSCP:
 class Orthanc:
     """One Orthanc process on free ports, its storage and log in ``workdir``."""
 
-    def __init__(self, workdir: Path, node_port: int, routing: dict[str, Any] | str | None = "deploy",
-                 user_metadata: bool = True) -> None:
-        config = read_commented_json(ORTHANC_CONFIG)
+    def __init__(self, workdir: Path, node_port: int, routing: bool = True, user_metadata: bool = True) -> None:
+        text = ORTHANC_CONFIG.read_text()
         self.http_port, self.dicom_port = _free_port(), _free_port()
         storage = workdir / "storage"
-        config.update({
+        for key, value in {
             "Name": "medversa autoroute test", "HttpPort": self.http_port, "DicomPort": self.dicom_port,
             "StorageDirectory": str(storage), "IndexDirectory": str(storage),
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "RegisteredUsers": {},
             "StableAge": 1, "SaveJobs": False, "Plugins": [], "LuaScripts": [str(SCRIPT)],
             "DicomModalities": {"medversa": [NODE_AET, "127.0.0.1", node_port]},
-        })
-        if routing is None:
-            del config["MedversaRouting"]
-        elif routing != "deploy":
-            config["MedversaRouting"] = routing
+        }.items():
+            text = set_value(text, key, value)
+        if not routing:
+            text = hide_key(text, "MedversaRouting")
         if not user_metadata:
-            del config["UserMetadata"]
+            text = hide_key(text, "UserMetadata")
         self.config_path = workdir / "orthanc.json"
-        self.config_path.write_text(json.dumps(config, indent=2))
+        self.config_path.write_text(text)
         self.log_path = workdir / "orthanc.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen([str(ORTHANC), str(self.config_path)], stdout=self._log,
@@ -196,7 +206,11 @@ def node() -> Iterator[RecordingSCP]:
 
 
 def _orthanc(tmp_path: Path, node: RecordingSCP, **kwargs: Any) -> Iterator[Orthanc]:
-    server = Orthanc(tmp_path, node.port, **kwargs)
+    yield from _orthanc_at(tmp_path, node.port, **kwargs)
+
+
+def _orthanc_at(tmp_path: Path, node_port: int, **kwargs: Any) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path, node_port, **kwargs)
     try:
         yield server
     finally:
@@ -238,34 +252,37 @@ def test_stable_study_originals_reach_the_node_once_and_results_never(orthanc: O
     marked = _cr(study_uid, generate_uid(), 1, SeriesDescription=RESULT_DESCRIPTION, series_number=9703)
     text_sr = _text_sr(study_uid)
     from_node = _cr(study_uid, generate_uid(), 1, SeriesDescription="Chest PA", series_number=9705)
+    made_by_node = _cr(study_uid, generate_uid(), 1, SeriesDescription="Overlay", Manufacturer="medversa-node",
+                       series_number=9702)
     late = _cr(study_uid, generate_uid(), 1, SeriesDescription="Chest LAT", series_number=2)
     orthanc.upload(marked)
+    orthanc.upload(made_by_node)
     orthanc.upload(text_sr)
     orthanc.c_store(from_node, calling_aet=NODE_AET)
     orthanc.upload(late)
 
     _wait(lambda: str(late.SOPInstanceUID) in node.uids(), 15, "the late original image at the node")
-    _wait(lambda: _counts(orthanc.routing_lines(study_id), "result object") >= 3, 15,
-          "the routing script saw the three results")
+    _wait(lambda: _counts(orthanc.routing_lines(study_id), "result object") >= 4, 15,
+          "the routing script saw the four results")
     time.sleep(1.5)  # anything wrongly forwarded with or after the late image would be here now
 
     received = collections.Counter(node.uids())
     assert received == collections.Counter(original_uids + [str(late.SOPInstanceUID)]), received
     lines = orthanc.routing_lines(study_id)
-    assert _counts(lines, "result object") == 3, lines
+    assert _counts(lines, "result object") == 4, lines
     assert _counts(lines, "already forwarded") >= 2, lines
     # The forwarded mark is persistent instance metadata (declared in UserMetadata).
     instance_ids = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in orthanc.get(f"/studies/{study_id}/instances")}
     marks = {uid: orthanc.get(f"/instances/{instance_ids[uid]}/metadata") for uid in instance_ids}
     for uid in original_uids + [str(late.SOPInstanceUID)]:
         assert "MedversaForwarded" in marks[uid], (uid, marks[uid])
-    for ds in (marked, text_sr, from_node):
+    for ds in (marked, made_by_node, text_sr, from_node):
         assert "MedversaForwarded" not in marks[str(ds.SOPInstanceUID)]
     assert "Lua: Error" not in orthanc.log() and "Error while processing Lua" not in orthanc.log(), orthanc.log()
 
 
 def test_defaults_apply_without_routing_settings_or_user_metadata(tmp_path: Path, node: RecordingSCP):
-    for orthanc in _orthanc(tmp_path, node, routing=None, user_metadata=False):
+    for orthanc in _orthanc(tmp_path, node, routing=False, user_metadata=False):
         assert "forwarded marks kept in memory only" in orthanc.log()
         study_uid, series_uid = generate_uid(), generate_uid()
         original = _cr(study_uid, series_uid, 1)
@@ -278,3 +295,18 @@ def test_defaults_apply_without_routing_settings_or_user_metadata(tmp_path: Path
         time.sleep(1.0)
         assert node.uids() == [str(original.SOPInstanceUID)]
         assert _counts(orthanc.routing_lines(study_id), "already forwarded") == 1
+
+
+def test_failed_forwarding_is_resubmitted_then_left_to_an_operator(tmp_path: Path):
+    unreachable_node = _free_port()  # nothing listens there: every C-STORE association fails
+    for orthanc in _orthanc_at(tmp_path, unreachable_node):
+        study_id = orthanc.upload(_cr(generate_uid(), generate_uid(), 1))["ParentStudy"]
+        _wait(lambda: any("ERROR: job" in line for line in orthanc.routing_lines(study_id)), 20,
+              "the routing script giving up on the job")
+        lines = orthanc.routing_lines(study_id)
+        assert [line for line in lines if "resubmitting" in line] == [
+            line for line in lines if re.search(r"failed; resubmitting \([123]/3\)", line)]
+        assert sum("resubmitting" in line for line in lines) == 3, lines
+        assert "failed 4 time(s)" in lines[-1]
+        jobs = orthanc.get("/jobs?expand")
+        assert [job["State"] for job in jobs] == ["Failure"], jobs

@@ -98,6 +98,9 @@ local function LoadSettings()
          end
          value = default
       end
+      if type(value) == 'number' then
+         value = math.floor(value)  -- JSON numbers arrive as floats (3.0)
+      end
       settings[key] = value
    end
    settings.NodeAet = string.upper(Trim(settings.NodeAet))

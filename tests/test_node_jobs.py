@@ -1,0 +1,203 @@
+"""Study completion, routing, job versions, exports with backoff and dead-letter, retention."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from medversa.node.completion import queue_due_studies
+from medversa.node.config import RoutingRule, default_rules, load_settings
+from medversa.node.context import NodeContext
+from medversa.node.export import backoff_s, deliver_due, retry_job_exports
+from medversa.node.jobs import create_job_version, finish_if_delivered
+from medversa.node.retention import apply_retention
+from medversa.node.routing import InstanceFacts, tasks_for
+from medversa.node.scp import record_instance
+from medversa.node.store import Export, ExportState, Job, JobState, Study, StudyState, utcnow
+
+from . import dicom_factory as f
+
+
+@pytest.fixture()
+def ctx(tmp_path):
+    def make(**flags):
+        return NodeContext(load_settings(None, data_dir=tmp_path / "data", idle_seconds=5, **flags))
+    return make
+
+
+def _receive(ctx, datasets, when=None):
+    for ds in datasets:
+        path = ctx.spool.write(ds.StudyInstanceUID, ds.SOPInstanceUID, b"x").path
+        record_instance(ctx.store, ds, str(path), 1, "PACS")
+    if when is not None:
+        with ctx.store.session() as s:
+            for study in s.scalars(select(Study)):
+                study.last_received = when
+
+
+def test_default_rules_route_each_kind_of_study():
+    cxr = InstanceFacts("CR", "CHEST", "1.2.840.10008.5.1.4.1.1.1", "PACS", "CHEST PA")
+    derm = InstanceFacts("XC", "SKIN", "1.2.840.10008.5.1.4.1.1.77.1.4", "PACS", "")
+    ct = InstanceFacts("CT", "ABDOMEN", "1.2.840.10008.5.1.4.1.1.2", "PACS", "")
+    mr = InstanceFacts("MR", "BRAIN", "1.2.840.10008.5.1.4.1.1.4", "PACS", "")
+    rules = default_rules()
+    assert tasks_for([cxr], rules)[0][:2] == ["report_findings", "report_impression"]
+    assert "longitudinal_comparison" in tasks_for([cxr], rules)[0]
+    assert tasks_for([derm], rules)[0] == ["skin_lesion_classification", "skin_lesion_segmentation"]
+    assert tasks_for([ct], rules)[0] == ["abdominal_organ_segmentation"]
+    assert tasks_for([mr], rules) == ([], [])
+    missing_body_part = InstanceFacts("DX", "", "1.2.840.10008.5.1.4.1.1.1.1", "PACS", "")
+    assert tasks_for([missing_body_part], rules)[1] == ["chest radiograph"]
+
+
+def test_rules_match_calling_ae_and_description_patterns():
+    rule = RoutingRule(name="er only", modality="CR", calling_ae="ER_.*", study_description="portable", tasks=["vqa"])
+    hit = InstanceFacts("CR", "CHEST", "x", "ER_PACS", "CHEST PORTABLE AP")
+    assert tasks_for([hit], [rule])[0] == ["vqa"]
+    assert tasks_for([InstanceFacts("CR", "CHEST", "x", "OR_PACS", "PORTABLE")], [rule])[0] == []
+
+
+def test_a_study_is_queued_only_after_the_idle_time(ctx):
+    node = ctx()
+    queued = []
+    _receive(node, [f.make_cr(16, 16)])
+    assert queue_due_studies(node, lambda j, q: queued.append((j, q))) == []
+    later = utcnow() + dt.timedelta(seconds=6)
+    jobs = queue_due_studies(node, lambda j, q: queued.append((j, q)), now=later)
+    assert len(jobs) == 1 and queued == [(jobs[0], "medversa-demo")]
+    with node.store.session() as s:
+        job = s.get(Job, jobs[0])
+        assert job.state is JobState.QUEUED and job.version == 1
+        assert job.study.state is StudyState.QUEUED and job.study.pending_instances == 0
+        assert "report_findings" in job.tasks
+
+
+def test_late_instances_make_a_new_job_version(ctx):
+    node = ctx()
+    first = f.make_cr(16, 16)
+    past = utcnow() - dt.timedelta(minutes=1)
+    _receive(node, [first], when=past)
+    [job1] = queue_due_studies(node, lambda j, q: None)
+    with node.store.session() as s:
+        s.get(Job, job1).state = JobState.DONE
+        s.get(Job, job1).study.state = StudyState.DONE
+    _receive(node, [f.make_cr(16, 16, study_uid=first.StudyInstanceUID)], when=past)
+    [job2] = queue_due_studies(node, lambda j, q: None)
+    with node.store.session() as s:
+        assert s.get(Job, job2).version == 2 and job2 != job1
+
+
+def test_a_broker_outage_keeps_jobs_and_queues_them_later(ctx):
+    node = ctx()
+    _receive(node, [f.make_cr(16, 16)], when=utcnow() - dt.timedelta(minutes=1))
+
+    def down(job_id, queue):
+        raise ConnectionError("redis is down")
+
+    [job] = queue_due_studies(node, down)
+    with node.store.session() as s:
+        assert s.get(Job, job).state is JobState.RECEIVED
+    queued = []
+    queue_due_studies(node, lambda j, q: queued.append(j))
+    assert queued == [job]
+
+
+def test_a_study_no_rule_matches_is_closed_without_a_job(ctx):
+    node = ctx()
+    _receive(node, [f.base_dataset("1.2.840.10008.5.1.4.1.1.4", "MR")], when=utcnow() - dt.timedelta(minutes=1))
+    assert queue_due_studies(node, lambda j, q: None) == []
+    with node.store.session() as s:
+        assert s.scalars(select(Study)).one().state is StudyState.DONE
+
+
+def test_backoff_doubles_up_to_the_cap():
+    assert [backoff_s(n, 5, 60) for n in (1, 2, 3, 4, 5)] == [5, 10, 20, 40, 60]
+
+
+def _job_with_export(node, destination):
+    _receive(node, [f.make_cr(16, 16)])
+    with node.store.session() as s:
+        study = s.scalars(select(Study)).one()
+        study_id = study.id
+    job_id = create_job_version(node, study_id, ["vqa"], [])
+    result = f.make_cr(16, 16)
+    path = f.write_datasets([result], node.settings.results_dir)[0]
+    with node.store.session() as s:
+        job = s.get(Job, job_id)
+        job.state = JobState.EXPORTING
+        job.finished_at = utcnow()
+        s.add(Export(job_id=job_id, sop_instance_uid=str(result.SOPInstanceUID), kind="SR", path=str(path),
+                     destination=destination))
+    return job_id
+
+
+def test_an_unreachable_destination_backs_off_then_dead_letters_and_retry_revives(ctx):
+    node = ctx(**{"export.max_attempts": 2, "export.backoff_initial_s": 1.0})
+    job_id = _job_with_export(node, "NOWHERE@127.0.0.1:9")  # discard port: connection refused
+    assert deliver_due(node) == 0
+    with node.store.session() as s:
+        export = s.scalars(select(Export)).one()
+        assert export.state is ExportState.PENDING and export.attempts == 1
+        assert export.next_attempt_at > utcnow()
+    assert deliver_due(node) == 0  # not due yet: nothing tried
+    deliver_due(node, now=utcnow() + dt.timedelta(seconds=2))
+    with node.store.session() as s:
+        export = s.scalars(select(Export)).one()
+        assert export.state is ExportState.DEAD and export.attempts == 2
+    assert retry_job_exports(node, job_id) == 1
+    with node.store.session() as s:
+        assert s.scalars(select(Export)).one().state is ExportState.PENDING
+
+
+def test_delivery_to_a_real_scp_finishes_the_job(ctx, tmp_path):
+    from pynetdicom import AE, evt
+
+    received = []
+    ae = AE("DEST")
+    ae.add_supported_context("1.2.840.10008.5.1.4.1.1.1")
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda e: received.append(e.request.AffectedSOPInstanceUID) or 0)])
+    try:
+        node = ctx()
+        job_id = _job_with_export(node, f"DEST@127.0.0.1:{server.server_address[1]}")
+        assert deliver_due(node) == 1
+        assert len(received) == 1
+        assert finish_if_delivered(node, job_id) == "DONE"
+    finally:
+        server.shutdown()
+
+
+def test_retention_removes_only_finished_delivered_studies(ctx):
+    node = ctx(**{"retention.days": 1})
+    done, busy = f.make_cr(16, 16), f.make_cr(16, 16)
+    old = utcnow() - dt.timedelta(days=2)
+    _receive(node, [done, busy], when=old)
+    with node.store.session() as s:
+        for study in s.scalars(select(Study)):
+            job = Job(study_id=study.id, version=1, tasks=[], state=JobState.DONE if study.study_instance_uid ==
+                      done.StudyInstanceUID else JobState.EXPORTING)
+            s.add(job)
+            study.state = StudyState.DONE if job.state is JobState.DONE else StudyState.QUEUED
+            study.pending_instances = 0
+    removed = apply_retention(node)
+    assert removed == [done.StudyInstanceUID]
+    assert not (node.spool.root / done.StudyInstanceUID).exists()
+    assert (node.spool.root / busy.StudyInstanceUID).exists()
+    with node.store.session() as s:
+        assert len(s.scalars(select(Job)).all()) == 2  # rows stay
+
+
+def test_recent_studies_survive_unless_the_disk_is_nearly_full(ctx, monkeypatch):
+    node = ctx(**{"retention.days": 30, "retention.cleanup_above": 0.5})
+    ds = f.make_cr(16, 16)
+    _receive(node, [ds])
+    with node.store.session() as s:
+        study = s.scalars(select(Study)).one()
+        s.add(Job(study_id=study.id, version=1, tasks=[], state=JobState.DONE))
+        study.state, study.pending_instances = StudyState.DONE, 0
+    monkeypatch.setattr(node.spool, "disk_fill", lambda: 0.1)
+    assert apply_retention(node) == []
+    monkeypatch.setattr(node.spool, "disk_fill", lambda: 0.9)
+    assert apply_retention(node) == [ds.StudyInstanceUID]
+    assert Path(node.spool.root).exists()
