@@ -244,9 +244,14 @@ def _request(
     evt_handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu), *(handlers or [])]
     LOGGER.debug("requesting association %s -> %s (%d contexts)", calling_ae, peer, len(contexts))
     started = time.monotonic()
-    assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title,
-                         max_pdu=max_pdu, ext_neg=ext_neg, tls_args=tls_args,
-                         evt_handlers=evt_handlers)
+    try:
+        assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title,
+                             max_pdu=max_pdu, ext_neg=ext_neg, tls_args=tls_args,
+                             evt_handlers=evt_handlers)
+    except OSError as exc:  # e.g. socket.gaierror: the host name does not resolve
+        message = f"cannot connect to {peer}: {type(exc).__name__}: {exc.strerror or exc}"
+        LOGGER.warning("%s", message)
+        raise AssociationFailed(message, peer=peer) from exc
     seen.seconds = time.monotonic() - started
     assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
     return assoc, seen

@@ -103,6 +103,8 @@ def test_echo_works_and_wrong_port_fails_fast(orthanc):
     assert time.monotonic() - started < 2
     assert str(dead) in str(info.value) and "refused" in str(info.value)
     assert info.value.peer == dead
+    with pytest.raises(AssociationFailed, match="no-such-host.invalid"):
+        echo(Peer(ae_title="NOBODY", host="no-such-host.invalid", port=104), CALLING, timeout=5)
 
 
 def test_silent_peer_times_out():
