@@ -146,3 +146,24 @@ def bench_inference(
         for n, fig in dec.items():
             if isinstance(fig, dict):
                 typer.echo(f"    {n:>5} new tokens: {fig['ms_per_token']:.3f} ms/token, {fig['tokens_per_s']} tok/s")
+
+
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    instances: Annotated[int, typer.Option(help="Instances to send")] = 200,
+    repeats: Annotated[int, typer.Option(help="Runs per receiver (best is reported)")] = 3,
+    size: Annotated[int, typer.Option(help="Image side in pixels (16-bit)")] = 512,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Our SCP (durable spool) against dcmtk storescp: instances/s, MB/s, peak memory of serve."""
+    from medversa.node.bench import bench_ingest
+
+    report = bench_ingest(instances, repeats, size)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        b, o = report["storescp"], report["medversa_serve"]
+        typer.echo(f"{report['instances']} instances, {report['megabytes']} MB")
+        typer.echo(f"  storescp        {b['instances_per_s']:>8} inst/s {b['MB_per_s']:>8} MB/s")
+        typer.echo(f"  medversa serve  {o['instances_per_s']:>8} inst/s {o['MB_per_s']:>8} MB/s "
+                   f"(peak RSS {o['peak_rss_MB']} MB)  ratio {report['ratio_vs_storescp']}")

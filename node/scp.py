@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -123,6 +124,9 @@ class StorageSCP:
         ]
         self._server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=handlers,
                                             ssl_context=self._ssl_context())
+        # No Nagle delay: a small PDU (a C-STORE response) must not wait for a delayed ACK.
+        # Accepted sockets inherit the option on Linux.
+        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         LOGGER.info("SCP %s listening on %s:%d%s", cfg.ae_title, cfg.bind, cfg.port,
                     " (TLS)" if cfg.tls.enabled else "")
 

@@ -91,6 +91,8 @@ def _patient() -> str:
 
 def test_echo_works_and_wrong_port_fails_fast(orthanc):
     assert echo(orthanc.peer, CALLING) is True
+    # "DicomCheckCalledAet": false - Orthanc answers whatever AE title we call it.
+    assert echo(orthanc.peer.model_copy(update={"ae_title": "ANY-NAME"}), CALLING) is True
     # dcmtk agrees that the fixture's Orthanc answers C-ECHO.
     if shutil.which("echoscu"):
         subprocess.run(["echoscu", "-aet", CALLING, "-aec", orthanc.aet, "127.0.0.1",

@@ -1,0 +1,158 @@
+"""Benchmarks of the node (``medversa bench ingest`` / ``bench e2e``): they print figures.
+
+ingest: instances/s and MB/s of our SCP (``medversa serve``, durable spool: fsync
+before Success) against dcmtk's ``storescp`` receiving the same files from the same
+``storescu`` on the same machine, both with TCP_NODELAY=1; plus the peak resident
+memory of ``serve``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def synthetic_cr(study_uid: str, index: int, size: int = 512, patient: str = "BENCH") -> Dataset:
+    """A chest CR with 12-bit noise pixels (realistic size, no patient data)."""
+    rng = np.random.default_rng(index)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study_uid, "series"])
+    ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = "Bench^Synthetic", patient, "O", ""
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "1", "", ""
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.SeriesNumber, ds.InstanceNumber, ds.PatientOrientation = 1, index + 1, ["L", "F"]
+    ds.PixelSpacing = [0.2, 0.2]
+    ds.set_pixel_data(rng.integers(0, 4096, (size, size), dtype=np.uint16), "MONOCHROME2", 12,
+                      generate_instance_uid=False)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def write_corpus(folder: Path, instances: int, per_study: int = 1, size: int = 512) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    study = generate_uid()
+    for i in range(instances):
+        if i % per_study == 0:
+            study = generate_uid()
+        ds = synthetic_cr(study, i, size, patient=f"BENCH{i // per_study}")
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _storescu(port: int, aec: str, files: list[Path]) -> float:
+    env = dict(os.environ, TCP_NODELAY="1")
+    t0 = time.perf_counter()
+    subprocess.run(["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_ingest(instances: int = 200, repeats: int = 3, size: int = 512) -> dict:
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} (dcmtk) is needed for this benchmark")
+    work = Path(tempfile.mkdtemp(prefix="medversa-bench-"))
+    try:
+        files = write_corpus(work / "corpus", instances, size=size)
+        mb = sum(p.stat().st_size for p in files) / 1e6
+        baseline = []
+        for r in range(repeats):
+            out = work / f"storescp{r}"
+            out.mkdir()
+            port = free_port()
+            scp = subprocess.Popen(["storescp", "-od", str(out), str(port)], env=dict(os.environ, TCP_NODELAY="1"),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                _wait_port(port)
+                baseline.append(_storescu(port, "STORESCP", files))
+            finally:
+                scp.terminate()
+                scp.wait(10)
+        ours, peak = [], 0.0
+        for r in range(repeats):
+            port, http = free_port(), free_port()
+            config = work / f"node{r}.yaml"
+            config.write_text(yaml.safe_dump({
+                "data_dir": str(work / f"node{r}"), "idle_seconds": 3600,
+                "scp": {"port": port, "bind": "127.0.0.1"}, "http": {"port": http},
+                "model": {"preset": "tiny"}, "logging": {"level": "WARNING", "json_format": False},
+            }))
+            node = subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(config)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                _wait_port(port, 120)
+                ours.append(_storescu(port, "MEDVERSA", files))
+                peak = max(peak, _peak_rss_mb(node.pid))
+                stored = len(list((work / f"node{r}" / "spool").rglob("*.dcm")))
+                if stored != instances:
+                    raise RuntimeError(f"our SCP spooled {stored} of {instances} instances")
+            finally:
+                os.killpg(node.pid, 15)
+                node.wait(30)
+        best_base, best_ours = min(baseline), min(ours)
+        return {
+            "instances": instances, "megabytes": round(mb, 1), "repeats": repeats,
+            "storescp": {"seconds": round(best_base, 3), "instances_per_s": round(instances / best_base, 1),
+                         "MB_per_s": round(mb / best_base, 1)},
+            "medversa_serve": {"seconds": round(best_ours, 3), "instances_per_s": round(instances / best_ours, 1),
+                               "MB_per_s": round(mb / best_ours, 1), "peak_rss_MB": round(peak, 1),
+                               "durable": "fsync of file and folder before each Success"},
+            "ratio_vs_storescp": round(best_base / best_ours, 3),
+            "all_runs_s": {"storescp": [round(x, 3) for x in baseline], "medversa_serve": [round(x, 3) for x in ours]},
+            "machine": {"cpus": os.cpu_count()},
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_json(report: dict) -> None:
+    print(json.dumps(report, indent=2))
+
+
+__all__ = ["bench_ingest", "write_corpus", "synthetic_cr", "free_port", "urllib"]
