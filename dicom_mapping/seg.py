@@ -26,7 +26,7 @@ import numpy as np
 from pydicom import Dataset
 
 from .codes import segment_codes
-from .identity import CHARACTER_SET, AlgorithmInfo, drop_invalid_copied_attributes
+from .identity import CHARACTER_SET, AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
 from .references import ImageRef, VolumeRef
 
 LOGGER = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SegmentationResult:
     segments: list[SegmentInfo]
 
 
-def _descriptions(labels: list[str], algorithm: AlgorithmInfo) -> list[hd.seg.SegmentDescription]:
+def _descriptions(labels: list[str], algorithm: AlgorithmInfo, key: str) -> list[hd.seg.SegmentDescription]:
     out = []
     for number, label in enumerate(labels, 1):
         c = segment_codes(label)
@@ -60,7 +60,7 @@ def _descriptions(labels: list[str], algorithm: AlgorithmInfo) -> list[hd.seg.Se
             segmented_property_type=c.type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm.seg_algorithm_id(),
-            tracking_uid=hd.UID(),
+            tracking_uid=derive_uid(algorithm.org_root, key, "segment", label),
             tracking_id=f"{label} ({algorithm.name})"[:64],
         ))
     return out
@@ -114,7 +114,7 @@ def build_segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_descriptions(labels, algorithm),
+        segment_descriptions=_descriptions(labels, algorithm, sop_instance_uid),
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,

@@ -167,3 +167,19 @@ def bench_ingest_cmd(
         typer.echo(f"  storescp        {b['instances_per_s']:>8} inst/s {b['MB_per_s']:>8} MB/s")
         typer.echo(f"  medversa serve  {o['instances_per_s']:>8} inst/s {o['MB_per_s']:>8} MB/s "
                    f"(peak RSS {o['peak_rss_MB']} MB)  ratio {report['ratio_vs_storescp']}")
+
+
+@bench_app.command("e2e")
+def bench_e2e_cmd(
+    studies: Annotated[int, typer.Option(help="Chest studies to send (one after another)")] = 20,
+    idle_seconds: Annotated[float, typer.Option(help="The node's study idle time")] = 2.0,
+    preset: Annotated[str, typer.Option(help="Model preset (random weights, planted answers)")] = "demo",
+    mode: Annotated[list[str], typer.Option(help="embedded and/or redis (repeatable)")] = ["embedded", "redis"],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Seconds from the last C-STORE of a study to its SR stored in Orthanc (p50, p95)."""
+    from medversa.node.bench import bench_e2e
+
+    report = bench_e2e(studies, idle_seconds, preset, tuple(mode))
+    typer.echo(json.dumps(report, indent=2) if json_out else
+               "\n".join(f"{m}: {report[m]}" for m in mode))

@@ -24,6 +24,8 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from .tools import dcmtk
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -70,7 +72,7 @@ def write_corpus(folder: Path, instances: int, per_study: int = 1, size: int = 5
 def _storescu(port: int, aec: str, files: list[Path]) -> float:
     env = dict(os.environ, TCP_NODELAY="1")
     t0 = time.perf_counter()
-    subprocess.run(["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)], check=True, env=env,
+    subprocess.run([dcmtk("storescu") or "storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)], check=True, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -94,9 +96,9 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def bench_ingest(instances: int = 200, repeats: int = 3, size: int = 512) -> dict:
-    for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} (dcmtk) is needed for this benchmark")
+    storescu, storescp = dcmtk("storescu"), dcmtk("storescp")
+    if not (storescu and storescp):
+        raise RuntimeError("dcmtk's storescu and storescp are needed for this benchmark")
     work = Path(tempfile.mkdtemp(prefix="medversa-bench-"))
     try:
         files = write_corpus(work / "corpus", instances, size=size)
@@ -106,7 +108,7 @@ def bench_ingest(instances: int = 200, repeats: int = 3, size: int = 512) -> dic
             out = work / f"storescp{r}"
             out.mkdir()
             port = free_port()
-            scp = subprocess.Popen(["storescp", "-od", str(out), str(port)], env=dict(os.environ, TCP_NODELAY="1"),
+            scp = subprocess.Popen([storescp, "-od", str(out), str(port)], env=dict(os.environ, TCP_NODELAY="1"),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait_port(port)
@@ -156,3 +158,106 @@ def print_json(report: dict) -> None:
 
 
 __all__ = ["bench_ingest", "write_corpus", "synthetic_cr", "free_port", "urllib"]
+
+
+#: Planted answers for the e2e benchmark: the random-weight demo model never emits the end
+#: symbol, so free decoding would always run to max_new_tokens (450) for every task.
+E2E_SCRIPT = {
+    "report_findings": "The lungs are clear. There is no pleural effusion or pneumothorax. The heart size is normal.",
+    "report_impression": "No acute cardiopulmonary process.",
+    "chest_pathology_classification": "No finding.",
+    "pathology_detection": "pleural effusion <N/A>, pneumothorax <N/A>, lung opacity <DET>.",
+    "chest_organ_segmentation": "The segmentation mask of {target} is <2DSEG>.",
+    "longitudinal_comparison": "No change since the prior study.",
+}
+
+
+def _sr_in_orthanc(orthanc, study_uid: str) -> bool:
+    found = orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {
+        "StudyInstanceUID": study_uid, "Modality": "SR"}})
+    return bool(found)
+
+
+def bench_e2e(studies: int = 20, idle_seconds: float = 2.0, preset: str = "demo", modes: tuple[str, ...] = ("embedded", "redis"),
+              images_per_study: int = 2, size: int = 512) -> dict:
+    """Seconds from the last instance's C-STORE to the SR stored in Orthanc, per study (sequential arrivals)."""
+    from .config import Peer
+    from .dimse import store_datasets
+    from .orthanc_local import OrthancServer
+
+    report: dict = {"studies": studies, "idle_seconds": idle_seconds, "preset": preset,
+                    "images_per_study": images_per_study,
+                    "model_note": "random weights with planted (scripted) answers: decoding stops as a trained model's would",
+                    "machine": {"cpus": os.cpu_count()}}
+    for mode in modes:
+        if mode == "redis" and shutil.which("redis-server") is None:
+            report[mode] = {"skipped": "redis-server is not installed"}
+            continue
+        work = Path(tempfile.mkdtemp(prefix=f"medversa-e2e-{mode}-"))
+        procs: list[subprocess.Popen] = []
+        orthanc = None
+        try:
+            node_port, http = free_port(), free_port()
+            orthanc = OrthancServer(work / "orthanc", modalities={"medversa": ("MEDVERSA", "127.0.0.1", node_port)}).start()
+            script = work / "script.yaml"
+            script.write_text(yaml.safe_dump(E2E_SCRIPT))
+            config = {
+                "data_dir": str(work / "node"), "idle_seconds": idle_seconds,
+                "scp": {"port": node_port, "bind": "127.0.0.1"}, "http": {"port": http},
+                "export": {"destinations": [str(orthanc.peer)]},
+                "model": {"preset": preset, "scripted_answers": str(script)},
+                "logging": {"level": "WARNING", "json_format": False},
+            }
+            if mode == "redis":
+                redis_port = free_port()
+                procs.append(subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                               "--save", "", "--appendonly", "no"],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                config["broker_url"] = f"redis://127.0.0.1:{redis_port}/0"
+            path = work / "medversa.yaml"
+            path.write_text(yaml.safe_dump(config))
+            log = (work / "serve.log").open("w")
+            procs.append(subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(path)],
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            if mode == "redis":
+                procs.append(subprocess.Popen([sys.executable, "-m", "medversa.cli", "worker", "--config", str(path)],
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            _wait_port(node_port, 120)
+            peer = Peer(ae_title="MEDVERSA", host="127.0.0.1", port=node_port)
+            latencies = []
+            warmup = 1
+            for i in range(studies + warmup):
+                study = generate_uid()
+                datasets = [synthetic_cr(study, i * 10 + k, size, patient=f"E2E{i}") for k in range(images_per_study)]
+                outcomes = store_datasets(peer, "BENCHPACS", datasets, timeout=60)
+                if not all(o.ok for o in outcomes):
+                    raise RuntimeError(f"the node refused instances: {[o.message for o in outcomes if not o.ok]}")
+                t0 = time.perf_counter()
+                deadline = t0 + 300
+                while not _sr_in_orthanc(orthanc, study):
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"no SR in Orthanc after 300 s for study {i}; see {work / 'serve.log'}")
+                    time.sleep(0.1)
+                if i >= warmup:  # the first study also loads the model
+                    latencies.append(time.perf_counter() - t0)
+            lat = np.array(latencies)
+            report[mode] = {"p50_s": round(float(np.percentile(lat, 50)), 2),
+                            "p95_s": round(float(np.percentile(lat, 95)), 2),
+                            "max_s": round(float(lat.max()), 2),
+                            "target_p95_s": idle_seconds + 5,
+                            "meets_target": bool(np.percentile(lat, 95) <= idle_seconds + 5)}
+        finally:
+            for proc in reversed(procs):
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, 15)
+                    except (ProcessLookupError, PermissionError):
+                        proc.terminate()
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            if orthanc is not None:
+                orthanc.stop(kill=True)
+            shutil.rmtree(work, ignore_errors=True)
+    return report

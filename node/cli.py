@@ -183,5 +183,11 @@ def config_check(config: Annotated[Path, typer.Argument(help="YAML configuration
     """Validate a configuration file (with environment overrides) and print the result."""
     import yaml as _yaml
 
+    import re
+
     settings = _settings(config)
-    typer.echo(_yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), nl=False)
+    data = settings.model_dump(mode="json")
+    for key in ("broker_url", "database_url"):
+        if data.get(key):
+            data[key] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", data[key])  # never print a password
+    typer.echo(_yaml.safe_dump(data, sort_keys=False), nl=False)

@@ -96,11 +96,19 @@ def _record_outcomes(ctx: NodeContext, outcomes: dict[int, tuple[bool, str]], de
 
 
 def retry_job_exports(ctx: NodeContext, job_id: int) -> int:
-    """Revive a job's dead or pending exports for an immediate try; returns how many."""
+    """Revive a job's dead or pending exports for an immediate try; returns how many.
+
+    A FAILED job is put back to RECEIVED instead: the scheduler queues it again.
+    """
     with ctx.store.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
+        if job.state is JobState.FAILED:
+            job.state = JobState.RECEIVED
+            job.error = ""
+            ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: failed job queued again")
+            return 0
         revived = 0
         for export in job.exports:
             if export.state in (ExportState.DEAD, ExportState.PENDING):

@@ -58,7 +58,7 @@ def fetch_prior(ctx: NodeContext, current: list[Dataset]) -> tuple[list[Dataset]
         matches = find_prior_studies(pacs.peer, calling, patient_id=patient_id, modality=str(first.get("Modality", "")),
                                      before=before, exclude_study_uid=str(first.StudyInstanceUID),
                                      timeout=pacs.query_timeout_s)
-    except (AssociationFailed, OSError, TimeoutError) as exc:
+    except (AssociationFailed, OSError, TimeoutError, ValueError, RuntimeError) as exc:
         return None, f"longitudinal comparison skipped: prior query failed ({exc})"
     if not matches:
         return None, "longitudinal comparison skipped: no earlier study of this patient on the PACS"

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -69,6 +71,10 @@ TRANSFER_SYNTAXES = [
     JPEG2000Lossless, JPEG2000, RLELossless,
 ]
 
+#: The only attributes the receiving path reads (the full data set is parsed by the worker).
+HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+               "BodyPartExamined", "StudyDescription", "PatientID", "StudyDate", "StudyTime"]
+
 # Named C-STORE statuses (PS3.4 B.2.3 / PS3.7 C).
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -100,7 +106,7 @@ class StorageSCP:
         self.hooks = hooks or ReceiverHooks()
         self.metrics = metrics
         self._server = None
-        self._lock = threading.Lock()
+        self.recorder = Recorder(store, self.hooks)
         cfg = settings.scp
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
@@ -134,6 +140,7 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.recorder.flush()
 
     @property
     def port(self) -> int:
@@ -191,7 +198,7 @@ class StorageSCP:
         calling = event.assoc.requestor.ae_title.strip()
         try:
             data = event.encoded_dataset()
-            ds = dcmread(BytesIO(data), stop_before_pixels=True)
+            ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
             study_uid = str(ds.StudyInstanceUID)
             sop_uid = str(ds.SOPInstanceUID)
             sop_class = str(ds.SOPClassUID)
@@ -216,55 +223,101 @@ class StorageSCP:
         except OSError as exc:
             LOGGER.error("C-STORE from %s: cannot spool %s: %s", calling, sop_uid, exc)
             return OUT_OF_RESOURCES
-        try:
-            self._record(ds, spooled.path, spooled.size, calling)
-        except Exception:  # noqa: BLE001 - the file is spooled; the rescan at start-up records it
-            LOGGER.exception("C-STORE from %s: recording %s failed", calling, sop_uid)
-            return PROCESSING_FAILURE
+        # The spooled file is the durable record; its row is written by the recorder thread in
+        # batches (a crash before that is repaired by the start-up rescan of the spool).
+        self.recorder.put(ds, str(spooled.path), spooled.size, calling)
         if self.metrics:
             self.metrics.instances.inc()
             self.metrics.bytes.inc(spooled.size)
-        if self.hooks.on_instance:
-            self.hooks.on_instance(study_uid)
         return SUCCESS
 
-    def _record(self, ds, path, size: int, calling: str) -> None:
-        record_instance(self.store, ds, str(path), size, calling)
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every received instance has its row (tests, shutdown)."""
+        self.recorder.flush(timeout)
+
+
+class Recorder:
+    """Writes instance rows in batches on its own thread, one transaction per batch."""
+
+    def __init__(self, store: Store, hooks: ReceiverHooks, batch: int = 64) -> None:
+        self.store = store
+        self.hooks = hooks
+        self.batch = batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def put(self, ds, path: str, size: int, calling: str) -> None:
+        self._queue.put((ds, path, size, calling))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < self.batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                record_instances(self.store, items)
+                for ds, *_ in items:
+                    if self.hooks.on_instance:
+                        self.hooks.on_instance(str(ds.StudyInstanceUID))
+            except Exception:  # noqa: BLE001 - the files are spooled; the start-up rescan records them
+                LOGGER.exception("recording %d instance(s) failed", len(items))
+            finally:
+                for _ in items:
+                    self._queue.task_done()
 
 
 def record_instance(store: Store, ds, path: str, size: int, calling: str, is_prior: bool = False) -> bool:
-    """Add (or refresh) the rows of a spooled instance; True if it was new.
+    """Record one spooled instance (see :func:`record_instances`); True if it was new."""
+    return record_instances(store, [(ds, path, size, calling)], is_prior)[0]
+
+
+def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -> list[bool]:
+    """Add (or refresh) the rows of spooled instances ``(ds, path, size, calling)`` in one transaction.
 
     A new instance in a study whose job already ran reopens the study: the next job
-    version's results replace the earlier ones.
+    version's results replace the earlier ones. Returns, per item, whether it was new.
     """
+    with store.session() as s:
+        return [_record_one(store, s, *item, is_prior=is_prior) for item in items]
+
+
+def _record_one(store: Store, s, ds, path: str, size: int, calling: str, is_prior: bool = False) -> bool:
     study_uid = str(ds.StudyInstanceUID)
     sop_uid = str(ds.SOPInstanceUID)
     now = utcnow()
-    with store.session() as s:
-        study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
-        if study is None:
-            study = Study(study_instance_uid=study_uid, patient_ref=hash_phi(str(ds.get("PatientID", ""))),
-                          calling_ae=calling, is_prior=is_prior, first_received=now)
-            s.add(study)
-            s.flush()
-        instance = s.scalars(select(Instance).where(Instance.sop_instance_uid == sop_uid)).first()
-        new = instance is None
-        if new:
-            s.add(Instance(
-                study_id=study.id, sop_instance_uid=sop_uid, sop_class_uid=str(ds.SOPClassUID),
-                series_instance_uid=str(ds.get("SeriesInstanceUID", "")), modality=str(ds.get("Modality", ""))[:16],
-                body_part=str(ds.get("BodyPartExamined", ""))[:64],
-                study_description=str(ds.get("StudyDescription", ""))[:128], calling_ae=calling,
-                path=path, size=size, received_at=now,
-            ))
-            study.pending_instances += 1
-            if study.state in (StudyState.DONE, StudyState.QUEUED) and not is_prior:
-                study.state = StudyState.RECEIVING  # reopened: a new job version will follow
-        else:
-            instance.received_at = now
-        if not is_prior:
-            study.last_received = now
-        store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,
-                    sop_instance_uid=sop_uid, detail="new" if new else "duplicate (idempotent)")
+    study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
+    if study is None:
+        study = Study(study_instance_uid=study_uid, patient_ref=hash_phi(str(ds.get("PatientID", ""))),
+                      calling_ae=calling, is_prior=is_prior, first_received=now)
+        s.add(study)
+        s.flush()
+    instance = s.scalars(select(Instance).where(Instance.sop_instance_uid == sop_uid)).first()
+    new = instance is None
+    if new:
+        s.add(Instance(
+            study_id=study.id, sop_instance_uid=sop_uid, sop_class_uid=str(ds.SOPClassUID),
+            series_instance_uid=str(ds.get("SeriesInstanceUID", "")), modality=str(ds.get("Modality", ""))[:16],
+            body_part=str(ds.get("BodyPartExamined", ""))[:64],
+            study_description=str(ds.get("StudyDescription", ""))[:128], calling_ae=calling,
+            path=path, size=size, received_at=now,
+        ))
+        study.pending_instances += 1
+        if study.state in (StudyState.DONE, StudyState.QUEUED) and not is_prior:
+            study.state = StudyState.RECEIVING  # reopened: a new job version will follow
+    else:
+        instance.received_at = now
+    if not is_prior:
+        study.last_received = now
+    store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,
+                sop_instance_uid=sop_uid, detail="new" if new else "duplicate (idempotent)")
+    s.flush()
     return new

@@ -87,10 +87,16 @@ class Node:
     def _start_worker(self) -> None:
         effective = self.settings.data_dir / "effective-config.yaml"
         data = self.settings.model_dump(mode="json")
+        env = dict(os.environ)
+        # Secrets travel in the child's environment, never in a file.
+        for key in ("broker_url", "database_url"):
+            value = data.pop(key, None)
+            if value:
+                env[f"MEDVERSA_{key.upper()}"] = value
         effective.write_text(yaml.safe_dump(data, sort_keys=False))
+        effective.chmod(0o600)
         cmd = [sys.executable, "-m", "medversa.cli", "worker", "--config", str(effective),
                "--queues", self.settings.model.queue]
-        env = dict(os.environ)
         self.worker = subprocess.Popen(cmd, env=env)
         LOGGER.info("embedded worker started (pid %d) on queue %s", self.worker.pid, self.settings.model.queue)
 
@@ -137,5 +143,5 @@ def run_worker(settings: NodeSettings, queues: list[str]) -> None:
     """A Celery worker process: solo pool (one job at a time; the model loads once per process)."""
     app = make_celery(settings)
     argv = ["worker", "--pool=solo", "--concurrency=1", "-Q", ",".join(queues), "--loglevel=INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"medversa@{os.uname().nodename}"]
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"medversa-{os.getpid()}@%h"]
     app.worker_main(argv)

@@ -11,7 +11,10 @@ from pydicom import Dataset
 
 
 def need_tool(name: str) -> str:
-    path = shutil.which(name)
+    """The path of a real tool: dcmtk's, not pynetdicom's Python apps of the same name."""
+    from medversa.node.tools import dcmtk
+
+    path = dcmtk(name) or shutil.which(name)
     if path is None:
         pytest.skip(f"{name} is not installed (bash .ci/install installs it)")
     return path
@@ -19,8 +22,7 @@ def need_tool(name: str) -> str:
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """The 'Error' lines dciodvfy prints for a file (warnings are allowed)."""
-    need_tool("dciodvfy")
-    result = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([need_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 

@@ -102,7 +102,7 @@ def test_sr_is_valid_readable_and_carries_every_result(cxr, tmp_path):
     sr = build_sr(results, [ds, seg.dataset], ALG, hd.UID(), hd.UID(), {(4, "left lung"): SegReference(seg, image.ref)})
     path = assert_valid(sr, tmp_path, "sr")
     need_tool("dsrdump")
-    dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run([need_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "Pleural effusion" in dump.stdout
 
     back = hd.sr.srread(path)
@@ -200,7 +200,7 @@ def test_dcmp2pgm_renders_the_presentation_state_overlay_on_the_box(cxr, tmp_pat
     pr_path = assert_valid(pr, tmp_path, "gsps")
     img_path = tmp_path / "image.dcm"
     ds.save_as(img_path, enforce_file_format=True)
-    run = subprocess.run(["dcmp2pgm", "-v", "-p", str(pr_path), str(img_path), str(tmp_path / "out.pgm")],
+    run = subprocess.run([need_tool("dcmp2pgm"), "-v", "-p", str(pr_path), str(img_path), str(tmp_path / "out.pgm")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert run.returncode == 0, run.stderr
     overlay = np.array(Image.open(tmp_path / "ovl_0101.pgm")) > 0

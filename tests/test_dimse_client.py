@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import socket
@@ -261,7 +262,7 @@ def test_store_native_and_jpeg2000_cr(orthanc, tmp_path):
     assert set(stored) == {native.SOPInstanceUID, j2k.SOPInstanceUID}
     assert stored[j2k.SOPInstanceUID]["TransferSyntaxUID"] == JPEG2000Lossless  # sent as is
     assert stored[native.SOPInstanceUID]["SOPClassUID"] == native.SOPClassUID
-    back = dcmread(__import__("io").BytesIO(orthanc.instance_file(stored[j2k.SOPInstanceUID]["ID"])))
+    back = dcmread(io.BytesIO(orthanc.instance_file(stored[j2k.SOPInstanceUID]["ID"])))
     np.testing.assert_array_equal(back.pixel_array, original)
     # The caller's data set is not changed.
     assert "TransferSyntaxUID" in native.file_meta and native.PatientID

@@ -201,3 +201,36 @@ def test_recent_studies_survive_unless_the_disk_is_nearly_full(ctx, monkeypatch)
     monkeypatch.setattr(node.spool, "disk_fill", lambda: 0.9)
     assert apply_retention(node) == [ds.StudyInstanceUID]
     assert Path(node.spool.root).exists()
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "medversa.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_status_and_retry_commands(ctx):
+    node = ctx(**{"export.max_attempts": 1})
+    job_id = _job_with_export(node, "NOWHERE@127.0.0.1:9")
+    deliver_due(node)
+    data_dir = str(node.settings.data_dir)
+    status = _cli("status", "--data-dir", data_dir)
+    assert status.returncode == 0 and "exports DEAD: 1" in status.stdout and f"job {job_id} v1" in status.stdout
+    retried = _cli("retry", str(job_id), "--data-dir", data_dir)
+    assert retried.returncode == 1 and "1 export(s) retried, 0 delivered" in retried.stdout
+    assert _cli("retry", "999", "--data-dir", data_dir).returncode == 1
+
+
+def test_retry_puts_a_failed_job_back_in_the_queue(ctx):
+    node = ctx()
+    _receive(node, [f.make_cr(16, 16)])
+    with node.store.session() as s:
+        study_id = s.scalars(select(Study)).one().id
+    job_id = create_job_version(node, study_id, ["vqa"], [])
+    with node.store.session() as s:
+        s.get(Job, job_id).state = JobState.FAILED
+    retry_job_exports(node, job_id)
+    queued = []
+    queue_due_studies(node, lambda j, q: queued.append(j))
+    assert queued == [job_id]

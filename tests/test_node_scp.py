@@ -41,22 +41,22 @@ def scp(tmp_path):
         server.stop()
 
 
-def _count(store: Store, model) -> int:
-    with store.session() as s:
+def _count(server: StorageSCP, model) -> int:
+    server.flush()
+    with server.store.session() as s:
         return s.scalar(select(func.count()).select_from(model)) or 0
 
 
 def test_echo_and_store_with_storescu_spools_and_records(scp, tmp_path):
-    need_tool("storescu")
     server = scp()
     study = f.make_cr(64, 64)
     paths = f.write_datasets([study, f.make_cr(64, 64, study_uid=study.StudyInstanceUID)], tmp_path / "in")
-    echo = subprocess.run(["echoscu", "-aec", "MEDVERSA", "127.0.0.1", str(server.port)], capture_output=True, timeout=30)
+    echo = subprocess.run([need_tool("echoscu"), "-aec", "MEDVERSA", "127.0.0.1", str(server.port)], capture_output=True, timeout=30)
     assert echo.returncode == 0
-    sent = subprocess.run(["storescu", "-aet", "PACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), *map(str, paths)],
+    sent = subprocess.run([need_tool("storescu"), "-aet", "PACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), *map(str, paths)],
                           capture_output=True, text=True, timeout=60)
     assert sent.returncode == 0, sent.stderr
-    assert _count(server.store, Instance) == 2 and _count(server.store, Study) == 1
+    assert _count(server, Instance) == 2 and _count(server, Study) == 1
     spooled = sorted(server.spool.root.rglob("*.dcm"))
     assert len(spooled) == 2
     assert {dcmread(p).SOPInstanceUID for p in spooled} == {dcmread(p).SOPInstanceUID for p in paths}
@@ -67,9 +67,9 @@ def test_a_resent_instance_is_idempotent(scp, tmp_path):
     server = scp()
     path = f.write_datasets([f.make_cr(32, 32)], tmp_path / "in")[0]
     for _ in range(2):
-        subprocess.run(["storescu", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+        subprocess.run([need_tool("storescu"), "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
                        capture_output=True, timeout=60, check=True)
-    assert _count(server.store, Instance) == 1
+    assert _count(server, Instance) == 1
     with server.store.session() as s:
         assert s.scalars(select(Study)).one().pending_instances == 1
 
@@ -78,11 +78,11 @@ def test_a_calling_ae_outside_the_allow_list_is_rejected_and_audited(scp, tmp_pa
     need_tool("storescu")
     server = scp(**{"scp.allowed_calling_aes": ["GOODPACS"]})
     path = f.write_datasets([f.make_cr(32, 32)], tmp_path / "in")[0]
-    bad = subprocess.run(["storescu", "-aet", "EVIL", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+    bad = subprocess.run([need_tool("storescu"), "-aet", "EVIL", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
-    assert "Calling AE title not recognised" in (bad.stdout + bad.stderr)
-    good = subprocess.run(["storescu", "-aet", "GOODPACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+    assert "Calling AE Title Not Recognized" in (bad.stdout + bad.stderr)
+    good = subprocess.run([need_tool("storescu"), "-aet", "GOODPACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
                           capture_output=True, text=True, timeout=60)
     assert good.returncode == 0
     with server.store.session() as s:
@@ -117,7 +117,7 @@ def test_a_data_set_without_its_uids_gets_cannot_understand(scp):
     ds = f.make_cr(32, 32)
     del ds.StudyInstanceUID
     assert _send(server.port, ds) == 0xC000
-    assert _count(server.store, Instance) == 0 and not list(server.spool.root.rglob("*.dcm"))
+    assert _count(server, Instance) == 0 and not list(server.spool.root.rglob("*.dcm"))
 
 
 def test_a_full_disk_answers_out_of_resources_and_leaves_nothing(scp, monkeypatch):
@@ -128,7 +128,7 @@ def test_a_full_disk_answers_out_of_resources_and_leaves_nothing(scp, monkeypatc
 
     monkeypatch.setattr(server.spool, "write", full)
     assert _send(server.port, f.make_cr(32, 32)) == 0xA700
-    assert _count(server.store, Instance) == 0
+    assert _count(server, Instance) == 0
 
 
 def test_associations_are_refused_above_the_disk_refusal_level(scp, monkeypatch):
@@ -170,3 +170,24 @@ def test_spool_write_is_atomic_and_partials_are_cleaned(tmp_path):
 def test_spool_path_names_by_sop_instance_uid(tmp_path):
     spool = Spool(tmp_path)
     assert spool.path_for("1.2", "1.2.3") == Path(tmp_path) / "1.2" / "1.2.3.dcm"
+
+
+def test_dicom_tls_with_storescu_and_plain_connections_refused(scp, tmp_path):
+    need_tool("storescu")
+    from .tls_certs import make_certificates
+
+    certs = make_certificates(tmp_path / "certs")
+    server = scp(**{"scp.tls": {"enabled": True, "required": True, "certificate": str(certs["server.crt"]),
+                                "private_key": str(certs["server.key"]), "ca_certificates": str(certs["ca.crt"])}})
+    path = f.write_datasets([f.make_cr(32, 32)], tmp_path / "in")[0]
+    secure = subprocess.run([need_tool("storescu"), "+tls", str(certs["client.key"]), str(certs["client.crt"]),
+                             "+cf", str(certs["ca.crt"]), "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert secure.returncode == 0, secure.stderr
+    plain = subprocess.run([need_tool("storescu"), "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0
+    anonymous = subprocess.run([need_tool("storescu"), "+tla", "+cf", str(certs["ca.crt"]), "-aec", "MEDVERSA", "127.0.0.1",
+                                str(server.port), str(path)], capture_output=True, text=True, timeout=60)
+    assert anonymous.returncode != 0  # no client certificate: refused (mutual authentication)
+    assert _count(server, Instance) == 1
