@@ -19,6 +19,10 @@ from pydicom.uid import generate_uid
 
 from . import codes
 
+#: Every object we write is UTF-8 (PS3.5 6.1.2.5.3): labels and report text may hold any script,
+#: and some sources carry an empty or unusual Specific Character Set.
+CHARACTER_SET = "ISO_IR 192"
+
 #: Default organisation root: the node's UIDs when a site has not configured its own.
 DEFAULT_ORG_ROOT = "1.2.826.0.1.3680043.10.1462."
 
@@ -84,17 +88,34 @@ class AlgorithmInfo:
         item.DeviceUID = self.device_uid
         return item
 
+    def equipment(self) -> dict:
+        """Keyword arguments every highdicom builder of an image-like object takes (SEG, PR)."""
+        return dict(
+            manufacturer=self.manufacturer,
+            manufacturer_model_name=self.model_name,
+            software_versions=list(self.software_versions),
+            device_serial_number=self.serial_number,
+            contributing_equipment=[self.contributing_equipment()],
+            specific_character_set=CHARACTER_SET,
+        )
+
+    def observer_context(self) -> hd.sr.ObserverContext:
+        """The algorithm as the SR/KOS device observer (TID 1004)."""
+        from pydicom.sr.codedict import codes as dcm_codes
+
+        return hd.sr.ObserverContext(
+            observer_type=dcm_codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=self.device_uid, name=self.name, manufacturer_name=self.manufacturer,
+                model_name=self.model_name),
+        )
+
     def sr_algorithm_id(self) -> hd.sr.AlgorithmIdentification:
         return hd.sr.AlgorithmIdentification(name=self.name, version=self.version, manufacturer=self.manufacturer)
 
     def seg_algorithm_id(self) -> hd.AlgorithmIdentificationSequence:
         return hd.AlgorithmIdentificationSequence(name=self.name, family=codes.ALGORITHM_FAMILY_AI,
                                                   version=self.version)
-
-#: Every object we write is UTF-8 (PS3.5 6.1.2.5.3): labels and report text may hold any script,
-#: and some sources carry an empty or unusual Specific Character Set.
-CHARACTER_SET = "ISO_IR 192"
-
 
 _AGE = re.compile(r"^\d{3}[DWMY]$")
 

@@ -28,16 +28,10 @@ def build_key_objects(
     """A KOS referencing ``positive_images`` and the SR; None when nothing is positive."""
     if not positive_images:
         return None
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=algorithm.device_uid, name=algorithm.name, manufacturer_name=algorithm.manufacturer,
-            model_name=algorithm.model_name),
-    )
     content = hd.ko.KeyObjectSelection(
         document_title=codes.cid7010.OfInterest,
         referenced_objects=[*positive_images, sr],
-        observer_device_context=observer,
+        observer_device_context=algorithm.observer_context(),
         description=f"Images with findings by {algorithm.name} ({algorithm.ai_notice})"[:1024],
     )
     ko = hd.ko.KeyObjectSelectionDocument(

@@ -14,7 +14,7 @@ from pydicom import Dataset
 
 from medversa.inference.schema import Answer
 
-from .identity import CHARACTER_SET, AlgorithmInfo, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo, drop_invalid_copied_attributes
 from .overlay import Shape, rasterize, shapes_for_image
 from .references import ImageRef
 
@@ -74,17 +74,12 @@ def build_presentation_state(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.model_name,
-        software_versions=list(algorithm.software_versions),
-        device_serial_number=algorithm.serial_number,
         content_label="MEDVERSA",
         content_description=f"{algorithm.name} results ({algorithm.ai_notice})"[:64],
         graphic_annotations=annotations,
         graphic_layers=[_LAYERS[k] for k in _LAYERS if graphics[k] or texts[k]],
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
         series_description=SERIES_DESCRIPTION,
+        **algorithm.equipment(),
     )
     if str(source.get("PhotometricInterpretation", "")).startswith("MONOCHROME"):
         pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)

@@ -26,7 +26,7 @@ import numpy as np
 from pydicom import Dataset
 
 from .codes import segment_codes
-from .identity import CHARACTER_SET, AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
 from .references import ImageRef, VolumeRef
 
 LOGGER = logging.getLogger(__name__)
@@ -119,17 +119,12 @@ def build_segmentation(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.model_name,
-        software_versions=list(algorithm.software_versions),
-        device_serial_number=algorithm.serial_number,
         content_label="MEDVERSA",
         content_description=f"{algorithm.name} segmentation ({algorithm.ai_notice})"[:64],
         series_description=SERIES_DESCRIPTION,
-        contributing_equipment=[algorithm.contributing_equipment()],
         omit_empty_frames=True,
         pixel_measures=_pixel_measures(ref) if isinstance(ref, VolumeRef) else None,
-        specific_character_set=CHARACTER_SET,
+        **algorithm.equipment(),
     )
     if "PatientOrientation" not in seg and "FrameOfReferenceUID" not in seg:
         # General Image, Type 2C without a frame of reference: copy it, or leave it empty.

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
-from pydicom.sr.codedict import codes
 
 from medversa.inference.tasks import Task
 
@@ -261,14 +260,8 @@ def build_sr(
             algorithm_id=algorithm.sr_algorithm_id(),
         ))
 
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=algorithm.device_uid, name=algorithm.name, manufacturer_name=algorithm.manufacturer,
-            model_name=algorithm.model_name),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=algorithm.observer_context()),
         procedure_reported=procedure_for(results),
         imaging_measurements=builder.groups,
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(

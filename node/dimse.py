@@ -37,15 +37,6 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
 )
 from pynetdicom import AE, build_context, build_role, evt, sop_class
 from pynetdicom import _config as _pynetdicom_config
@@ -62,6 +53,7 @@ from pynetdicom.status import (
 )
 
 from medversa.node.config import Peer, TLSSettings
+from medversa.node.dicom_classes import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,30 +65,13 @@ _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) per association.
 MAX_CONTEXTS = 128
 
-#: The fallback every storage context offers (PS3.5 A.1, A.2): any SCP supports Implicit VR LE.
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
-#: Storage SOP classes we accept as C-STORE SCP inside a C-GET (PS3.4 B.5).
-GET_STORAGE_CLASSES: tuple[str, ...] = (
-    sop_class.ComputedRadiographyImageStorage,
-    sop_class.DigitalXRayImageStorageForPresentation,
-    sop_class.DigitalXRayImageStorageForProcessing,
-    sop_class.CTImageStorage,
-    sop_class.EnhancedCTImageStorage,
-    sop_class.VLPhotographicImageStorage,
-    sop_class.SecondaryCaptureImageStorage,
-    sop_class.MultiFrameSingleBitSecondaryCaptureImageStorage,
-    sop_class.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    sop_class.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    sop_class.MultiFrameTrueColorSecondaryCaptureImageStorage,
-)
+#: Storage SOP classes we accept as C-STORE SCP inside a C-GET (PS3.4 B.5): those the node processes.
+GET_STORAGE_CLASSES: tuple[str, ...] = tuple(STORAGE_CLASSES)
 
 #: Compressed transfer syntaxes offered (one context each) for C-GET, so the SCP can send
-#: instances as stored; pydicom decodes all of them with the installed pylibjpeg plug-ins.
-GET_COMPRESSED_SYNTAXES: tuple[str, ...] = (
-    JPEG2000Lossless, JPEG2000, JPEGLosslessSV1, JPEGLossless, JPEGBaseline8Bit,
-    JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, RLELossless,
-)
+#: instances as stored; pydicom decodes all of them with the installed plug-ins.
+GET_COMPRESSED_SYNTAXES: tuple[str, ...] = COMPRESSED
 
 #: C-STORE status we return in a C-GET when ``on_instance`` raises (PS3.4 B.2.3, A7xx: out of
 #: resources) and when the received data set cannot be decoded (C000: cannot understand).
