@@ -38,9 +38,10 @@ def private(label: str) -> CodedConcept:
 
 
 #: The 33 chest pathologies (Chest ImaGenome findings used by MedVersa), model phrase -> code.
-#: SNOMED CT where a code could be sourced here; DICOM (DCM) where PS3.16 has the concept; the
-#: rest in the private scheme until a terminologist assigns SNOMED CT codes (no SNOMED browser is
-#: reachable from this project's machines; a guessed code would be worse than a private one).
+#: SNOMED CT where a code could be sourced here (public value sets such as the IPS free set, DICOM
+#: and FHIR terminology, SNOMED release notes); DICOM (DCM) where PS3.16 has the concept; the rest
+#: in the private scheme until a terminologist assigns SNOMED CT codes: no SNOMED browser is
+#: reachable from this project's machines, and a guessed code would be worse than a private one.
 CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
     "lung opacity": CodedConcept("112033", DCM, "Abnormal opacity"),
     "pulmonary edema": sct("19242006", "Pulmonary edema"),
@@ -63,7 +64,7 @@ CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
     "interstitial lung disease": sct("233703007", "Interstitial lung disease"),
     "aspiration": sct("14766002", "Aspiration"),
     "heart failure": sct("84114007", "Heart failure"),
-    "vascular congestion": private("vascular congestion"),
+    "vascular congestion": sct("67599009", "Pulmonary congestion"),
     "costophrenic angle blunting": private("costophrenic angle blunting"),
     "elevated hemidiaphragm": private("elevated hemidiaphragm"),
     "hernia": sct("84089009", "Hiatal hernia"),
@@ -72,9 +73,9 @@ CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
     "tortuous aorta": private("tortuous aorta"),
     "vascular calcification": private("vascular calcification"),
     "rib fracture": sct("33737001", "Fracture of rib"),
-    "spinal fracture": private("spinal fracture"),
+    "spinal fracture": sct("50448004", "Fracture of vertebral column"),
     "scoliosis": sct("298382003", "Scoliosis deformity of spine"),
-    "spinal degenerative changes": private("spinal degenerative changes"),
+    "spinal degenerative changes": sct("8847002", "Spondylosis"),
 }
 
 #: HAM10000 / ISIC 2018 task 3 diagnostic classes: (abbreviation, model phrase) -> SNOMED CT.
