@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydicom import Dataset
 
-from medversa.inference.schema import Answer, Mask2D, Mask3D
+from medversa.inference.schema import Answer
 from medversa.inference.tasks import Task
 
 from .references import ImageRef, VolumeRef
@@ -44,11 +43,3 @@ def volume_ml(mask: np.ndarray, ref: VolumeRef) -> float:
     """Volume of a 3D mask in ml (voxel count x row x column spacing x slice spacing)."""
     voxel_mm3 = ref.pixel_spacing[0] * ref.pixel_spacing[1] * ref.slice_spacing
     return float(mask.sum()) * voxel_mm3 / 1000.0
-
-
-def source_datasets(datasets: list[Dataset]) -> dict[str, Dataset]:
-    """Source instances by SOP Instance UID."""
-    return {str(ds.SOPInstanceUID): ds for ds in datasets}
-
-
-__all__ = ["TaskResult", "pixel_area_mm2", "volume_ml", "source_datasets", "Mask2D", "Mask3D"]

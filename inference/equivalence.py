@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -212,4 +211,3 @@ def format_report(results: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_equivalence", "format_report", "config_from_fixture", "Comparison", "np"]

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +156,6 @@ def print_json(report: dict) -> None:
     print(json.dumps(report, indent=2))
 
 
-__all__ = ["bench_ingest", "write_corpus", "synthetic_cr", "free_port", "urllib"]
 
 
 #: Planted answers for the e2e benchmark: the random-weight demo model never emits the end

@@ -62,7 +62,7 @@ def infer(
 
 
 def _settings(config: Optional[Path], **flags):
-    from .config import Peer, load_settings
+    from .config import load_settings
 
     try:
         return load_settings(config, **flags)

@@ -31,7 +31,6 @@ def deliver_due(ctx: NodeContext, job_id: int | None = None, now: dt.datetime | 
     from .dimse import AssociationFailed, store_datasets
 
     now = now or utcnow()
-    settings = ctx.settings.export
     with ctx.store.session() as s:
         query = select(Export).where(Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
         if job_id is not None:

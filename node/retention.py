@@ -15,7 +15,7 @@ import shutil
 from sqlalchemy import select
 
 from .context import NodeContext
-from .store import ExportState, Job, JobState, Study, StudyState, utcnow
+from .store import ExportState, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

@@ -171,7 +171,8 @@ class StorageSCP:
             study_uid = str(ds.StudyInstanceUID)
             sop_uid = str(ds.SOPInstanceUID)
             sop_class = str(ds.SOPClassUID)
-            series_uid = str(ds.SeriesInstanceUID)
+            if "SeriesInstanceUID" not in ds:
+                raise ValueError("no SeriesInstanceUID")
         except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's malformed data
             LOGGER.warning("C-STORE from %s: cannot parse the data set: %s", calling, exc)
             self.store.audit("instance", "failure", peer=calling, detail=f"cannot understand: {exc}"[:500])

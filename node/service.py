@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from io import BytesIO
 from pathlib import Path
 
 import pydicom

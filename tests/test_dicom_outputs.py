@@ -16,7 +16,7 @@ from medversa.dicom_mapping.results import TaskResult
 from medversa.dicom_mapping.sc import build_secondary_capture
 from medversa.dicom_mapping.seg import build_segmentation
 from medversa.dicom_mapping.sr import SegReference, build_sr
-from medversa.inference.schema import Answer, Box, Mask2D, Mask3D
+from medversa.inference.schema import Answer, Box, Mask2D
 from medversa.inference.tasks import Task
 
 from . import dicom_factory as f
