@@ -74,8 +74,27 @@ class Node:
         report["ok"] = all(v for k, v in report.items() if k != "disk_fill")
         return report
 
+    def requeue_interrupted_jobs(self, why: str) -> int:
+        """Embedded mode: jobs RUNNING when the only worker died go back to the queue.
+
+        The SQLite transport does not redeliver a message whose consumer died, so the job rows
+        decide; a re-run is idempotent (same result UIDs, unique export rows).
+        """
+        with self.ctx.store.session() as s:
+            jobs = list(s.scalars(select(Job).where(Job.state == JobState.RUNNING)))
+            for job in jobs:
+                job.state = JobState.RECEIVED
+                job.notes = list(job.notes or []) + [f"re-queued: {why}"]
+                self.ctx.store.audit("job", "requeued", session=s, study_instance_uid=job.study.study_instance_uid,
+                                     detail=f"job {job.id}: {why}")
+        if jobs:
+            LOGGER.warning("%d interrupted job(s) queued again (%s)", len(jobs), why)
+        return len(jobs)
+
     def start(self) -> None:
         recover_spool(self.ctx)
+        if self.settings.embedded:
+            self.requeue_interrupted_jobs("the node restarted while they ran")
         self.scp.start()
         if self.settings.http.enabled:
             self.http = start_http(self.settings.http.bind, self.settings.http.port, self.ctx.metrics, self.health)
@@ -119,6 +138,7 @@ class Node:
                     LOGGER.exception("scheduler tick failed")
                 if self.worker is not None and self.worker.poll() is not None:
                     LOGGER.error("embedded worker exited (%s); restarting it", self.worker.returncode)
+                    self.requeue_interrupted_jobs(f"the worker died (exit {self.worker.returncode})")
                     self._start_worker()
                 self._stop.wait(interval)
         finally:

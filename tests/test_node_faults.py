@@ -1,0 +1,147 @@
+"""Faults with real processes: the node's own ``serve`` killed mid-stream, its worker killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import yaml
+from pynetdicom import AE
+from sqlalchemy import select
+
+from medversa.node.store import Instance, Job, JobState, Store
+
+from . import dicom_factory as f
+from .orthanc import free_port
+
+
+def _config(tmp: Path, port: int, **extra) -> Path:
+    path = tmp / "medversa.yaml"
+    path.write_text(yaml.safe_dump({
+        "data_dir": str(tmp / "node"), "idle_seconds": 1,
+        "scp": {"ae_title": "MEDVERSA", "bind": "127.0.0.1", "port": port},
+        "http": {"port": free_port()}, "model": {"preset": "tiny"},
+        "logging": {"json_format": False, "level": "INFO"}, **extra}))
+    return path
+
+
+def _serve(config: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(config)],
+                            stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _wait_listening(port: int, timeout: float = 90) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
+    port = free_port()
+    config = _config(tmp_path, port, idle_seconds=3600)
+    log = tmp_path / "serve.log"
+    node = _serve(config, log)
+    datasets = [f.make_cr(256, 256, study_uid=pydicom.uid.generate_uid()) for _ in range(60)]
+    acknowledged: list[str] = []
+    try:
+        _wait_listening(port)
+        ae = AE("PACS")
+        ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERSA")
+        assert assoc.is_established
+        for i, ds in enumerate(datasets):
+            if i == 25:
+                _kill_group(node)  # SIGKILL to serve and its worker, mid-association
+            try:
+                status = assoc.send_c_store(ds)
+            except Exception:  # noqa: BLE001 - the peer is gone
+                break
+            if status and status.Status == 0:
+                acknowledged.append(str(ds.SOPInstanceUID))
+            if not assoc.is_established:
+                break
+        assoc.abort()
+    finally:
+        _kill_group(node)
+    assert 20 <= len(acknowledged) <= 26
+    spool = tmp_path / "node" / "spool"
+    node = _serve(config, log)  # restart: start-up recovery
+    try:
+        _wait_listening(port)
+        store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with store.session() as s:
+                recorded = set(s.scalars(select(Instance.sop_instance_uid)))
+            if set(acknowledged) <= recorded:
+                break
+            time.sleep(0.5)
+        assert set(acknowledged) <= recorded, "an acknowledged instance was lost"
+        assert not list(spool.rglob("*.partial"))
+        for path in spool.rglob("*.dcm"):
+            pydicom.dcmread(path)  # every spooled file is complete
+    finally:
+        _kill_group(node, signal.SIGTERM)
+
+
+def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
+    port = free_port()
+    config = _config(tmp_path, port)
+    log = tmp_path / "serve.log"
+    node = _serve(config, log)
+    store_path = tmp_path / "node" / "medversa.db"
+    try:
+        _wait_listening(port)
+        study_uid = pydicom.uid.generate_uid()
+        study = [f.make_cr(128, 128, study_uid=study_uid) for _ in range(2)]
+        ae = AE("PACS")
+        ae.add_requested_context(study[0].SOPClassUID, study[0].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERSA")
+        for ds in study:
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        store = Store(f"sqlite:///{store_path}")
+
+        def job_state():
+            with store.session() as s:
+                job = s.scalars(select(Job)).first()
+                return job.state if job else None
+
+        deadline = time.time() + 120
+        while job_state() is not JobState.RUNNING and time.time() < deadline:
+            time.sleep(0.05)
+        assert job_state() is JobState.RUNNING, log.read_text()[-3000:]
+        worker = subprocess.run(["pgrep", "-f", "medversa.cli worker"], capture_output=True, text=True)
+        pids = [int(p) for p in worker.stdout.split() if int(p) != os.getpid()]
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 240
+        while job_state() not in (JobState.DONE, JobState.EXPORTING) and time.time() < deadline:
+            time.sleep(0.5)
+        assert job_state() in (JobState.DONE, JobState.EXPORTING), log.read_text()[-4000:]
+        results = list((tmp_path / "node" / "results").rglob("SR_*.dcm"))
+        assert len(results) == 1  # re-run wrote the same object, not a second one
+    finally:
+        _kill_group(node, signal.SIGTERM)
