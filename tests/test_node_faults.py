@@ -145,3 +145,68 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
         assert len(results) == 1  # re-run wrote the same object, not a second one
     finally:
         _kill_group(node, signal.SIGTERM)
+
+
+def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_path):
+    from sqlalchemy import func
+
+    from medversa.node.store import Export, ExportState
+
+    from .orthanc import OrthancServer
+
+    orthanc = OrthancServer(tmp_path / "orthanc").start()
+    port = free_port()
+    config = _config(tmp_path, port, export={"destinations": [str(orthanc.peer)], "max_attempts": 3,
+                                             "backoff_initial_s": 1.0, "backoff_max_s": 2.0})
+    log = tmp_path / "serve.log"
+    node = _serve(config, log)
+    store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
+
+    def exports(state):
+        with store.session() as s:
+            return s.scalar(select(func.count()).select_from(Export).where(Export.state == state)) or 0
+
+    def send_study() -> str:
+        uid = pydicom.uid.generate_uid()
+        ae = AE("PACS")
+        ds = f.make_cr(96, 96, study_uid=uid)
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERSA")
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        return uid
+
+    def wait(predicate, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"{what}; node log:\n{log.read_text()[-3000:]}")
+
+    try:
+        _wait_listening(port)
+        orthanc.stop(kill=True)
+        first = send_study()
+        wait(lambda: exports(ExportState.PENDING) >= 1, 180, "no pending export while the PACS is down")
+        with store.session() as s:
+            assert s.scalars(select(Export)).first().attempts >= 1
+        orthanc.start()  # back, on the same port: the backoff retry delivers
+        wait(lambda: exports(ExportState.PENDING) == 0 and exports(ExportState.DELIVERED) >= 1, 120,
+             "exports not delivered after the PACS returned")
+        assert orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": first, "Modality": "SR"}})
+
+        orthanc.stop(kill=True)
+        second = send_study()
+        wait(lambda: exports(ExportState.DEAD) >= 1, 240, "no dead-letter after the tries ran out")
+        with store.session() as s:
+            job_id = s.scalars(select(Export).where(Export.state == ExportState.DEAD)).first().job_id
+        orthanc.start()
+        retried = subprocess.run([sys.executable, "-m", "medversa.cli", "retry", str(job_id), "--config", str(config)],
+                                 capture_output=True, text=True, timeout=120)
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        assert exports(ExportState.DEAD) == 0
+        assert orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": second, "Modality": "SR"}})
+    finally:
+        _kill_group(node, signal.SIGTERM)
+        orthanc.stop(kill=True)
