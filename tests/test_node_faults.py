@@ -210,3 +210,60 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
     finally:
         _kill_group(node, signal.SIGTERM)
         orthanc.stop(kill=True)
+
+
+def test_redis_down_the_scp_keeps_spooling_and_jobs_queue_when_it_returns(tmp_path):
+    import shutil
+
+    import pytest
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis_port = free_port()
+
+    def start_redis() -> subprocess.Popen:
+        return subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    redis = start_redis()
+    port = free_port()
+    config = _config(tmp_path, port, broker_url=f"redis://127.0.0.1:{redis_port}/0")
+    log = tmp_path / "serve.log"
+    node = _serve(config, log)
+    worker = subprocess.Popen([sys.executable, "-m", "medversa.cli", "worker", "--config", str(config)],
+                              stdout=(tmp_path / "worker.log").open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
+    try:
+        _wait_listening(port)
+        redis.terminate()
+        redis.wait(10)
+        uid = pydicom.uid.generate_uid()
+        ds = f.make_cr(96, 96, study_uid=uid)
+        ae = AE("PACS")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERSA")
+        assert assoc.is_established and assoc.send_c_store(ds).Status == 0  # still accepting
+        assoc.release()
+
+        def state():
+            with store.session() as s:
+                job = s.scalars(select(Job)).first()
+                return job.state if job else None
+
+        deadline = time.time() + 60
+        while state() is None and time.time() < deadline:
+            time.sleep(0.3)
+        time.sleep(3)
+        assert state() is JobState.RECEIVED  # created, not queued: the broker is down
+        redis = start_redis()
+        deadline = time.time() + 240
+        while state() not in (JobState.DONE, JobState.EXPORTING) and time.time() < deadline:
+            time.sleep(0.5)
+        assert state() in (JobState.DONE, JobState.EXPORTING), (log.read_text()[-2000:],
+                                                               (tmp_path / "worker.log").read_text()[-2000:])
+    finally:
+        _kill_group(worker, signal.SIGTERM)
+        _kill_group(node, signal.SIGTERM)
+        redis.terminate()
+        redis.wait(10)
