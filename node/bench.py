@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,7 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from .tools import dcmtk
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .tools import dcmtk, free_port, wait_port
 
 
 def synthetic_cr(study_uid: str, index: int, size: int = 512, patient: str = "BENCH") -> Dataset:
@@ -76,17 +69,6 @@ def _storescu(port: int, aec: str, files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def _wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -110,7 +92,7 @@ def bench_ingest(instances: int = 200, repeats: int = 3, size: int = 512) -> dic
             scp = subprocess.Popen([storescp, "-od", str(out), str(port)], env=dict(os.environ, TCP_NODELAY="1"),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                _wait_port(port)
+                wait_port(port)
                 baseline.append(_storescu(port, "STORESCP", files))
             finally:
                 scp.terminate()
@@ -127,7 +109,7 @@ def bench_ingest(instances: int = 200, repeats: int = 3, size: int = 512) -> dic
             node = subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(config)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
-                _wait_port(port, 120)
+                wait_port(port, 120)
                 ours.append(_storescu(port, "MEDVERSA", files))
                 peak = max(peak, _peak_rss_mb(node.pid))
                 stored = len(list((work / f"node{r}" / "spool").rglob("*.dcm")))
@@ -220,7 +202,7 @@ def bench_e2e(studies: int = 20, idle_seconds: float = 2.0, preset: str = "demo"
             if mode == "redis":
                 procs.append(subprocess.Popen([sys.executable, "-m", "medversa.cli", "worker", "--config", str(path)],
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            _wait_port(node_port, 120)
+            wait_port(node_port, 120)
             peer = Peer(ae_title="MEDVERSA", host="127.0.0.1", port=node_port)
             latencies = []
             warmup = 1

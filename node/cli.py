@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from medversa.inference.tasks import Task
 
 
@@ -181,9 +180,9 @@ def config_example() -> None:
 @config_app.command("check")
 def config_check(config: Annotated[Path, typer.Argument(help="YAML configuration file")]) -> None:
     """Validate a configuration file (with environment overrides) and print the result."""
-    import yaml as _yaml
-
     import re
+
+    import yaml as _yaml
 
     settings = _settings(config)
     data = settings.model_dump(mode="json")

@@ -6,8 +6,8 @@ import logging
 import threading
 from functools import cached_property
 
-from medversa import __version__
 from medversa.dicom_mapping.identity import AlgorithmInfo
+from medversa.inference.bundled import model_identity
 
 from .config import NodeSettings
 from .metrics import Metrics
@@ -35,12 +35,8 @@ class NodeContext:
         with self._model_lock:
             m = self.settings.model
             analyzer = load_default_analyzer(m.checkpoint, m.preset, m.device)
-            LOGGER.info("model loaded: %s (%s)", analyzer.model.config.name, self.model_id_of(analyzer))
+            LOGGER.info("model loaded: %s (%s)", analyzer.model.config.name, model_identity(analyzer))
             return analyzer
-
-    @staticmethod
-    def model_id_of(analyzer) -> str:
-        return getattr(analyzer, "model_id", "") or f"random-{analyzer.model.config.name}"
 
     @cached_property
     def choose_for(self):
@@ -49,7 +45,6 @@ class NodeContext:
         if path is None:
             return None
         import yaml
-
         from medversa.inference.scripted import scripted_chooser
 
         LOGGER.warning("SCRIPTED ANSWERS from %s: results are planted, not the model's (testing only)", path)
@@ -57,11 +52,6 @@ class NodeContext:
 
     @cached_property
     def algorithm(self) -> AlgorithmInfo:
-        analyzer = self.analyzer
-        return AlgorithmInfo(
-            version=__version__,
-            model_id=self.model_id_of(analyzer),
-            software_version=f"medversa-node {__version__}",
-            model_name=f"MedVersa {analyzer.model.config.name}",
-            org_root=self.settings.organisation_uid_root,
-        )
+        from .infer import algorithm_for
+
+        return algorithm_for(self.analyzer, self.settings.organisation_uid_root)

@@ -6,10 +6,10 @@ The SCP accepts them (conformance statement), and C-GET offers them when retriev
 from __future__ import annotations
 
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medversa.node.config import Peer, TLSSettings
+from medversa.node.dicom_classes import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_file_meta_info
@@ -51,9 +53,6 @@ from pynetdicom.status import (
     STORAGE_SERVICE_CLASS_STATUS,
     code_to_category,
 )
-
-from medversa.node.config import Peer, TLSSettings
-from medversa.node.dicom_classes import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
 
 LOGGER = logging.getLogger(__name__)
 

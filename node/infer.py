@@ -7,11 +7,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pydicom
+from medversa.dicom_mapping.identity import AlgorithmInfo
+from medversa.inference.bundled import model_identity
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
 from medversa import __version__
-from medversa.dicom_mapping.identity import AlgorithmInfo
 
 from .pipeline import PipelineOptions, StudyOutput, analyze_study
 
@@ -46,9 +47,10 @@ def read_inputs(paths: list[Path]) -> tuple[dict[str, list[Dataset]], list[str]]
 
 
 def algorithm_for(analyzer, org_root: str | None = None) -> AlgorithmInfo:
-    model_id = getattr(analyzer, "model_id", "") or f"random-{analyzer.model.config.name}"
+    """The algorithm identity of a loaded model (its device UID follows the weights)."""
     kwargs = {"org_root": org_root} if org_root else {}
-    return AlgorithmInfo(version=__version__, model_id=model_id, software_version=f"medversa-node {__version__}",
+    return AlgorithmInfo(version=__version__, model_id=model_identity(analyzer),
+                         software_version=f"medversa-node {__version__}",
                          model_name=f"MedVersa {analyzer.model.config.name}", **kwargs)
 
 

@@ -14,12 +14,20 @@ import time
 from pathlib import Path
 
 import pydicom
+from medversa.inference.tasks import Task
 from sqlalchemy import select
 
-from medversa.inference.tasks import Task
-
 from .context import NodeContext
-from .store import Export, ExportState, Instance, Job, JobState, Study, StudyState, utcnow
+from .store import (
+    Export,
+    ExportState,
+    Instance,
+    Job,
+    JobState,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 LOGGER = logging.getLogger(__name__)
 

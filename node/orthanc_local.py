@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medversa.node.config import Peer
+from medversa.node.tools import free_port
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,13 +39,6 @@ START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.2) -> T:

@@ -13,13 +13,21 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydicom import Dataset
-
 from medversa.dicom_mapping.identity import AlgorithmInfo, derive_uid
-from medversa.dicom_mapping.inputs import longitudinal_images, order_chest_views, prepare_study
+from medversa.dicom_mapping.inputs import (
+    longitudinal_images,
+    order_chest_views,
+    prepare_study,
+)
 from medversa.dicom_mapping.ko import build_key_objects
 from medversa.dicom_mapping.pr import build_presentation_state
-from medversa.dicom_mapping.references import PreparedImage, PreparedVolume, SeriesKind, StudyInputs, View
+from medversa.dicom_mapping.references import (
+    PreparedImage,
+    PreparedVolume,
+    SeriesKind,
+    StudyInputs,
+    View,
+)
 from medversa.dicom_mapping.results import TaskResult
 from medversa.dicom_mapping.sc import build_secondary_capture
 from medversa.dicom_mapping.seg import build_segmentation
@@ -27,6 +35,7 @@ from medversa.dicom_mapping.sr import SegReference, build_sr
 from medversa.inference.analyzer import Analyzer, ChooserFactory
 from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.inference.tasks import Modality, Task
+from pydicom import Dataset
 
 LOGGER = logging.getLogger(__name__)
 

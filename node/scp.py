@@ -22,8 +22,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
@@ -57,25 +55,16 @@ def hash_phi(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16] if value else ""
 
 
-@dataclass
-class ReceiverHooks:
-    """Called after an instance is recorded (the study was touched)."""
-
-    on_instance: Callable[[str], None] | None = None
-
-
 class StorageSCP:
     """The listening AE: access policy, durable spooling, recording."""
 
-    def __init__(self, settings: NodeSettings, store: Store, spool: Spool, hooks: ReceiverHooks | None = None,
-                 metrics: object | None = None) -> None:
+    def __init__(self, settings: NodeSettings, store: Store, spool: Spool, metrics: object | None = None) -> None:
         self.settings = settings
         self.store = store
         self.spool = spool
-        self.hooks = hooks or ReceiverHooks()
         self.metrics = metrics
         self._server = None
-        self.recorder = Recorder(store, self.hooks)
+        self.recorder = Recorder(store)
         cfg = settings.scp
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
@@ -209,9 +198,8 @@ class StorageSCP:
 class Recorder:
     """Writes instance rows in batches on its own thread, one transaction per batch."""
 
-    def __init__(self, store: Store, hooks: ReceiverHooks, batch: int = 64) -> None:
+    def __init__(self, store: Store, batch: int = 64) -> None:
         self.store = store
-        self.hooks = hooks
         self.batch = batch
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -235,9 +223,6 @@ class Recorder:
                     break
             try:
                 record_instances(self.store, items)
-                for ds, *_ in items:
-                    if self.hooks.on_instance:
-                        self.hooks.on_instance(str(ds.StudyInstanceUID))
             except Exception:  # noqa: BLE001 - the files are spooled; the start-up rescan records them
                 LOGGER.exception("recording %d instance(s) failed", len(items))
             finally:

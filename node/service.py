@@ -22,7 +22,7 @@ from .export import deliver_due
 from .metrics import start_http
 from .queue import enqueue_with, make_celery
 from .retention import apply_retention
-from .scp import ReceiverHooks, StorageSCP, record_instance
+from .scp import StorageSCP, record_instance
 from .store import Instance, Job, JobState
 
 LOGGER = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Node:
         self.ctx = NodeContext(settings)
         self.app = make_celery(settings)
         self.enqueue = enqueue_with(self.app)
-        self.scp = StorageSCP(settings, self.ctx.store, self.ctx.spool, ReceiverHooks(), self.ctx.metrics)
+        self.scp = StorageSCP(settings, self.ctx.store, self.ctx.spool, self.ctx.metrics)
         self.worker: subprocess.Popen | None = None
         self.http = None
         self._stop = threading.Event()

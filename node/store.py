@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import (
     JSON,
@@ -28,7 +28,14 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 
 def utcnow() -> dt.datetime:
@@ -155,8 +162,9 @@ class AuditEvent(Base):
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        from sqlalchemy.engine import make_url
         from pathlib import Path
+
+        from sqlalchemy.engine import make_url
 
         database = make_url(url).database
         if database and database != ":memory:":

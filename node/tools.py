@@ -1,10 +1,13 @@
-"""Finding dcmtk's command-line tools (pynetdicom installs Python apps with the same names)."""
+"""Small process tools: dcmtk's command-line programs (pynetdicom installs Python apps with the
+same names), and loopback ports for tests and benchmarks."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
+import time
 from pathlib import Path
 
 
@@ -18,3 +21,22 @@ def dcmtk(name: str) -> str | None:
         if found:
             return found
     return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    """Return once something accepts connections on 127.0.0.1:``port``; RuntimeError after ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port}")

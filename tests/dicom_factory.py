@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"

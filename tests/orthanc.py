@@ -6,8 +6,12 @@ import shutil
 from typing import Any
 
 import pytest
-
-from medversa.node.orthanc_local import ORTHANC_BINARY, OrthancServer, free_port, wait_for
+from medversa.node.orthanc_local import (
+    ORTHANC_BINARY,
+    OrthancServer,
+    free_port,
+    wait_for,
+)
 
 __all__ = ["OrthancServer", "free_port", "wait_for", "orthanc_server", "ORTHANC_BINARY"]
 

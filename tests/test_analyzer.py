@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from medversa.inference.generation import ForcedTokens
 from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.inference.tasks import Modality, Task

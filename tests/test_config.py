@@ -3,7 +3,6 @@ import time
 
 import pytest
 import torch
-
 from medversa.inference.config import MedVersaConfig
 from medversa.inference.model import MedVersaModel
 from medversa.inference.presets import create_config, list_presets

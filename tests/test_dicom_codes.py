@@ -1,5 +1,4 @@
 import pytest
-
 from medversa.dicom_mapping import codes
 
 

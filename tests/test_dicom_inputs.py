@@ -7,9 +7,6 @@ import logging
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-
 from medversa.dicom_mapping.inputs import (
     longitudinal_images,
     order_chest_views,
@@ -18,6 +15,8 @@ from medversa.dicom_mapping.inputs import (
 )
 from medversa.dicom_mapping.references import SeriesKind, StudyInputs, View
 from medversa.dicom_mapping.series import chest_view, classify
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from . import dicom_factory as fac
 from .conftest import SHARED, need

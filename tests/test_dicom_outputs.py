@@ -6,8 +6,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
-
 from medversa.dicom_mapping.identity import AlgorithmInfo
 from medversa.dicom_mapping.inputs import prepare_study
 from medversa.dicom_mapping.ko import build_key_objects
@@ -18,6 +16,7 @@ from medversa.dicom_mapping.seg import build_segmentation
 from medversa.dicom_mapping.sr import SegReference, build_sr
 from medversa.inference.schema import Answer, Box, Mask2D
 from medversa.inference.tasks import Task
+from PIL import Image
 
 from . import dicom_factory as f
 from .dicom_tools import assert_valid, need_tool

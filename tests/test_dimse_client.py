@@ -15,11 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import Dataset, dcmread
-from pydicom.uid import JPEG2000Lossless, generate_uid
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, StoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
-
 from medversa.node.config import Peer, TLSSettings
 from medversa.node.dimse import (
     AssociationFailed,
@@ -31,8 +26,18 @@ from medversa.node.dimse import (
     storage_contexts,
     store_datasets,
 )
+from pydicom import Dataset, dcmread
+from pydicom.uid import JPEG2000Lossless, generate_uid
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
 
-from .dicom_factory import PATIENT_NAME, make_cr, make_ct_series, make_vl_photo, write_datasets
+from .dicom_factory import (
+    PATIENT_NAME,
+    make_cr,
+    make_ct_series,
+    make_vl_photo,
+    write_datasets,
+)
 from .orthanc import free_port, orthanc_server
 
 CALLING = "MEDVERSA"

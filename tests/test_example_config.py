@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
-
 from medversa.node.config import NodeSettings, Peer, default_rules, load_settings
+from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "node" / "example_config.yaml"

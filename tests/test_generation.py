@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-
 from medversa.inference.generation import ForcedTokens, generate, greedy
 from medversa.inference.processing import preprocess_image
 from medversa.inference.prompting import build_prompt_ids, embed_with_images

@@ -5,7 +5,6 @@ import sys
 
 import highdicom as hd
 import pydicom
-
 from medversa.inference.scripted import scripted_chooser
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for, run_infer

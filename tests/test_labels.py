@@ -1,5 +1,4 @@
 import pytest
-
 from medversa.inference.labels import label_tokens
 
 

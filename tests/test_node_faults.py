@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pydicom
 import yaml
+from medversa.node.store import Instance, Job, JobState, Store
+from medversa.node.tools import wait_port
 from pynetdicom import AE
 from sqlalchemy import select
-
-from medversa.node.store import Instance, Job, JobState, Store
 
 from . import dicom_factory as f
 from .orthanc import free_port
@@ -36,19 +36,6 @@ def _serve(config: Path, log: Path) -> subprocess.Popen:
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def _wait_listening(port: int, timeout: float = 90) -> None:
-    import socket
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"nothing listening on {port}")
-
-
 def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     try:
         os.killpg(proc.pid, sig)
@@ -65,7 +52,7 @@ def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
     datasets = [f.make_cr(256, 256, study_uid=pydicom.uid.generate_uid()) for _ in range(60)]
     acknowledged: list[str] = []
     try:
-        _wait_listening(port)
+        wait_port(port, 90)
         ae = AE("PACS")
         ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", port, ae_title="MEDVERSA")
@@ -88,7 +75,7 @@ def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
     spool = tmp_path / "node" / "spool"
     node = _serve(config, log)  # restart: start-up recovery
     try:
-        _wait_listening(port)
+        wait_port(port, 90)
         store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -112,7 +99,7 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
     node = _serve(config, log)
     store_path = tmp_path / "node" / "medversa.db"
     try:
-        _wait_listening(port)
+        wait_port(port, 90)
         study_uid = pydicom.uid.generate_uid()
         study = [f.make_cr(128, 128, study_uid=study_uid) for _ in range(2)]
         ae = AE("PACS")
@@ -148,9 +135,8 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
 
 
 def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_path):
-    from sqlalchemy import func
-
     from medversa.node.store import Export, ExportState
+    from sqlalchemy import func
 
     from .orthanc import OrthancServer
 
@@ -185,7 +171,7 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
         raise AssertionError(f"{what}; node log:\n{log.read_text()[-3000:]}")
 
     try:
-        _wait_listening(port)
+        wait_port(port, 90)
         orthanc.stop(kill=True)
         first = send_study()
         wait(lambda: exports(ExportState.PENDING) >= 1, 180, "no pending export while the PACS is down")
@@ -235,7 +221,7 @@ def test_redis_down_the_scp_keeps_spooling_and_jobs_queue_when_it_returns(tmp_pa
                               start_new_session=True)
     store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
     try:
-        _wait_listening(port)
+        wait_port(port, 90)
         redis.terminate()
         redis.wait(10)
         uid = pydicom.uid.generate_uid()

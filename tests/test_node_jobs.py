@@ -4,8 +4,6 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-
 from medversa.node.completion import queue_due_studies
 from medversa.node.config import RoutingRule, default_rules, load_settings
 from medversa.node.context import NodeContext
@@ -14,7 +12,16 @@ from medversa.node.jobs import create_job_version, finish_if_delivered
 from medversa.node.retention import apply_retention
 from medversa.node.routing import InstanceFacts, tasks_for
 from medversa.node.scp import record_instance
-from medversa.node.store import Export, ExportState, Job, JobState, Study, StudyState, utcnow
+from medversa.node.store import (
+    Export,
+    ExportState,
+    Job,
+    JobState,
+    Study,
+    StudyState,
+    utcnow,
+)
+from sqlalchemy import select
 
 from . import dicom_factory as f
 

@@ -1,27 +1,20 @@
 """The Storage SCP over loopback with real peers (dcmtk storescu/echoscu, pynetdicom)."""
 
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pynetdicom import AE
-from sqlalchemy import func, select
-
 from medversa.node.config import load_settings
 from medversa.node.scp import StorageSCP, record_instance
 from medversa.node.spool import Spool, SpoolFull
 from medversa.node.store import AuditEvent, Instance, Store, Study, StudyState
+from medversa.node.tools import free_port
+from pydicom import dcmread
+from pynetdicom import AE
+from sqlalchemy import func, select
 
 from . import dicom_factory as f
 from .dicom_tools import need_tool
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()

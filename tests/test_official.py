@@ -3,7 +3,6 @@ import sys
 
 import pytest
 import torch
-
 from medversa.inference.model import MedVersaModel
 from medversa.inference.official import (
     OfficialCheckpointError,

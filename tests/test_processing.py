@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from medversa.inference.config import PreprocessConfig
 from medversa.inference.processing import (
     box_to_pixels,
