@@ -46,8 +46,8 @@ def deliver_due(ctx: NodeContext, job_id: int | None = None, now: dt.datetime | 
             outcomes = store_datasets(peer, ctx.settings.scp.ae_title, [Path(r[2]) for r in rows],
                                       timeout=ctx.settings.pacs.query_timeout_s)
             result = {o.sop_instance_uid: o for o in outcomes}
-            messages = {r[0]: (result.get(r[3]).ok if r[3] in result else False,
-                               result[r[3]].message if r[3] in result else "not sent") for r in rows}
+            messages = {r[0]: (result[r[3]].ok, result[r[3]].message) if r[3] in result else (False, "not sent")
+                        for r in rows}
         except (AssociationFailed, OSError) as exc:
             messages = {r[0]: (False, f"association failed: {exc}") for r in rows}
         delivered += _record_outcomes(ctx, messages, destination)
