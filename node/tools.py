@@ -6,19 +6,25 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sys
 import time
-from pathlib import Path
+
+
+def _is_python_script(path: str) -> bool:
+    """A console script (``#!...python``), like the pynetdicom apps that shadow dcmtk's names."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
 
 
 def dcmtk(name: str) -> str | None:
-    """Path of dcmtk's ``name`` (storescu, storescp, echoscu, ...), skipping this environment's bin folder."""
-    own = {Path(sys.prefix, "bin").resolve(), Path(sys.executable).parent.resolve()}
+    """Path of dcmtk's ``name`` (storescu, storescp, echoscu, ...), never a Python app of that name
+    from any virtual environment on the PATH."""
     for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/bin", "/usr/local/bin"]:
-        if not folder or Path(folder).resolve() in own:
-            continue
-        found = shutil.which(name, path=folder)
-        if found:
+        found = shutil.which(name, path=folder) if folder else None
+        if found and not _is_python_script(found):
             return found
     return None
 
