@@ -1,0 +1,1 @@
+"""Readers for the MedInterp sources in their published formats, and for medinterp-mini."""
