@@ -10,6 +10,7 @@ import typer
 
 from medversa.inference.cli import bench_app, model_app
 from medversa.node.cli import config_app, infer, retry, serve, status, worker
+from medversa.training.cli import bench_train, train
 
 app = typer.Typer(
     help="medversa-node: a DICOM AI node running MedVersa (not for clinical use without validation).",
@@ -24,6 +25,8 @@ app.command("worker")(worker)
 app.command("status")(status)
 app.command("retry")(retry)
 app.add_typer(config_app, name="config")
+app.command("train")(train)
+bench_app.command("train")(bench_train)
 
 
 @app.callback()

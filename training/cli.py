@@ -1,0 +1,67 @@
+"""``medversa train`` and ``medversa bench train``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from .config import TrainConfig, recipe_path
+
+LOGGER = logging.getLogger(__name__)
+
+
+def train(
+    config: Path = typer.Option(None, "--config", help="Training config YAML"),
+    recipe: str = typer.Option(None, "--recipe", help="A shipped recipe (training/recipes), e.g. 'demo'"),
+    output: Path = typer.Option(None, "--output", help="Output folder (overrides the config's output_dir)"),
+    steps: int = typer.Option(None, "--steps", help="Override the number of steps"),
+    data: Path = typer.Option(None, "--data", help="Root folder replacing every dataset root of the config"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest saved state in the output folder"),
+) -> None:
+    """Train MedVersa from a config or recipe; runs unchanged under ``torchrun`` (DDP/FSDP)."""
+    if (config is None) == (recipe is None):
+        raise typer.BadParameter("give exactly one of --config FILE or --recipe NAME")
+    try:
+        cfg = TrainConfig.from_file(config if config else recipe_path(recipe))
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output:
+        cfg.output_dir = str(output)
+    if steps:
+        cfg.steps = steps
+        cfg.optimizer.warmup_steps = min(cfg.optimizer.warmup_steps, max(0, steps - 1))
+    if data:
+        for spec in cfg.datasets:
+            spec.root = str(data)
+    from .records import RecordError
+    from .trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)
+    except (RecordError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    final = trainer.fit(resume=resume)
+    if final is not None:
+        typer.echo(f"checkpoint written to {final}")
+
+
+def bench_train(
+    preset: str = typer.Option("demo", "--preset"),
+    data: Path = typer.Option(None, "--data", help="medinterp-mini folder (default: synthetic samples)"),
+    steps: int = typer.Option(3, "--steps", help="Timed steps per task (after one warm-up step)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Training samples/s per task on this machine (random weights)."""
+    from .bench import bench_training
+
+    result = bench_training(preset, data, steps)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for key, row in result["tasks"].items():
+            typer.echo(f"{key:45s} {row['samples_per_s']:8.2f} samples/s  (batch {row['batch_size']})")

@@ -1,0 +1,123 @@
+"""Training configuration: one YAML file (or a shipped recipe), validated, unknown keys rejected.
+
+Recipes live in ``training/recipes/<name>.yaml``. Relative dataset roots and the
+output folder resolve against the current directory, so a recipe runs from a
+checkout as ``medversa train --recipe demo``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    root: str
+    split: str = "train"
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warm-up from ``warmup_start_lr`` then cosine decay to ``min_lr`` (paper)."""
+
+    lr: float = 3e-4
+    min_lr: float = 3e-6
+    warmup_start_lr: float = 1e-7
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "custom"
+    preset: str = "demo"
+    #: Start from this checkpoint folder instead of the preset's random weights.
+    init_checkpoint: str | None = None
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    seed: int = 0
+    steps: int = 1000
+    batch_size: dict[str, int] = field(default_factory=lambda: {"cxr": 8, "derm": 8, "ct": 1})
+    modality_weights: dict[str, float] = field(default_factory=dict)
+    task_weights: dict[str, float] = field(default_factory=dict)
+    max_length: int = 256
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    #: Train the LLM's base weights too (a from-scratch LLM, e.g. the demo); False: LoRA only (7B).
+    train_llm_base: bool = False
+    gradient_checkpointing: bool = False
+    #: "ddp" (default under torchrun) or "fsdp" (7B).
+    strategy: str = "ddp"
+    augment: bool = True
+    save_every: int = 500
+    keep_states: int = 2
+    log_every: int = 10
+    output_dir: str = "runs/custom"
+    checkpoint_dtype: str | None = "float16"
+    threads: int | None = None
+    #: A warning, never a stop: stopping on time would make a run depend on the machine.
+    expected_minutes: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a mapping")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise ValueError(f"unknown recipe {name!r}; shipped recipes: {known}")
+    return path
+
+
+def _build(cls: type, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "datasets":
+            kwargs[key] = [_build(DatasetSpec, d, f"{where}.datasets[{i}]") for i, d in enumerate(value or [])]
+        elif key == "optimizer":
+            opt = _build(OptimizerConfig, value or {}, f"{where}.optimizer")
+            opt.betas = tuple(opt.betas)
+            kwargs[key] = opt
+        else:
+            kwargs[key] = value
+    config = cls(**kwargs)
+    if cls is TrainConfig:
+        if config.steps < 1:
+            raise ValueError(f"{where}: steps must be >= 1")
+        if config.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"{where}: strategy must be 'ddp' or 'fsdp', got {config.strategy!r}")
+        if config.optimizer.warmup_steps >= config.steps:
+            raise ValueError(f"{where}: optimizer.warmup_steps must be below steps")
+    return config

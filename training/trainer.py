@@ -1,0 +1,254 @@
+"""The training loop: one CPU process or ``torchrun`` (DDP/FSDP), resumable to the exact step.
+
+A run writes to ``output_dir``:
+- ``metrics.jsonl``: one line per step (task, modality, losses, learning rate, samples/s);
+- ``state/step-NNNNNN/``: model, optimizer, scheduler, step and each rank's RNG states;
+- ``checkpoint/``: the final model in the inference checkpoint format;
+- ``plots/*.png``: loss curves per task.
+
+Resuming restores the model, optimizer, scheduler and RNG states; the sampler
+needs only the step (its batches are a function of seed and step), so a resumed
+run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medversa.inference.checkpoint import build_model, load_checkpoint, save_checkpoint
+from medversa.inference.model import MedVersaModel
+
+from . import distributed
+from .batching import collate
+from .config import TrainConfig
+from .objective import TrainingObjective
+from .records import Record
+from .sampler import DomainAwareSampler
+from .schedule import make_scheduler
+
+LOGGER = logging.getLogger(__name__)
+
+LOGGED = ("total", "lm", "det", "seg")
+
+
+def load_records(config: TrainConfig) -> list[Record]:
+    from .datasets.registry import read_dataset
+
+    records: list[Record] = []
+    for spec in config.datasets:
+        if spec.split == "holdout":
+            raise ValueError(f"dataset {spec.name} at {spec.root}: the holdout split is for evaluation only")
+        records += read_dataset(spec.name, Path(spec.root), spec.split)
+    if not records:
+        raise ValueError("the training config lists no datasets (or they are empty)")
+    return records
+
+
+def data_manifest(config: TrainConfig, sampler: DomainAwareSampler) -> dict:
+    return {"datasets": [vars(s) for s in config.datasets], "pools": sampler.describe()}
+
+
+def _set_trainable(model: MedVersaModel, train_llm_base: bool) -> None:
+    """Everything trains; the LLM's base weights only when asked (LoRA alone otherwise, as the paper)."""
+    for name, param in model.named_parameters():
+        if name.startswith("llm."):
+            param.requires_grad = train_llm_base or "lora_" in name
+        else:
+            param.requires_grad = True
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_state(output_dir: Path) -> Path | None:
+    states = sorted((output_dir / "state").glob("step-*"))
+    complete = [s for s in states if (s / "COMPLETE").is_file()]
+    return complete[-1] if complete else None
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, records: list[Record] | None = None) -> None:
+        self.config = config
+        self.runtime = distributed.setup()
+        self.output = Path(config.output_dir)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        if config.init_checkpoint:
+            model, tokenizer = load_checkpoint(config.init_checkpoint)
+        else:
+            model, tokenizer = build_model(config.preset)
+        self.tokenizer = tokenizer
+        self.model = model.to(self.runtime.device)
+        _set_trainable(self.model, config.train_llm_base)
+        if config.gradient_checkpointing:
+            self.model.causal_lm.gradient_checkpointing_enable()
+        self.records = records if records is not None else load_records(config)
+        self.sampler = DomainAwareSampler(
+            self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
+            self.runtime.rank, self.runtime.world_size, config.augment)
+        self.objective = distributed.wrap(TrainingObjective(self.model, tokenizer.ids.image), self.runtime,
+                                          config.strategy)
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, config.steps, opt)
+        self.step = 0
+        torch.manual_seed(config.seed + 1000 * self.runtime.rank)  # per-rank dropout streams
+
+    # --- state -----------------------------------------------------------------------------------
+    def save_state(self) -> Path:
+        folder = self.output / "state" / f"step-{self.step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), folder / f"rng-rank{self.runtime.rank}.pt")
+        if self.runtime.distributed:
+            torch.distributed.barrier()
+        if self.runtime.is_main:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "step": self.step,
+                        "world_size": self.runtime.world_size, "config": self.config.to_dict()},
+                       folder / "trainer.pt")
+            (folder / "COMPLETE").write_text(str(self.step))
+            states = sorted((self.output / "state").glob("step-*"))
+            for old in states[:-self.config.keep_states]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.runtime.distributed:
+            torch.distributed.barrier()
+        return folder
+
+    def resume(self, folder: Path) -> None:
+        state = torch.load(folder / "trainer.pt", map_location=self.runtime.device, weights_only=False)
+        if state["world_size"] != self.runtime.world_size:
+            raise ValueError(f"{folder} was written by {state['world_size']} process(es); "
+                             f"resume it with the same number (this run has {self.runtime.world_size})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        _set_rng_state(torch.load(folder / f"rng-rank{self.runtime.rank}.pt", weights_only=False))
+        LOGGER.info("resumed from %s at step %d", folder, self.step)
+
+    # --- loop ------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.runtime.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        samples = self.sampler.samples(self.step)
+        batch = collate(samples, self.tokenizer, self.model.config, self.config.max_length)
+        batch = _to_device(batch, self.runtime.device)
+        self.objective.train()
+        with self._autocast():
+            losses = self.objective(batch)
+        losses["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad],
+                                                   self.config.optimizer.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        values = {k: float(losses[k].detach()) if k in losses else 0.0 for k in LOGGED}
+        values = distributed.mean_over_ranks(values, self.runtime)
+        elapsed = time.perf_counter() - t0
+        row = {"step": self.step, "task": batch.task.value, "modality": batch.modality.value,
+               **{f"loss_{k}": round(v, 6) for k, v in values.items() if k in losses or k == "total"},
+               "lr": lr, "grad_norm": round(float(grad_norm), 4),
+               "samples_per_s": round(batch.size * self.runtime.world_size / elapsed, 3), "seconds": round(elapsed, 3)}
+        self.step += 1
+        return row
+
+    def fit(self, resume: bool = False) -> Path | None:
+        if resume:
+            folder = latest_state(self.output)
+            if folder is not None:
+                self.resume(folder)
+        self.output.mkdir(parents=True, exist_ok=True)
+        log_path = self.output / "metrics.jsonl"
+        if self.runtime.is_main:
+            _truncate_log(log_path, self.step)
+            (self.output / "train-config.yaml").write_text(_yaml(self.config.to_dict()))
+            LOGGER.info("pools: %s", self.sampler.describe())
+        bar = None
+        if self.runtime.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.config.steps, initial=self.step, desc=self.config.name, unit="step", dynamic_ncols=True)
+        started = time.time()
+        try:
+            while self.step < self.config.steps:
+                row = self.train_step()
+                if self.runtime.is_main:
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss_total']:.3f}", task=row["task"][:18],
+                                    sps=f"{row['samples_per_s']:.1f}")
+                if self.step % self.config.save_every == 0 or self.step == self.config.steps:
+                    self.save_state()
+        finally:
+            if bar is not None:
+                bar.close()
+        minutes = (time.time() - started) / 60
+        if self.config.expected_minutes and minutes > self.config.expected_minutes:
+            LOGGER.warning("training took %.1f min, more than the expected %.1f", minutes, self.config.expected_minutes)
+        final = None
+        if self.runtime.is_main:
+            final = self.export(minutes)
+            from .plots import plot_losses
+
+            plot_losses(log_path, self.output / "plots")
+        distributed.teardown(self.runtime)
+        return final
+
+    def export(self, minutes: float) -> Path:
+        extra = {"training": {"recipe": self.config.name, "steps": self.config.steps, "seed": self.config.seed,
+                              "minutes": round(minutes, 1), "data": data_manifest(self.config, self.sampler)}}
+        return save_checkpoint(self.model, self.tokenizer, self.output / "checkpoint",
+                               dtype=self.config.checkpoint_dtype, extra=extra)
+
+
+def _to_device(batch, device: torch.device):
+    if device.type == "cpu":
+        return batch
+    batch.ids, batch.attention, batch.labels = (t.to(device) for t in (batch.ids, batch.attention, batch.labels))
+    batch.images = [i.to(device) for i in batch.images]
+    batch.det_boxes = batch.det_boxes.to(device)
+    batch.seg_masks = [m.to(device) for m in batch.seg_masks]
+    return batch
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume keep only the lines of steps already done (a killed run may have logged more)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)
