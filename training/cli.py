@@ -20,6 +20,8 @@ def train(
     steps: int = typer.Option(None, "--steps", help="Override the number of steps"),
     data: Path = typer.Option(None, "--data", help="Root folder replacing every dataset root of the config"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest saved state in the output folder"),
+    stop_at: int = typer.Option(None, "--stop-at", help="Save state and stop after this many steps "
+                                "(pre-emptible schedulers; resume with --resume)"),
 ) -> None:
     """Train MedVersa from a config or recipe; runs unchanged under ``torchrun`` (DDP/FSDP)."""
     if (config is None) == (recipe is None):
@@ -45,7 +47,7 @@ def train(
     except (RecordError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    final = trainer.fit(resume=resume)
+    final = trainer.fit(resume=resume, stop_at=stop_at)
     if final is not None:
         typer.echo(f"checkpoint written to {final}")
 

@@ -180,7 +180,8 @@ class Trainer:
         self.step += 1
         return row
 
-    def fit(self, resume: bool = False) -> Path | None:
+    def fit(self, resume: bool = False, stop_at: int | None = None) -> Path | None:
+        """Train to ``config.steps`` (or only to ``stop_at``, saving state, as a pre-empted run would)."""
         if resume:
             folder = latest_state(self.output)
             if folder is not None:
@@ -199,6 +200,10 @@ class Trainer:
         started = time.time()
         try:
             while self.step < self.config.steps:
+                if stop_at is not None and self.step >= stop_at:
+                    self.save_state()
+                    distributed.teardown(self.runtime)
+                    return None
                 row = self.train_step()
                 if self.runtime.is_main:
                     with log_path.open("a") as fh:
