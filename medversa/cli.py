@@ -11,6 +11,7 @@ import typer
 from medversa.inference.cli import bench_app, model_app
 from medversa.node.cli import config_app, infer, retry, serve, status, worker
 from medversa.training.cli import bench_train, train
+from medversa.training.eval_cli import eval_command
 
 app = typer.Typer(
     help="medversa-node: a DICOM AI node running MedVersa (not for clinical use without validation).",
@@ -26,6 +27,7 @@ app.command("status")(status)
 app.command("retry")(retry)
 app.add_typer(config_app, name="config")
 app.command("train")(train)
+app.command("eval")(eval_command)
 bench_app.command("train")(bench_train)
 
 

@@ -1,0 +1,395 @@
+"""Evaluation metrics (hand-computable values), evaluate() on small record sets, and ``medversa eval``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from medversa.inference.schema import Answer, Box, Mask2D, TaskRequest
+from medversa.inference.tasks import Modality, Task
+from medversa.training import metrics
+from medversa.training.evaluate import SKIPPED, evaluate, named_classes, render_markdown
+from medversa.training.records import (
+    ArrayMask,
+    ClassificationRecord,
+    DetectionRecord,
+    ImageFile,
+    ReportRecord,
+    SegmentationRecord,
+)
+from medversa.training.text_metrics import load_text_metrics
+from PIL import Image
+
+from .conftest import REPO, SHARED
+
+MEDINTERP_MINI = SHARED / "data" / "medinterp-mini"
+STATS = {"mean", "ci_low", "ci_high", "n"}
+
+
+# --- BLEU-4 ---------------------------------------------------------------------------------------
+def test_bleu_of_identical_texts_is_one() -> None:
+    text = "The heart size is normal. The lungs are clear."
+    assert metrics.corpus_bleu([text, text], [text, text]) == pytest.approx(1.0)
+
+
+def test_bleu_matches_hand_counted_ngram_precisions() -> None:
+    # 6/7 unigrams, 4/6 bigrams, 3/5 trigrams, 2/4 four-grams match; candidate longer: no penalty.
+    score = metrics.corpus_bleu(["the cat sat on the red mat"], ["the cat sat on the mat"])
+    assert score == pytest.approx((6 / 7 * 4 / 6 * 3 / 5 * 2 / 4) ** 0.25)
+
+
+def test_bleu_penalises_short_candidates() -> None:
+    # Every n-gram matches, but 5 tokens against 6: BP = exp(1 - 6/5).
+    assert metrics.corpus_bleu(["the cat sat on the"], ["the cat sat on the mat"]) == pytest.approx(math.exp(-0.2))
+
+
+def test_bleu_clips_repeated_words_and_ignores_case_and_punctuation() -> None:
+    stats = metrics.bleu_stats(metrics.tokenize("The the, THE the."), metrics.tokenize("the cat"))
+    assert stats[0] == 1 and stats[1] == 4  # "the" counted at most as often as the reference has it
+    assert metrics.corpus_bleu(["No effusion."], ["no effusion"]) == 0.0  # no 3- or 4-grams: BLEU-4 is 0
+
+
+def test_corpus_bleu_sums_counts_over_documents() -> None:
+    perfect = "the heart is normal in size today"  # 7 tokens, all n-grams match
+    wrong = "a b c d"  # 4 tokens, nothing matches
+    expected = (7 / 11 * 6 / 9 * 5 / 7 * 4 / 5) ** 0.25
+    assert metrics.corpus_bleu([perfect, wrong], [perfect, "w x y z"]) == pytest.approx(expected)
+
+
+# --- boxes, masks, F1 -----------------------------------------------------------------------------
+def test_dice_of_known_masks_and_empty_masks() -> None:
+    predicted = np.array([[1, 1], [0, 0]], dtype=bool)
+    truth = np.array([[1, 0], [0, 0]], dtype=bool)
+    assert metrics.dice(predicted, truth) == pytest.approx(2 / 3)
+    empty = np.zeros((2, 2), dtype=bool)
+    assert metrics.dice(empty, empty) == 1.0  # documented convention
+    assert metrics.dice(empty, truth) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        metrics.dice(np.zeros((3, 3), bool), truth)
+
+
+def test_box_iou_of_known_boxes() -> None:
+    assert metrics.box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert metrics.box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
+    assert metrics.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def test_one_predicted_box_is_credited_to_one_ground_truth_box() -> None:
+    truth = [(0, 0, 2, 2), (0, 0, 2, 4)]
+    assert metrics.match_boxes(truth, [(0, 0, 2, 4)]) == [0.0, 1.0]
+    assert metrics.match_boxes(truth, []) == [0.0, 0.0]
+
+
+def test_f1_of_a_known_confusion_at_threshold_half() -> None:
+    # Class 0: TP 2, FP 1, FN 1 -> F1 = 4 / 6. Class 1: perfect. 0.5 counts as positive, 0.49 not.
+    y_true = np.array([[1, 1], [1, 0], [1, 0], [0, 1]])
+    y_score = np.array([[0.9, 0.5], [0.5, 0.0], [0.49, 0.2], [0.7, 0.8]])
+    assert metrics.f1_per_class(y_true, y_score) == pytest.approx([2 / 3, 1.0])
+    assert metrics.macro_f1(y_true, y_score) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_f1_of_a_class_never_present_nor_predicted_is_left_out_of_the_mean() -> None:
+    y_true = np.array([[1, 0], [0, 0]])
+    y_pred = np.array([[1, 0], [0, 0]])
+    f1 = metrics.f1_per_class(y_true, y_pred)
+    assert f1[0] == 1.0 and np.isnan(f1[1])
+    assert metrics.macro_f1(y_true, y_pred) == 1.0
+
+
+# --- bootstrap ------------------------------------------------------------------------------------
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_cases() -> None:
+    rng = np.random.default_rng(7)
+    small = metrics.bootstrap_mean(rng.uniform(0, 1, 20))
+    large = metrics.bootstrap_mean(rng.uniform(0, 1, 2000))
+    for result in (small, large):
+        assert set(result) == STATS
+        assert result["ci_low"] <= result["mean"] <= result["ci_high"]
+    assert small["n"] == 20 and large["n"] == 2000
+    assert (large["ci_high"] - large["ci_low"]) < (small["ci_high"] - small["ci_low"]) / 3
+
+
+def test_bootstrap_is_reproducible_for_a_seed() -> None:
+    values = np.linspace(0, 1, 30)
+    assert metrics.bootstrap_mean(values, seed=3) == metrics.bootstrap_mean(values, seed=3)
+    assert metrics.bootstrap_mean(values, seed=3) != metrics.bootstrap_mean(values, seed=4)
+
+
+def test_bootstrap_of_bleu_and_f1_resample_whole_cases() -> None:
+    text = "the heart size is normal"
+    bleu = metrics.bootstrap_bleu([text] * 5, [text] * 5)
+    assert bleu == {"mean": pytest.approx(1.0), "ci_low": pytest.approx(1.0), "ci_high": pytest.approx(1.0), "n": 5}
+    y_true = np.array([[1, 0]] * 10 + [[0, 1]] * 10)
+    per_class, macro = metrics.bootstrap_f1(y_true, y_true.astype(float))
+    assert [c["mean"] for c in per_class] == [1.0, 1.0] and macro["mean"] == 1.0 and macro["n"] == 20
+
+
+# --- evaluate() -----------------------------------------------------------------------------------
+def test_class_phrases_are_matched_as_whole_words_longest_first() -> None:
+    phrases = ["pneumothorax", "hydropneumothorax", "lung opacity", "opacity", "melanoma"]
+    assert named_classes("Hydropneumothorax and lung opacity.", phrases) == {"hydropneumothorax", "lung opacity"}
+    assert named_classes("melanomas; no finding", phrases) == set()
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _records(tmp_path: Path) -> list:
+    """Two cases of each evaluated task: chest organs, derm class + lesion, lung boxes, findings."""
+    rng = np.random.default_rng(0)
+    records: list = []
+    for i in range(2):
+        gray = _png(tmp_path / f"cxr{i}.png", rng.integers(0, 255, (48, 40), dtype=np.uint8))
+        color = _png(tmp_path / f"derm{i}.png", rng.integers(0, 255, (32, 36, 3), dtype=np.uint8))
+        left = np.zeros((48, 40), bool)
+        left[8:40, 22:36] = True
+        right = np.zeros((48, 40), bool)
+        right[8:40, 4:18] = True
+        lesion = np.zeros((32, 36), bool)
+        lesion[8:24, 10:26] = True
+        rid = f"case{i}"
+        records += [
+            SegmentationRecord("fixture/cxr", rid, Modality.CXR, "holdout", ImageFile(gray),
+                               {"left lung": ArrayMask(left), "right lung": ArrayMask(right)}),
+            ClassificationRecord("fixture/derm", rid, Modality.DERM, "holdout", ImageFile(color),
+                                 ["melanoma" if i == 0 else "melanocytic nevus"]),
+            SegmentationRecord("fixture/derm", rid, Modality.DERM, "holdout", ImageFile(color),
+                               {"skin lesion": ArrayMask(lesion)}),
+            DetectionRecord("fixture/cxr", rid, Modality.CXR, "holdout", ImageFile(gray), 40, 48,
+                            {"left lung": [(22, 8, 36, 40)], "right lung": [(4, 8, 18, 40)]},
+                            candidates=("left lung", "right lung")),
+            ReportRecord("fixture/cxr", rid, Modality.CXR, "holdout", [ImageFile(gray)],
+                         findings=f"Case {i}: the heart size is normal and the lungs are clear.",
+                         context="Age: 60. Sex: female."),
+        ]
+    return records
+
+
+class _PerfectAnalyzer:
+    """Answers every request with its record's ground truth, as a perfect model would."""
+
+    def __init__(self, records: list) -> None:
+        self.by_key = {(r.record_id, type(r).__name__, r.modality): r for r in records}
+        self.requests: list[TaskRequest] = []
+
+    def run(self, requests: list[TaskRequest]) -> list[Answer]:
+        self.requests += requests
+        answers = []
+        for request in requests:
+            rid = request.images[0].source_id
+            family = request.task.family
+            if family == "segmentation":
+                rec = self.by_key[(rid, "SegmentationRecord", request.modality)]
+                answers.append(Answer(request.request_id, request.task, "masks",
+                                      masks_2d=[Mask2D(t, rec.masks[t].load()) for t in request.targets]))
+            elif family == "detection":
+                rec = self.by_key[(rid, "DetectionRecord", request.modality)]
+                boxes = [Box(t, *b) for t in request.targets for b in rec.boxes.get(t, [])]
+                answers.append(Answer(request.request_id, request.task, "boxes", boxes=boxes))
+            elif family == "classification":
+                rec = self.by_key[(rid, "ClassificationRecord", request.modality)]
+                answers.append(Answer(request.request_id, request.task, " and ".join(rec.labels).capitalize() + "."))
+            else:
+                rec = self.by_key[(rid, "ReportRecord", request.modality)]
+                answers.append(Answer(request.request_id, request.task, rec.findings))
+        return answers
+
+
+EXPECTED_KEYS = {
+    "chest_organ_segmentation/left_lung/dice", "chest_organ_segmentation/right_lung/dice",
+    "chest_organ_segmentation/mean/dice", "skin_lesion_segmentation/skin_lesion/dice",
+    "skin_lesion_segmentation/mean/dice", "skin_lesion_classification/melanoma/f1",
+    "skin_lesion_classification/melanocytic_nevus/f1", "skin_lesion_classification/mean/f1",
+    "anatomy_detection/left_lung/iou", "anatomy_detection/right_lung/iou", "anatomy_detection/mean/iou",
+    "report_findings/all/bleu4",
+}
+
+
+def test_a_perfect_model_scores_one_on_every_metric(tmp_path: Path) -> None:
+    records = _records(tmp_path)
+    analyzer = _PerfectAnalyzer(records)
+    results = evaluate(analyzer, records, resamples=50)
+    skipped = results.pop(SKIPPED)
+    assert skipped == {}
+    assert set(results) == EXPECTED_KEYS
+    for key, value in results.items():
+        assert value["mean"] == pytest.approx(1.0), key
+        assert value["ci_low"] == pytest.approx(1.0) and value["ci_high"] == pytest.approx(1.0), key
+    assert results["chest_organ_segmentation/left_lung/dice"]["n"] == 2
+    assert results["skin_lesion_classification/melanoma/f1"]["n"] == 2  # F1 resamples cases
+    # The requests carry what a user would send: the record's classes and clinical context.
+    seg = next(r for r in analyzer.requests if r.task is Task.CHEST_ORGAN_SEGMENTATION)
+    assert seg.targets == ("left lung", "right lung")
+    report = next(r for r in analyzer.requests if r.task is Task.REPORT_FINDINGS)
+    assert report.context == "Age: 60. Sex: female."
+
+
+def test_missing_predictions_score_zero_and_limit_takes_the_first_records(tmp_path: Path) -> None:
+    records = _records(tmp_path)
+
+    class Silent:
+        def run(self, requests: list[TaskRequest]) -> list[Answer]:
+            return [Answer(r.request_id, r.task, "") for r in requests]
+
+    predictions: list[dict] = []
+    results = evaluate(Silent(), records, limit=1, resamples=20, predictions=predictions)
+    assert results["anatomy_detection/left_lung/iou"] == {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 1}
+    assert results["chest_organ_segmentation/mean/dice"]["mean"] == 0.0
+    assert results["report_findings/all/bleu4"]["mean"] == 0.0
+    assert results["skin_lesion_classification/melanoma/f1"]["mean"] == 0.0  # FN only
+    assert "skin_lesion_classification/melanocytic_nevus/f1" not in results  # only case0 (melanoma) was scored
+    assert len(predictions) == 5 and {p["record_id"] for p in predictions} == {"case0"}
+    json.dumps(predictions)  # external scorers read it as JSON lines
+
+
+def test_evaluate_runs_the_tiny_model_and_reports_skipped_metrics(tmp_path: Path, tiny_analyzer) -> None:
+    records = _records(tmp_path)
+    _, skipped = load_text_metrics()
+    results = evaluate(tiny_analyzer, records, resamples=100, skipped=skipped)
+    assert set(results[SKIPPED]) == {"bertscore", "chexbert", "radgraph", "radcliq"}
+    metric_keys = [k for k in results if k != SKIPPED]
+    assert {"chest_organ_segmentation/mean/dice", "anatomy_detection/mean/iou", "report_findings/all/bleu4",
+            "skin_lesion_classification/melanoma/f1"} <= set(metric_keys)
+    for key in metric_keys:
+        task, _, metric = key.split("/")
+        assert Task(task) and metric in {"dice", "iou", "f1", "bleu4"}
+        value = results[key]
+        assert set(value) == STATS and value["n"] >= 1
+        assert 0.0 <= value["ci_low"] <= value["ci_high"] <= 1.0
+        assert 0.0 <= value["mean"] <= 1.0
+    table = render_markdown(results, "tiny")
+    assert "| Chest organ segmentation | left lung | Dice |" in table
+    assert "- radgraph: not implemented" in table
+
+
+def test_markdown_table_reads_like_the_papers_tables() -> None:
+    results = {"report_findings/all/bleu4": {"mean": 0.178, "ci_low": 0.172, "ci_high": 0.184, "n": 49},
+               "skin_lesion_classification/mean/f1": {"mean": None, "ci_low": None, "ci_high": None, "n": 3},
+               SKIPPED: {"bertscore": "no local model given"}}
+    table = render_markdown(results)
+    assert "| Task | Class | Metric | Mean [95% CI] | n |" in table
+    assert "| Report findings | all | BLEU-4 | 0.178 [0.172, 0.184] | 49 |" in table
+    assert "| Skin lesion classification | mean | F1 | - [-, -] | 3 |" in table
+    assert "- bertscore: no local model given" in table
+
+
+# --- model-based text metrics ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A random two-layer BERT with a 20-word vocabulary, saved as a local model folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "heart", "is", "normal", "lungs", "are",
+             "clear", "no", "effusion", "size", "large", "left", "right", "pleural", "."]
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64))
+    model.save_pretrained(folder)
+    # CheXbert's published layout: a DataParallel bert_labeler with 14 linear heads.
+    state = {f"module.bert.{k}": v for k, v in model.state_dict().items()}
+    state["module.linear_heads.0.weight"] = torch.zeros(4, 32)
+    torch.save({"model_state_dict": state, "epoch": 1}, folder / "chexbert.pth")
+    return folder
+
+
+def test_bertscore_and_chexbert_similarity_from_local_models(tiny_bert: Path) -> None:
+    active, skipped = load_text_metrics(bertscore=tiny_bert, chexbert=tiny_bert, device="cpu")
+    assert [m.name for m in active] == ["bertscore", "chexbert"]
+    assert set(skipped) == {"radgraph", "radcliq"}
+    same = "The heart is normal. The lungs are clear."
+    for metric in active:
+        scores = metric.score([same, "large left pleural effusion"], [same, same])
+        assert scores[0] == pytest.approx(1.0, abs=1e-5), metric.name
+        assert scores[1] < scores[0], metric.name  # random weights: lower, not by much
+
+
+# --- medversa eval --------------------------------------------------------------------------------
+def _write_medinterp_mini(root: Path) -> Path:
+    """The smallest folder in medinterp-mini's layout: 2 holdout + 1 train id per folder."""
+    rng = np.random.default_rng(1)
+    ids = ["a1", "a2", "a3"]
+
+    def split(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "split.csv").write_text("id,split\n" + "".join(f"{i},{'train' if i == 'a3' else 'holdout'}\n"
+                                                                  for i in ids))
+
+    def mask(shape: tuple[int, int]) -> np.ndarray:
+        m = np.zeros(shape, np.uint8)
+        m[shape[0] // 4:3 * shape[0] // 4, shape[1] // 4:3 * shape[1] // 4] = 255
+        return m
+
+    organs = root / "cxr-organs"
+    split(organs)
+    for i in ids:
+        _png(organs / "images" / f"{i}.png", rng.integers(0, 255, (64, 64), dtype=np.uint8))
+        for part in ("left_lung", "right_lung", "heart"):
+            _png(organs / "masks" / f"{i}_{part}.png", mask((64, 64)))
+    notes = root / "cxr-notes"
+    split(notes)
+    rows, boxes = [], []
+    for i in ids:
+        _png(notes / "images" / f"{i}.png", rng.integers(0, 255, (60, 64), dtype=np.uint8))
+        _png(notes / "masks" / f"{i}_lungs.png", mask((60, 64)))
+        rows.append(f'{i},images/{i}.png,PA,F,50,"Fever and cough; bilateral opacities."\n')
+        boxes += [f"{i},right_lung,4,5,30,50\n", f"{i},left_lung,34,5,60,50\n"]
+    (notes / "metadata.csv").write_text("id,file,view,sex,age,clinical_notes\n" + "".join(rows))
+    (notes / "boxes.csv").write_text("id,label,x0,y0,x1,y1\n" + "".join(boxes))
+    derm = root / "derm"
+    split(derm)
+    labels = []
+    for i, dx in zip(ids, ["melanoma", "common_nevus", "seborrheic_keratosis"]):
+        _png(derm / "images" / f"{i}.png", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+        _png(derm / "masks" / f"{i}_lesion.png", mask((40, 48)))
+        labels.append(f"{i},images/{i}.png,masks/{i}_lesion.png,{dx}\n")
+    (derm / "labels.csv").write_text("id,image,mask,diagnosis\n" + "".join(labels))
+    return root
+
+
+def test_eval_command_prints_one_json_object(tmp_path: Path) -> None:
+    data = _write_medinterp_mini(tmp_path / "medinterp-mini")
+    table = tmp_path / "table.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "medversa.cli", "eval", "--preset", "tiny", "--data", str(data), "--split", "holdout",
+         "--json", "--limit", "2", "--max-new-tokens", "8", "--resamples", "100", "--markdown", str(table)],
+        check=False, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)  # stdout holds exactly one JSON object; logs are on stderr
+    assert report["model"] == "random-tiny" and report["split"] == "holdout" and report["limit"] == 2
+    assert set(report[SKIPPED]) == {"bertscore", "chexbert", "radgraph", "radcliq"}
+    assert "skipped metrics" in proc.stderr
+    keys = set(report["metrics"])
+    assert {"chest_organ_segmentation/left_lung/dice", "chest_organ_segmentation/mean/dice",
+            "skin_lesion_segmentation/skin_lesion/dice", "anatomy_detection/left_lung/iou",
+            "skin_lesion_classification/mean/f1", "report_findings/all/bleu4"} <= keys
+    assert all(set(v) == STATS and v["n"] <= 4 for v in report["metrics"].values())
+    assert table.read_text().startswith("## random-tiny on medinterp-mini holdout")
+
+
+def test_eval_command_on_the_medinterp_mini_holdout(tmp_path: Path) -> None:
+    if not MEDINTERP_MINI.is_dir():
+        pytest.skip(f"{MEDINTERP_MINI} is not available in this checkout")
+    from typer.testing import CliRunner
+
+    from medversa.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--preset", "tiny", "--data", str(MEDINTERP_MINI), "--split",
+                                      "holdout", "--json", "--limit", "2", "--max-new-tokens", "8",
+                                      "--resamples", "100", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"chest_organ_segmentation/heart/dice", "anatomy_detection/right_lung/iou",
+            "report_findings/all/bleu4"} <= set(report["metrics"])
+    assert all(v["n"] <= 2 for k, v in report["metrics"].items() if "/mean/" not in k)

@@ -1,0 +1,74 @@
+"""``medversa eval``: score a model on a dataset split with the paper's metrics.
+
+stdout carries the result only (one JSON object with ``--json``, else the
+Markdown table); logs, including the list of skipped metrics, go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+LOGGER = logging.getLogger(__name__)
+
+
+def eval_command(
+    data: Annotated[Path, typer.Option(help="Dataset folder (a medinterp-mini folder by default)",
+                                       exists=True, file_okay=False)],
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: the bundled model)",
+                                                       exists=True, file_okay=False)] = None,
+    preset: Annotated[str | None, typer.Option(help="A preset with RANDOM weights (tests)")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset reader name")] = "medinterp-mini",
+    split: Annotated[str, typer.Option(help="Split to score (evaluation only; never trained on)")] = "holdout",
+    limit: Annotated[int | None, typer.Option(help="Score the first N records of each task", min=1)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout")] = False,
+    markdown: Annotated[Path | None, typer.Option(help="Also write the Markdown table to this file")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write per-case outputs as JSON lines")] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests per analyzer call", min=1)] = 16,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Cap generated tokens per answer", min=1)] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples (paper: 1,000)", min=1)] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if present)")] = None,
+    bertscore: Annotated[Path | None, typer.Option(help="Local encoder folder for BERTScore",
+                                                      exists=True, file_okay=False)] = None,
+    bertscore_layer: Annotated[int | None, typer.Option(help="BERTScore layer (default: last)")] = None,
+    chexbert: Annotated[Path | None, typer.Option(help="Folder with chexbert.pth and its BERT config/tokenizer",
+                                                     exists=True, file_okay=False)] = None,
+) -> None:
+    """Score a model on a dataset split: Dice, IoU, F1 and BLEU-4 with 95% bootstrap intervals."""
+    from medversa.inference.bundled import load_default_analyzer, model_identity
+
+    from .evaluate import SKIPPED, evaluate, read_records, render_markdown
+    from .text_metrics import load_text_metrics
+
+    if checkpoint and preset:
+        raise typer.BadParameter("give --checkpoint or --preset, not both")
+    try:
+        records = read_records(data, split, dataset)
+    except ValueError as exc:  # RecordError is a ValueError naming the file and record
+        raise typer.BadParameter(str(exc)) from exc
+    text_metrics, skipped = load_text_metrics(bertscore, bertscore_layer, chexbert, device)
+    analyzer = load_default_analyzer(checkpoint, preset, device)
+    if max_new_tokens:
+        analyzer.max_new_tokens = max_new_tokens
+    outputs: list[dict] | None = [] if predictions else None
+    results = evaluate(analyzer, records, limit=limit, batch_size=batch_size, resamples=resamples, seed=seed,
+                       text_metrics=text_metrics, skipped=skipped, predictions=outputs)
+    skipped = results.pop(SKIPPED)
+    if skipped:
+        LOGGER.warning("skipped metrics: %s", "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+    model = model_identity(analyzer)
+    if markdown:
+        markdown.write_text(render_markdown({**results, SKIPPED: skipped}, f"{model} on {dataset} {split}"),
+                            encoding="utf-8")
+    if predictions and outputs is not None:
+        predictions.write_text("".join(json.dumps(o) + "\n" for o in outputs), encoding="utf-8")
+    if json_out:
+        typer.echo(json.dumps({"model": model, "dataset": dataset, "data": str(data), "split": split, "limit": limit,
+                               "resamples": resamples, "seed": seed, "metrics": results, SKIPPED: skipped}))
+    else:
+        typer.echo(render_markdown({**results, SKIPPED: skipped}), nl=False)

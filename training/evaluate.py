@@ -1,0 +1,405 @@
+"""Score an :class:`~medversa.inference.analyzer.Analyzer` on held-out records with the paper's metrics.
+
+Each record becomes the request a user would send (the task's first template,
+the record's classes as targets, its clinical context), the analyzer answers
+them in batches, and the answers are scored as the paper does (Methods,
+"Evaluation metrics" and "Confidence intervals"; Tables 1-3, Figs. 3-4):
+
+- segmentation: Dice per structure, mask of the answer labelled with the
+  structure's name (none drawn: an empty mask);
+- classification: F1 per class at threshold 0.5 and the macro mean; the
+  predicted classes are the class phrases the answer text names (whole words,
+  case-insensitive, longest phrase first; negations are not parsed, the model
+  is trained to name only present classes);
+- detection: IoU of each ground-truth box with the predicted box of its class
+  (matched one-to-one; no prediction: IoU 0), per class and the macro mean;
+- report generation: corpus BLEU-4 of the generated section against the
+  reference, plus model-based text metrics when their local models are given
+  (:mod:`.text_metrics`).
+
+Every value comes with a 95% bootstrap interval over cases (1,000 resamples).
+The result maps ``task/class/metric`` to ``{"mean", "ci_low", "ci_high", "n"}``
+and always has one more key, ``"skipped"``: ``{metric: reason}`` for every
+metric that was not computed, so a report never silently lacks a column.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from medversa.dicom_mapping.codes import CHEST_PATHOLOGIES, SKIN_LESION_CLASSES
+from medversa.inference.schema import (
+    MAX_DETECTION_TARGETS,
+    Answer,
+    ImageInput,
+    TaskRequest,
+)
+from medversa.inference.tasks import Modality, Task
+
+from . import metrics
+from .records import (
+    ClassificationRecord,
+    DetectionRecord,
+    ImageSource,
+    Record,
+    ReportRecord,
+    SegmentationRecord,
+    VolumeFile,
+)
+from .text_metrics import TextMetric
+
+LOGGER = logging.getLogger(__name__)
+
+#: The reserved result key listing metrics not computed, ``{metric: reason}``.
+SKIPPED = "skipped"
+
+SEGMENTATION_TASK = {
+    Modality.CXR: Task.CHEST_ORGAN_SEGMENTATION,
+    Modality.DERM: Task.SKIN_LESION_SEGMENTATION,
+    Modality.CT: Task.ABDOMINAL_ORGAN_SEGMENTATION,
+}
+CLASSIFICATION_TASK = {
+    Modality.DERM: Task.SKIN_LESION_CLASSIFICATION,
+    Modality.CXR: Task.CHEST_PATHOLOGY_CLASSIFICATION,
+}
+#: Class phrases the model answers with (the coded tables the node writes to SR).
+CLASS_PHRASES: dict[Task, tuple[str, ...]] = {
+    Task.SKIN_LESION_CLASSIFICATION: tuple(SKIN_LESION_CLASSES),
+    Task.CHEST_PATHOLOGY_CLASSIFICATION: tuple(CHEST_PATHOLOGIES),
+}
+REPORT_TASKS = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL)
+_SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
+
+#: How each metric is named in keys and in the Markdown table.
+METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4"}
+
+
+@dataclass
+class _Case:
+    """One record asked one task; ``outcome`` is filled from the answers."""
+
+    task: Task
+    record: Record
+    outcome: Any = None
+
+
+def tasks_of(record: Record) -> list[Task]:
+    """The evaluation tasks a holdout record is scored on (empty for record kinds not evaluated yet)."""
+    if isinstance(record, SegmentationRecord):
+        return [SEGMENTATION_TASK[record.modality]] if record.masks else []
+    if isinstance(record, ClassificationRecord):
+        task = CLASSIFICATION_TASK.get(record.modality)
+        return [task] if task else []
+    if isinstance(record, DetectionRecord):
+        return [Task.PATHOLOGY_DETECTION if record.kind == "pathology" else Task.ANATOMY_DETECTION]
+    if isinstance(record, ReportRecord):
+        tasks = []
+        if record.findings:
+            tasks.append(Task.REPORT_FINDINGS)
+        if record.impression:
+            tasks.append(Task.REPORT_IMPRESSION)
+        if record.findings and record.impression:
+            tasks.append(Task.REPORT_FULL)
+        return tasks
+    return []
+
+
+def _image_input(source: ImageSource | None, record: Record) -> ImageInput:
+    if source is None:
+        raise ValueError(f"record {record.source}/{record.record_id} has no image")
+    return ImageInput(source.load(), volume=isinstance(source, VolumeFile), source_id=record.record_id)
+
+
+def _detection_targets(record: DetectionRecord) -> list[str]:
+    return list(dict.fromkeys([*record.candidates, *record.boxes]))
+
+
+def requests_for(case: _Case) -> list[TaskRequest]:
+    """The request(s) a user would send for this record and task (images loaded now)."""
+    record, task = case.record, case.task
+    rid = f"{record.source}/{record.record_id}/{task.value}"
+    if isinstance(record, SegmentationRecord):
+        return [TaskRequest(task, record.modality, [_image_input(record.image, record)],
+                            targets=tuple(record.masks), request_id=rid)]
+    if isinstance(record, ClassificationRecord):
+        return [TaskRequest(task, record.modality, [_image_input(record.image, record)],
+                            context=record.context, request_id=rid)]
+    if isinstance(record, DetectionRecord):
+        image = _image_input(record.image, record)
+        targets = _detection_targets(record)
+        return [TaskRequest(task, record.modality, [image], targets=tuple(targets[i:i + MAX_DETECTION_TARGETS]),
+                            request_id=f"{rid}/{i}") for i in range(0, len(targets), MAX_DETECTION_TARGETS)]
+    if isinstance(record, ReportRecord):
+        if not record.images:
+            raise ValueError(f"report record {record.source}/{record.record_id} has no image")
+        images = [ImageInput(src.load(), volume=isinstance(src, VolumeFile), source_id=record.record_id)
+                  for src in record.images]
+        return [TaskRequest(task, record.modality, images, context=record.context, request_id=rid)]
+    raise TypeError(f"cannot evaluate a {type(record).__name__}")
+
+
+# --- per-case outcomes ----------------------------------------------------------------------------
+def _same(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def _segmentation_outcome(record: SegmentationRecord, answers: list[Answer]) -> dict[str, float]:
+    """Dice of every structure: the union of the answer's masks labelled with it vs the ground truth."""
+    volume = isinstance(record.image, VolumeFile)
+    drawn = [m for a in answers for m in (a.masks_3d if volume else a.masks_2d)]
+    out = {}
+    for name, source in record.masks.items():
+        truth = source.load()
+        predicted = np.zeros(truth.shape, dtype=bool)
+        for m in drawn:
+            if _same(m.label, name):
+                if m.mask.shape != truth.shape:
+                    raise ValueError(f"record {record.source}/{record.record_id}: predicted mask of {name!r} is "
+                                     f"{m.mask.shape}, ground truth {truth.shape}")
+                predicted |= m.mask
+        out[name] = metrics.dice(predicted, truth)
+    return out
+
+
+def named_classes(text: str, phrases: Iterable[str]) -> set[str]:
+    """Class phrases named in ``text``: whole words, case-insensitive, longest first, no overlaps."""
+    remaining = text.lower()
+    found = set()
+    for phrase in sorted(set(phrases), key=len, reverse=True):
+        pattern = re.compile(r"(?<![a-z0-9])" + re.escape(phrase.lower()) + r"(?![a-z0-9])")
+        if pattern.search(remaining):
+            found.add(phrase)
+            remaining = pattern.sub(" ", remaining)
+    return found
+
+
+def _detection_outcome(record: DetectionRecord, answers: list[Answer]) -> dict[str, list[float]]:
+    predicted: dict[str, list[metrics.PixelBox]] = defaultdict(list)
+    for answer in answers:
+        for b in answer.boxes:
+            predicted[" ".join(b.label.lower().split())].append((b.x0, b.y0, b.x1, b.y1))
+    return {name: metrics.match_boxes(boxes, predicted.get(" ".join(name.lower().split()), []))
+            for name, boxes in record.boxes.items() if boxes}
+
+
+def _report_reference(record: ReportRecord, task: Task) -> str:
+    if task is Task.REPORT_FINDINGS:
+        return record.findings
+    if task is Task.REPORT_IMPRESSION:
+        return record.impression
+    return f"{record.findings} {record.impression}"
+
+
+def _outcome(case: _Case, answers: list[Answer]) -> Any:
+    record = case.record
+    if isinstance(record, SegmentationRecord):
+        return _segmentation_outcome(record, answers)
+    if isinstance(record, ClassificationRecord):
+        return " ".join(a.plain_text for a in answers)
+    if isinstance(record, DetectionRecord):
+        return _detection_outcome(record, answers)
+    if isinstance(record, ReportRecord):
+        text = " ".join(a.plain_text for a in answers)
+        return _SECTION_HEADER.sub(" ", text) if case.task is Task.REPORT_FULL else text
+    raise TypeError(f"cannot score a {type(record).__name__}")
+
+
+def _prediction(case: _Case) -> dict[str, Any]:
+    entry = {"task": case.task.value, "source": case.record.source, "record_id": case.record.record_id,
+             "output": case.outcome}
+    if isinstance(case.record, ReportRecord):
+        entry["reference"] = _report_reference(case.record, case.task)
+    elif isinstance(case.record, ClassificationRecord):
+        entry["reference"] = list(case.record.labels)
+    return entry
+
+
+# --- aggregation ----------------------------------------------------------------------------------
+def _key(task: Task, name: str, metric: str) -> str:
+    return f"{task.value}/{'_'.join(name.lower().split())}/{metric}"
+
+
+def _per_class(task: Task, cases: list[_Case], metric: str, bootstrap: dict[str, Any]) -> dict[str, dict]:
+    """Dice or IoU: per-class means over their values and the macro mean over classes."""
+    names = sorted({name for c in cases for name in c.outcome})
+    sums = np.zeros((len(cases), len(names)))
+    counts = np.zeros((len(cases), len(names)))
+    for i, case in enumerate(cases):
+        for j, name in enumerate(names):
+            values = case.outcome.get(name)
+            if values is None:
+                continue
+            values = values if isinstance(values, list) else [values]
+            sums[i, j], counts[i, j] = sum(values), len(values)
+    if not names:
+        return {}
+    per_class, macro = metrics.bootstrap_class_means(sums, counts, **bootstrap)
+    out = {_key(task, name, metric): result for name, result in zip(names, per_class)}
+    out[_key(task, "mean", metric)] = macro
+    return out
+
+
+def _classification(task: Task, cases: list[_Case], bootstrap: dict[str, Any]) -> dict[str, dict]:
+    """F1 of every class some case has or some answer names, and their macro mean (paper Fig. 4)."""
+    labels = {label for c in cases for label in c.record.labels}
+    vocabulary = tuple(dict.fromkeys([*CLASS_PHRASES.get(task, ()), *sorted(labels)]))
+    predicted = [named_classes(c.outcome, vocabulary) for c in cases]
+    classes = [p for p in vocabulary if p in labels or any(p in found for found in predicted)]
+    if not classes:
+        return {}
+    y_true = np.array([[p in c.record.labels for p in classes] for c in cases], dtype=float)
+    y_pred = np.array([[p in found for p in classes] for found in predicted], dtype=float)
+    per_class, macro = metrics.bootstrap_f1(y_true, y_pred, **bootstrap)
+    out = {_key(task, name, "f1"): result for name, result in zip(classes, per_class)}
+    out[_key(task, "mean", "f1")] = macro
+    return out
+
+
+def _reports(task: Task, cases: list[_Case], text_metrics: Sequence[TextMetric],
+             bootstrap: dict[str, Any]) -> dict[str, dict]:
+    hypotheses = [c.outcome for c in cases]
+    references = [_report_reference(c.record, task) for c in cases]
+    out = {_key(task, "all", "bleu4"): metrics.bootstrap_bleu(hypotheses, references, **bootstrap)}
+    for metric in text_metrics:
+        scores = metric.score(hypotheses, references)
+        out[_key(task, "all", metric.name)] = metrics.bootstrap_mean(scores, **bootstrap)
+    return out
+
+
+# --- entry points ---------------------------------------------------------------------------------
+def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = None, batch_size: int = 16,
+             resamples: int = metrics.RESAMPLES, seed: int = 0, text_metrics: Sequence[TextMetric] = (),
+             skipped: dict[str, str] | None = None,
+             predictions: list[dict[str, Any]] | None = None) -> dict[str, dict]:
+    """Run ``analyzer`` on ``records`` and score the answers.
+
+    Parameters
+    ----------
+    analyzer
+        Anything with ``run(list[TaskRequest]) -> list[Answer]`` (an Analyzer).
+    records
+        Held-out records (never the training split: nothing here tunes on them).
+    limit
+        Score only the first ``limit`` records of each task (quick runs).
+    batch_size
+        Requests handed to the analyzer at once (images are loaded per batch).
+    resamples, seed
+        Bootstrap resamples and their seed (paper: 1,000).
+    text_metrics
+        Model-based report metrics (:func:`.text_metrics.load_text_metrics`).
+    skipped
+        ``{metric: reason}`` of metrics not computed, passed through to the result.
+    predictions
+        When given, one entry per case is appended: the answer text (reports,
+        classification) or per-class scores, with the reference text of reports,
+        so external scorers (RadGraph, RadCliQ) can run on the same outputs.
+
+    Returns
+    -------
+    ``{"task/class/metric": {"mean", "ci_low", "ci_high", "n"}, ..., "skipped": {metric: reason}}``
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    cases: list[_Case] = []
+    per_task: dict[Task, int] = defaultdict(int)
+    ignored: dict[str, int] = defaultdict(int)
+    for record in records:
+        tasks = tasks_of(record)
+        if not tasks:
+            ignored[type(record).__name__] += 1
+        for task in tasks:
+            if limit is None or per_task[task] < limit:
+                per_task[task] += 1
+                cases.append(_Case(task, record))
+    for kind, count in ignored.items():
+        LOGGER.info("not evaluated: %d %s record(s) (no evaluation task for them yet)", count, kind)
+    LOGGER.info("evaluating %d case(s): %s", len(cases), ", ".join(f"{t.value} {n}" for t, n in per_task.items()))
+
+    for start in range(0, len(cases), batch_size):
+        batch = cases[start:start + batch_size]
+        requests = [requests_for(c) for c in batch]
+        answers = analyzer.run([r for group in requests for r in group])
+        at = 0
+        for case, group in zip(batch, requests):
+            case.outcome = _outcome(case, answers[at:at + len(group)])
+            at += len(group)
+            if predictions is not None:
+                predictions.append(_prediction(case))
+        LOGGER.info("answered %d/%d case(s)", min(start + batch_size, len(cases)), len(cases))
+
+    by_task: dict[Task, list[_Case]] = defaultdict(list)
+    for case in cases:
+        by_task[case.task].append(case)
+    bootstrap = {"resamples": resamples, "seed": seed}
+    results: dict[str, dict] = {}
+    for task in Task:
+        task_cases = by_task.get(task)
+        if not task_cases:
+            continue
+        if task.family == "segmentation":
+            results.update(_per_class(task, task_cases, "dice", bootstrap))
+        elif task.family == "detection":
+            results.update(_per_class(task, task_cases, "iou", bootstrap))
+        elif task.family == "classification":
+            results.update(_classification(task, task_cases, bootstrap))
+        elif task in REPORT_TASKS:
+            results.update(_reports(task, task_cases, text_metrics, bootstrap))
+    results[SKIPPED] = dict(skipped or {})
+    return results
+
+
+def read_records(data: str | Path, split: str, dataset: str = "medinterp-mini") -> list[Record]:
+    """Records of one split of a dataset folder, read by the dataset registry.
+
+    ``training/datasets/registry.py`` (``read_dataset(name, root, split)``) names
+    every reader; without it only ``medinterp-mini`` is known.
+    """
+    try:
+        from .datasets.registry import read_dataset
+    except ImportError:
+        if dataset != "medinterp-mini":
+            raise ValueError(f"unknown dataset {dataset!r}: only 'medinterp-mini' is available "
+                             "(no dataset registry installed)") from None
+        from .datasets.medinterp_mini import read_all
+
+        return read_all(Path(data), split)
+    return list(read_dataset(dataset, Path(data), split))
+
+
+# --- Markdown -------------------------------------------------------------------------------------
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_markdown(results: dict[str, dict], title: str = "") -> str:
+    """A table like the paper's Tables 1-3: task, class, metric, mean [95% CI], n.
+
+    Values are on a 0-1 scale (the paper prints BLEU-4 and the text metrics x100).
+    Metrics listed under ``"skipped"`` follow the table with their reasons.
+    """
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| Task | Class | Metric | Mean [95% CI] | n |", "|---|---|---|---|---|"]
+    for key, value in results.items():
+        if key == SKIPPED:
+            continue
+        task, name, metric = key.split("/")
+        task_name = task.replace("_", " ").capitalize()
+        lines.append(f"| {task_name} | {name.replace('_', ' ')} | {METRIC_NAMES.get(metric, metric)} | "
+                     f"{_fmt(value['mean'])} [{_fmt(value['ci_low'])}, {_fmt(value['ci_high'])}] | {value['n']} |")
+    skipped = results.get(SKIPPED) or {}
+    if skipped:
+        lines += ["", "Skipped:", ""]
+        lines += [f"- {metric}: {reason}" for metric, reason in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["SKIPPED", "evaluate", "named_classes", "read_records", "render_markdown", "requests_for", "tasks_of"]
