@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from medversa.inference.tasks import Modality
 
 PixelBox = tuple[float, float, float, float]
@@ -102,6 +101,37 @@ class RleMask:
 
 
 @dataclass(frozen=True)
+class CsvRleMask:
+    """One RLE cell of a large CSV (CheXmask), re-read from its row's byte offset when loaded.
+
+    CheXmask's MIMIC-CXR table holds gigabytes of RLE text; keeping only the
+    offset keeps a record list small. ``column`` is the cell's index in the row.
+    """
+
+    path: Path
+    offset: int
+    column: int
+    height: int
+    width: int
+
+    def load(self) -> np.ndarray:
+        import csv
+
+        from .rle import decode_start_length
+
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            line = fh.readline().decode("utf-8")
+        row = next(csv.reader([line]), [])
+        if len(row) <= self.column:
+            raise RecordError(self.path, f"byte {self.offset}", f"no column {self.column} in this row")
+        try:
+            return decode_start_length(row[self.column], self.height, self.width)
+        except ValueError as exc:
+            raise RecordError(self.path, f"byte {self.offset}", f"bad RLE ({exc})") from exc
+
+
+@dataclass(frozen=True)
 class ArrayMask:
     """A mask held in memory (tests, small fixtures)."""
 
@@ -118,7 +148,7 @@ def _binary(pixels: np.ndarray) -> np.ndarray:
 
 
 ImageSource = ImageFile | VolumeFile
-MaskSource = MaskFile | LabelVolumeMask | RleMask | ArrayMask
+MaskSource = MaskFile | LabelVolumeMask | RleMask | CsvRleMask | ArrayMask
 
 
 # --- records per task family ---------------------------------------------------------------------
@@ -157,6 +187,9 @@ class ClassificationRecord(Record):
     image: ImageSource | None = None
     labels: list[str] = field(default_factory=list)
     context: str = ""
+    #: The classes ``labels`` were checked against (empty: every class of the modality). A source
+    #: labelled for fewer classes (CheXpert: 9 of the 33) names them, so absence means "not present".
+    candidates: tuple[str, ...] = ()
 
 
 @dataclass
