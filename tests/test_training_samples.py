@@ -1,0 +1,184 @@
+"""Samples, the domain-aware sampler, the schedule and the batch layout the trainer relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medversa.inference.checkpoint import build_model
+from medversa.inference.labels import label_tokens
+from medversa.inference.tasks import TEMPLATES, Modality, Task
+from medversa.inference.tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN
+from medversa.training.batching import IGNORE, collate
+from medversa.training.config import OptimizerConfig, TrainConfig, recipe_path
+from medversa.training.datasets.medinterp_mini import read_all
+from medversa.training.objective import TrainingObjective
+from medversa.training.records import ArrayMask, DetectionRecord, SegmentationRecord
+from medversa.training.sampler import DomainAwareSampler
+from medversa.training.samples import build_sample, tasks_for
+from medversa.training.schedule import learning_rate
+
+from .training_fixtures import write_medinterp_mini
+
+
+class _Img:
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def load(self) -> np.ndarray:
+        return self.a
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return write_medinterp_mini(tmp_path_factory.mktemp("mini"), n=6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("tiny")
+
+
+def test_detection_sample_answers_each_class_with_its_box_or_na():
+    rec = DetectionRecord("t", "r", Modality.CXR, "train", _Img(np.zeros((100, 200), np.uint8)), 200, 100,
+                          {"left lung": [(100.0, 10.0, 180.0, 90.0)]}, candidates=("left lung", "right lung", "heart"))
+    seen = set()
+    for seed in range(30):
+        s = build_sample(rec, Task.ANATOMY_DETECTION, np.random.default_rng(seed))
+        labels = label_tokens(s.answer)
+        assert [t for t, _ in labels].count(DET_TOKEN) == len(s.boxes)
+        for token, label in labels:
+            assert token == (DET_TOKEN if label == "left lung" else NA_TOKEN)
+            assert label in s.question
+            seen.add(label)
+        if s.boxes:
+            assert s.boxes == [(0.5, 0.1, 0.9, 0.9)]
+        assert s.question.split("<img0>")[0] or s.question  # a Table 5 template with the image tag
+        assert "<img0>" in s.question
+    assert seen == {"left lung", "right lung", "heart"}
+
+
+def test_chest_flip_swaps_left_and_right_labels():
+    mask = np.zeros((8, 8), bool)
+    mask[:, 6:] = True  # the patient's left lung lies on the image's right
+    rec = SegmentationRecord("t", "r", Modality.CXR, "train", _Img(np.zeros((8, 8), np.uint8)),
+                             {"left lung": ArrayMask(mask)})
+    outcomes = set()
+    for seed in range(20):
+        s = build_sample(rec, Task.CHEST_ORGAN_SEGMENTATION, np.random.default_rng(seed))
+        assert s.answer.endswith(SEG2D_TOKEN)
+        flipped = s.masks[0][:, :2].all()
+        assert ("right lung" in s.answer) == flipped
+        outcomes.add(flipped)
+    assert outcomes == {True, False}
+
+
+def test_templates_are_drawn_from_table_5(mini):
+    records = read_all(mini, "train")
+    seg = next(r for r in records if r.source.endswith("cxr-organs"))
+    questions = {build_sample(seg, Task.CHEST_ORGAN_SEGMENTATION, np.random.default_rng(s)).question for s in range(40)}
+    assert len(questions) > 10
+    assert all(any(q.split("<img0>")[0].startswith(t.split("-*-")[0]) for t in TEMPLATES[Task.CHEST_ORGAN_SEGMENTATION])
+               for q in questions)
+
+
+def test_sampler_batches_hold_one_task_and_modality_and_are_reproducible(mini):
+    records = read_all(mini, "train")
+    sampler = DomainAwareSampler(records, seed=3, batch_size={"cxr": 3, "derm": 2, "ct": 1})
+    pools = set()
+    for step in range(40):
+        batch = sampler.samples(step)
+        assert len({(s.task, s.modality) for s in batch}) == 1
+        assert len(batch) == sampler.batch_size_for(batch[0].modality)
+        pools.add((batch[0].modality, batch[0].task))
+    assert len(pools) >= 6
+    again = DomainAwareSampler(records, seed=3, batch_size={"cxr": 3, "derm": 2, "ct": 1})
+    for step in (0, 7, 39):
+        a, b = sampler.samples(step), again.samples(step)
+        assert [s.question for s in a] == [s.question for s in b]
+        assert all(np.array_equal(x.images[0], y.images[0]) for x, y in zip(a, b))
+
+
+def test_ranks_share_the_task_and_draw_different_records(mini):
+    records = read_all(mini, "train")
+    ranks = [DomainAwareSampler(records, 5, 2, rank=r, world_size=2, augment=False) for r in (0, 1)]
+    differ = 0
+    for step in range(20):
+        a, b = (s.samples(step) for s in ranks)
+        assert a[0].task is b[0].task
+        differ += [s.record_id for s in a] != [s.record_id for s in b]
+    assert differ > 5
+
+
+def test_holdout_never_reaches_training(mini):
+    records = read_all(mini, "train")
+    holdout = {r.record_id for r in read_all(mini, "holdout")}
+    assert holdout and not holdout & {r.record_id for r in records}
+    cfg = TrainConfig.from_dict({"datasets": [{"name": "medinterp-mini", "root": str(mini), "split": "holdout"}],
+                                 "steps": 2, "optimizer": {"warmup_steps": 1}})
+    from medversa.training.trainer import load_records
+
+    with pytest.raises(ValueError, match="holdout"):
+        load_records(cfg)
+
+
+def test_schedule_warms_up_from_1e7_then_cosine_to_3e6():
+    cfg = OptimizerConfig(warmup_steps=10)
+    assert learning_rate(0, 100, cfg) == pytest.approx(1e-7)
+    assert learning_rate(10, 100, cfg) == pytest.approx(3e-4)
+    assert learning_rate(99, 100, cfg) == pytest.approx(3e-6)
+    rates = [learning_rate(s, 100, cfg) for s in range(100)]
+    assert max(rates) == pytest.approx(3e-4)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+
+
+def test_config_rejects_unknown_keys_and_the_demo_recipe_loads():
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"stepz": 3})
+    demo = TrainConfig.from_file(recipe_path("demo"))
+    assert demo.preset == "demo" and demo.datasets[0].split == "train"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_path("nope")
+
+
+def test_batch_masks_prompt_and_keeps_task_token_targets(mini, tiny):
+    model, tok = tiny
+    records = read_all(mini, "train")
+    det = next(r for r in records if isinstance(r, DetectionRecord))
+    samples = [build_sample(det, Task.ANATOMY_DETECTION, np.random.default_rng(s)) for s in range(4)]
+    batch = collate(samples, tok, model.config, 128)
+    assert len(batch.det_positions) == sum(len(s.boxes) for s in samples) == len(batch.det_boxes)
+    for b, pos in batch.det_positions:
+        assert batch.ids[b, pos] == tok.ids.det and batch.labels[b, pos] == tok.ids.det
+    first_answer = (batch.labels[0] != IGNORE).nonzero()[0].item()
+    assert tok.decode(batch.ids[0, :first_answer].tolist()).endswith("###Assistant:")
+    assert (batch.ids[0] == tok.ids.image).sum() == model.config.num_visual_tokens
+
+
+def test_every_pool_trains_and_losses_fall_on_a_repeated_batch(mini, tiny):
+    model, tok = tiny
+    records = read_all(mini, "train")
+    objective = TrainingObjective(model, tok.ids.image).eval()  # no dropout: a deterministic descent check
+    for p in model.parameters():
+        p.requires_grad = True
+    sampler = DomainAwareSampler(records, 0, {"cxr": 2, "derm": 2, "ct": 1})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for (modality, task), pool in sampler.pools.items():
+        samples = [build_sample(pool.records[0], task, np.random.default_rng(1), augment=False)]
+        batch = collate(samples, tok, model.config, 160)
+        first = None
+        for _ in range(4):
+            losses = objective(batch)
+            losses["total"].backward()
+            opt.step()
+            opt.zero_grad()
+            first = first if first is not None else {k: float(v.detach()) for k, v in losses.items()}
+        with torch.no_grad():
+            last = {k: float(v) for k, v in objective(batch).items()}
+        assert last["total"] < first["total"], (task, first, last)
+        if tasks_for(pool.records[0])[0].family == "segmentation":
+            assert "seg" in last
+        if task is Task.ANATOMY_DETECTION:
+            assert "det" in last
