@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medversa.dicom_mapping.codes import CHEST_PATHOLOGIES, SKIN_LESION_CLASSES
 from medversa.inference.schema import (
     MAX_DETECTION_TARGETS,
     Answer,
@@ -54,6 +53,7 @@ from .records import (
     VolumeFile,
 )
 from .text_metrics import TextMetric
+from .vocabulary import CHEST_PATHOLOGIES, SKIN_LESION_CLASSES
 
 LOGGER = logging.getLogger(__name__)
 
