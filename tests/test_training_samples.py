@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
-
 from medversa.inference.checkpoint import build_model
 from medversa.inference.labels import label_tokens
 from medversa.inference.tasks import TEMPLATES, Modality, Task
@@ -131,7 +132,7 @@ def test_schedule_warms_up_from_1e7_then_cosine_to_3e6():
     assert learning_rate(99, 100, cfg) == pytest.approx(3e-6)
     rates = [learning_rate(s, 100, cfg) for s in range(100)]
     assert max(rates) == pytest.approx(3e-4)
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
 def test_config_rejects_unknown_keys_and_the_demo_recipe_loads():

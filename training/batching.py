@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from medversa.inference.config import MedVersaConfig
-from medversa.inference.processing import preprocess_image, preprocess_volume, resize_nearest
+from medversa.inference.processing import (
+    preprocess_image,
+    preprocess_volume,
+    resize_nearest,
+)
 from medversa.inference.prompting import build_prompt_ids
 from medversa.inference.tasks import Modality, Task
 from medversa.inference.tokenizer import MedVersaTokenizer

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from medversa.inference.checkpoint import build_model
 from medversa.inference.tasks import Modality
 

@@ -358,20 +358,9 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
 
 
 def read_records(data: str | Path, split: str, dataset: str = "medinterp-mini") -> list[Record]:
-    """Records of one split of a dataset folder, read by the dataset registry.
+    """Records of one split of a dataset folder, read through the dataset registry."""
+    from .datasets.registry import read_dataset
 
-    ``training/datasets/registry.py`` (``read_dataset(name, root, split)``) names
-    every reader; without it only ``medinterp-mini`` is known.
-    """
-    try:
-        from .datasets.registry import read_dataset
-    except ImportError:
-        if dataset != "medinterp-mini":
-            raise ValueError(f"unknown dataset {dataset!r}: only 'medinterp-mini' is available "
-                             "(no dataset registry installed)") from None
-        from .datasets.medinterp_mini import read_all
-
-        return read_all(Path(data), split)
     return list(read_dataset(dataset, Path(data), split))
 
 

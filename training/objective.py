@@ -10,10 +10,9 @@ the state computed with the task token as input, as the inference path keeps it
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from medversa.inference.model import MedVersaModel
 from medversa.inference.prompting import embed_with_images
+from torch import nn
 
 from .batching import Batch
 from .losses import MaskLoss, box_loss, language_loss

@@ -15,7 +15,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-
 from medversa.inference.tasks import Modality, Task
 
 from .records import Record

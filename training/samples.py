@@ -17,9 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from medversa.inference.schema import MAX_DETECTION_TARGETS
-from medversa.inference.tasks import TEMPLATES, Modality, Task, fill_template, format_region, join_targets
+from medversa.inference.tasks import (
+    TEMPLATES,
+    Modality,
+    Task,
+    fill_template,
+    format_region,
+    join_targets,
+)
 from medversa.inference.tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 
 from .augment import flip_volume, hflip, random_resized_crop, swap_sides

@@ -15,10 +15,16 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
-
 from medversa.inference.tasks import TEMPLATES
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
+from transformers import PreTrainedTokenizerFast
 
 BASE_VOCAB_SIZE = 4096
 SPECIALS = ["<unk>", "<s>", "</s>"]

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from medversa.inference.checkpoint import build_model, load_checkpoint, save_checkpoint
 from medversa.inference.model import MedVersaModel
 
