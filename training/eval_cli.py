@@ -27,6 +27,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="Score the first N records of each task", min=1)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout")] = False,
     markdown: Annotated[Path | None, typer.Option(help="Also write the Markdown table to this file")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the scores with their 95% CIs to this PNG")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Write per-case outputs as JSON lines")] = None,
     batch_size: Annotated[int, typer.Option(help="Requests per analyzer call", min=1)] = 16,
     max_new_tokens: Annotated[int | None, typer.Option(help="Cap generated tokens per answer", min=1)] = None,
@@ -67,8 +68,13 @@ def eval_command(
                             encoding="utf-8")
     if predictions and outputs is not None:
         predictions.write_text("".join(json.dumps(o) + "\n" for o in outputs), encoding="utf-8")
+    if plot:
+        from .plots import plot_scores
+
+        plot_scores(results, plot, f"{model} on {dataset} {split}")
+    LOGGER.info("scored %s on %s %s (limit %s, %d resamples, seed %d)", model, dataset, split, limit, resamples, seed)
     if json_out:
-        typer.echo(json.dumps({"model": model, "dataset": dataset, "data": str(data), "split": split, "limit": limit,
-                               "resamples": resamples, "seed": seed, "metrics": results, SKIPPED: skipped}))
+        # Exactly one object keyed task/class/metric; what was skipped is on stderr (above).
+        typer.echo(json.dumps(results))
     else:
         typer.echo(render_markdown({**results, SKIPPED: skipped}), nl=False)

@@ -38,3 +38,31 @@ def plot_losses(metrics: Path, folder: Path, window: int = 25) -> list[Path]:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return [out]
+
+
+def plot_scores(results: dict[str, dict], path: Path, title: str = "") -> Path:
+    """Every ``task/class/metric`` score as a dot with its 95% bootstrap interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [(k, v) for k, v in results.items() if isinstance(v, dict) and v.get("mean") is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(items) + 1.2))
+    for y, (key, v) in enumerate(items):
+        low = v["ci_low"] if v["ci_low"] is not None else v["mean"]
+        high = v["ci_high"] if v["ci_high"] is not None else v["mean"]
+        ax.plot([low, high], [y, y], color="tab:blue", lw=2)
+        ax.plot(v["mean"], y, "o", color="tab:red")
+    ax.set_yticks(range(len(items)), [f"{k} (n={v['n']})" for k, v in items], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("score (0-1) with 95% bootstrap CI")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
