@@ -9,7 +9,7 @@ import warnings
 import typer
 
 from medversa.inference.cli import bench_app, model_app
-from medversa.node.cli import config_app, infer, retry, serve, status, worker
+from medversa.node.cli import bench_load, config_app, infer, retry, serve, status, worker
 from medversa.training.cli import bench_train, train
 from medversa.training.eval_cli import eval_command
 
@@ -19,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(model_app, name="model")
+bench_app.command("load")(bench_load)
 app.add_typer(bench_app, name="bench")
 app.command("infer")(infer)
 app.command("serve")(serve)

@@ -190,3 +190,41 @@ def config_check(config: Annotated[Path, typer.Argument(help="YAML configuration
         if data.get(key):
             data[key] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", data[key])  # never print a password
     typer.echo(_yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+def bench_load(
+    associations: Annotated[int, typer.Option(help="Concurrent associations sending")] = 20,
+    instances: Annotated[int, typer.Option(help="Instances to send in all")] = 2000,
+    studies: Annotated[int, typer.Option(help="Studies the instances belong to")] = 100,
+    size: Annotated[int, typer.Option(help="Image side in pixels (CR, 16-bit)")] = 64,
+    idle_seconds: Annotated[float, typer.Option(help="The node's study idle time")] = 5.0,
+    preset: Annotated[str, typer.Option(help="Model preset (random weights, planted answers)")] = "tiny",
+    task: Annotated[list[str] | None, typer.Option("--task", help="Tasks per study (repeatable; default report_impression)")] = None,
+    timeout_s: Annotated[float, typer.Option(help="Longest wait for every study to be processed")] = 3600.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Many associations at once against `serve`: every study processed once, no instance lost, peak memory."""
+    import json
+
+    from .bench import bench_load as run
+
+    try:
+        tasks = tuple(Task(t).value for t in task) if task else ("report_impression",)
+    except ValueError:
+        raise typer.BadParameter(f"unknown task in {task}; known: {[t.value for t in Task]}") from None
+    report = run(associations, instances, studies, size, idle_seconds, preset, tasks, timeout_s)
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        rss = report["peak_rss_mb"]
+        typer.echo(f"{report['associations']} associations: {report['instances_sent']} instances sent, "
+                   f"{report['acknowledged']} acknowledged, {report['processed']} processed, {report['lost']} lost")
+        typer.echo(f"studies: {report['studies_processed']} of {report['studies']} processed, "
+                   f"{report['duplicate_jobs']} duplicate job(s), {report['duplicate_srs']} duplicate SR(s), "
+                   f"{report['failed_jobs']} failed job(s)")
+        typer.echo(f"wall time {report['wall_s']} s (sending {report['send_s']} s); "
+                   f"peak RSS serve {rss['serve']} MB, worker {rss['worker']} MB")
+    ok = (report["lost"] == 0 and report["studies_processed"] == report["studies"]
+          and not report["duplicate_jobs"] and not report["duplicate_srs"])
+    if not ok:
+        raise typer.Exit(1)

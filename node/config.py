@@ -7,6 +7,7 @@ passwords, TLS key passphrases) belong in the environment, never in a file kept 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -30,13 +31,78 @@ def check_ae_title(value: str) -> str:
     return value
 
 
+class PeerTLS(BaseModel):
+    """DICOM TLS (PS3.15 B.1) on the associations we open to one peer (exports, queries, retrieves).
+
+    The peer's certificate is checked against ``ca_certificates`` (host names are not: the CA is
+    the trust anchor); our ``certificate`` and ``private_key`` are presented when the peer asks
+    for one (mutual authentication). A passphrase-protected key names the environment variable
+    that holds the passphrase: secrets never sit in the configuration file.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    #: CA bundle (PEM) that signs the peer's certificate.
+    ca_certificates: Path | None = None
+    #: Check the peer's certificate against ``ca_certificates``.
+    verify_peers: bool = True
+    #: Our certificate chain (PEM), for peers that require one.
+    certificate: Path | None = None
+    #: Our private key (PEM).
+    private_key: Path | None = None
+    #: Name of the environment variable holding the private key's passphrase (never the passphrase).
+    private_key_password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> PeerTLS:
+        self._check_files()
+        return self
+
+    def _check_files(self) -> None:
+        if self.enabled and self.verify_peers and not self.ca_certificates:
+            raise ValueError("tls.verify_peers needs tls.ca_certificates")
+        if bool(self.certificate) != bool(self.private_key):
+            raise ValueError("tls.certificate and tls.private_key go together")
+        if self.private_key_password_env is not None and not re.fullmatch(r"[A-Z_][A-Z0-9_]*",
+                                                                          self.private_key_password_env):
+            raise ValueError("tls.private_key_password_env is not an environment variable name in capitals "
+                             "(e.g. MEDVERSA_TLS_KEY_PASSWORD): give the variable's name, never the passphrase")
+
+    def private_key_password(self) -> str | None:
+        """The key's passphrase from the environment; None when no variable is named.
+
+        Raises ``ValueError`` when the named variable is not set.
+        """
+        if not self.private_key_password_env:
+            return None
+        value = os.environ.get(self.private_key_password_env)
+        if value is None:
+            raise ValueError(f"the passphrase of {self.private_key} is expected in the environment variable "
+                             f"{self.private_key_password_env}, which is not set")
+        return value
+
+
+class TLSSettings(PeerTLS):
+    """DICOM TLS (PS3.15 B.1) on our listener: our certificate and key, and the CA that signs our peers'."""
+
+    #: Refuse plain connections (only a TLS listener is opened).
+    required: bool = True
+
+    def _check_files(self) -> None:
+        if self.enabled and not (self.certificate and self.private_key):
+            raise ValueError("tls.enabled needs tls.certificate and tls.private_key")
+        super()._check_files()
+
+
 class Peer(BaseModel):
-    """A DICOM peer: AE title, host and port (written ``AE@HOST:PORT``)."""
+    """A DICOM peer: AE title, host and port (written ``AE@HOST:PORT``), and how we connect to it."""
 
     model_config = ConfigDict(extra="forbid")
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    #: DICOM TLS on our associations to this peer (the short form ``AE@HOST:PORT`` has none).
+    tls: PeerTLS = Field(default_factory=PeerTLS)
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
@@ -53,28 +119,6 @@ class Peer(BaseModel):
 
 def _peer(value: Any) -> Any:
     return Peer.parse(value) if isinstance(value, str) else value
-
-
-class TLSSettings(BaseModel):
-    """DICOM TLS (PS3.15 B.1): our certificate and key, and the CA that signs our peers'."""
-
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = False
-    #: Refuse plain connections (only a TLS listener is opened).
-    required: bool = True
-    certificate: Path | None = None
-    private_key: Path | None = None
-    ca_certificates: Path | None = None
-    #: Ask peers for a certificate signed by ``ca_certificates``.
-    verify_peers: bool = True
-
-    @model_validator(mode="after")
-    def _files(self) -> "TLSSettings":
-        if self.enabled and not (self.certificate and self.private_key):
-            raise ValueError("tls.enabled needs tls.certificate and tls.private_key")
-        if self.enabled and self.verify_peers and not self.ca_certificates:
-            raise ValueError("tls.verify_peers needs tls.ca_certificates")
-        return self
 
 
 class SCPSettings(BaseModel):
@@ -278,6 +322,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> NodeSettings:
             raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping at the top level")
+        leaked = secrets_in_file(data)
+        if leaked:
+            raise ValueError("invalid configuration:\n  " + "\n  ".join(leaked))
 
     class _FromFile(NodeSettings):
         @classmethod
@@ -290,6 +337,24 @@ def load_settings(path: Path | None = None, **overrides: Any) -> NodeSettings:
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
         raise ValueError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:]*:[^/@]+@", re.IGNORECASE)
+
+
+def secrets_in_file(data: dict[str, Any]) -> list[str]:
+    """Problems of a configuration file that holds a secret (a URL with a password).
+
+    A file may be kept in a repository or printed; the environment (a 0600 env file under
+    systemd, ``.env`` under compose) is where passwords go, as the module docstring says.
+    """
+    problems = []
+    for key in ("database_url", "broker_url"):
+        value = data.get(key)
+        if isinstance(value, str) and _URL_PASSWORD.match(value.strip()):
+            problems.append(f"{key}: holds a password; give this URL in the environment as "
+                            f"MEDVERSA_{key.upper()}, never in the configuration file")
+    return problems
 
 
 def _clean(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Per-process state of the node: settings, job store, spool, and the model loaded once."""
+"""Per-process state of the node: settings, job store, spool, the model loaded once, and the
+process's policy for patient identifiers in logs (:mod:`medversa.node.phi`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from functools import cached_property
 from medversa.dicom_mapping.identity import AlgorithmInfo
 from medversa.inference.bundled import model_identity
 
+from . import phi
 from .config import NodeSettings
 from .metrics import Metrics
 from .spool import Spool
@@ -22,6 +24,7 @@ class NodeContext:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.results_dir.mkdir(parents=True, exist_ok=True)
+        phi.configure(settings.logging.log_phi, settings.data_dir)
         self.store = Store(settings.db_url)
         self.spool = Spool(settings.spool_dir)
         self.metrics = metrics or Metrics()

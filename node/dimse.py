@@ -11,6 +11,11 @@ Timeouts: the one ``timeout`` of each call is applied to the AE's TCP connection
 ARTIM), each awaited DIMSE message (``dimse_timeout``) and network inactivity
 (``network_timeout``), so a peer that never answers costs at most about that long per step.
 
+Security: an association speaks DICOM TLS (PS3.15 B.1) when the peer's own settings
+(``peer.tls``, from its configuration block) or a call's ``tls`` argument enable it; a
+plain connection to a TLS-only peer fails as :class:`AssociationFailed` with a reason that
+says so.
+
 References: Verification PS3.4 Annex A; Storage PS3.4 Annex B; Query/Retrieve PS3.4 Annex C
 (C.4.1 C-FIND, C.4.2 C-MOVE, C.4.3 C-GET, C.6.2 Study Root); DIMSE services and statuses PS3.7
 9.1, 9.3 and Annex C; SCP/SCU role selection PS3.7 D.3.3.4; DICOM TLS PS3.15 B.1.
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medversa.node.config import Peer, TLSSettings
+from medversa.node.config import Peer, PeerTLS
 from medversa.node.dicom_classes import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
@@ -158,12 +163,14 @@ class RetrieveOutcome:
 # -- association handling ---------------------------------------------------------------------
 
 
-def client_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
-    """A TLS client context (PS3.15 B.1, TLS 1.2 or later) from the node's TLS settings.
+def client_ssl_context(tls: PeerTLS) -> ssl.SSLContext:
+    """A TLS client context (PS3.15 B.1, TLS 1.2 or later) from a peer's TLS settings.
 
-    Our certificate and key are presented to the server; the server's certificate chain is
-    verified against ``ca_certificates`` when ``verify_peers`` is set. Host names are not
-    checked (PACS certificates rarely name the address we use); the CA is the trust anchor.
+    Our certificate and key are presented to the server (a passphrase-protected key is opened
+    with the passphrase from the environment variable the settings name); the server's
+    certificate chain is verified against ``ca_certificates`` when ``verify_peers`` is set. Host
+    names are not checked (PACS certificates rarely name the address we use); the CA is the
+    trust anchor.
     """
     cafile = str(tls.ca_certificates) if tls.ca_certificates else None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
@@ -171,8 +178,13 @@ def client_ssl_context(tls: TLSSettings) -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED if tls.verify_peers else ssl.CERT_NONE
     if tls.certificate and tls.private_key:
-        context.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        context.load_cert_chain(str(tls.certificate), str(tls.private_key), password=tls.private_key_password())
     return context
+
+
+def _tls_for(peer: Peer, tls: PeerTLS | None) -> PeerTLS | None:
+    """The TLS settings of an association: the caller's, else the peer's own (``peer.tls``)."""
+    return tls if tls is not None else peer.tls
 
 
 def _make_ae(calling_ae: str, timeout: float) -> AE:
@@ -199,7 +211,7 @@ def _request(
     contexts: list[PresentationContext],
     *,
     timeout: float,
-    tls: TLSSettings | None,
+    tls: PeerTLS | None,
     max_pdu: int = 0,
     ext_neg: list[Any] | None = None,
     handlers: list[Any] | None = None,
@@ -214,7 +226,13 @@ def _request(
         seen.pdus.append(event.pdu)
 
     ae = _make_ae(calling_ae, timeout)
-    tls_args = (client_ssl_context(tls), peer.host) if tls is not None and tls.enabled else None
+    tls = _tls_for(peer, tls)
+    try:
+        tls_args = (client_ssl_context(tls), peer.host) if tls is not None and tls.enabled else None
+    except (OSError, ValueError) as exc:  # missing file, bad key or passphrase, unset variable
+        message = f"DICOM TLS to {peer} not possible with its settings: {type(exc).__name__}: {exc}"
+        LOGGER.warning("%s", message)
+        raise AssociationFailed(message, peer=peer) from exc
     evt_handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu), *(handlers or [])]
     LOGGER.debug("requesting association %s -> %s (%d contexts)", calling_ae, peer, len(contexts))
     started = time.monotonic()
@@ -243,8 +261,9 @@ def _rejected_summary(assoc: Association) -> str:
 
 
 def _why_not_established(assoc: Association, seen: _Negotiation, peer: Peer, timeout: float,
-                         tls: TLSSettings | None) -> str:
+                         tls: PeerTLS | None) -> str:
     """Explain a failed association request, naming the peer."""
+    tls = _tls_for(peer, tls)
     if not seen.connected:
         if seen.seconds >= 0.9 * timeout:
             return f"cannot connect to {peer}: no TCP connection within {timeout} s"
@@ -264,11 +283,13 @@ def _why_not_established(assoc: Association, seen: _Negotiation, peer: Peer, tim
     if not seen.pdus and seen.seconds >= 0.9 * timeout:
         return f"no answer from {peer} to the association request within {timeout} s (ACSE timeout)"
     if not seen.pdus:
-        return f"association aborted by {peer}: connection closed without an A-ASSOCIATE response"
+        hint = ("" if tls is not None and tls.enabled else
+                " (a peer that accepts DICOM TLS only does this to a plain connection: check its tls settings)")
+        return f"association aborted by {peer}: connection closed without an A-ASSOCIATE response{hint}"
     return f"association with {peer} failed (unexpected answer: {type(seen.pdus[-1]).__name__})"
 
 
-def _diagnose_connect(peer: Peer, budget: float, tls: TLSSettings | None) -> str:
+def _diagnose_connect(peer: Peer, budget: float, tls: PeerTLS | None) -> str:
     """Why pynetdicom could not connect: retry a plain TCP connection (within what is left of
     the timeout) to get the operating system's error."""
     started = time.monotonic()
@@ -293,7 +314,7 @@ class _Open:
     leave it in an unknown state)."""
 
     def __init__(self, peer: Peer, calling_ae: str, contexts: list[PresentationContext], *,
-                 timeout: float, tls: TLSSettings | None, ext_neg: list[Any] | None = None,
+                 timeout: float, tls: PeerTLS | None, ext_neg: list[Any] | None = None,
                  handlers: list[Any] | None = None) -> None:
         self.peer = peer
         self.calling_ae = calling_ae
@@ -336,7 +357,7 @@ def _status_text(code: int, table: dict[int, tuple[str, str]]) -> str:
 # -- C-ECHO -----------------------------------------------------------------------------------
 
 
-def echo(peer: Peer, calling_ae: str, *, timeout: float = 10, tls: TLSSettings | None = None) -> bool:
+def echo(peer: Peer, calling_ae: str, *, timeout: float = 10, tls: PeerTLS | None = None) -> bool:
     """Verify a peer with C-ECHO (PS3.4 Annex A, PS3.7 9.1.5).
 
     Returns
@@ -467,7 +488,7 @@ def store_datasets(
     datasets: Sequence[Dataset | Path],
     *,
     timeout: float = 30,
-    tls: TLSSettings | None = None,
+    tls: PeerTLS | None = None,
     max_pdu: int = 0,
 ) -> list[StoreOutcome]:
     """Send instances to a Storage SCP with C-STORE over one association (PS3.4 B.2, PS3.7 9.1.1).
@@ -487,7 +508,7 @@ def store_datasets(
     timeout
         Seconds for connecting, negotiation and each C-STORE response.
     tls
-        Use DICOM TLS when given and enabled.
+        DICOM TLS settings overriding the peer's own ``peer.tls`` (used when enabled).
     max_pdu
         Maximum PDU length we receive (0: unlimited).
 
@@ -622,7 +643,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def count_study_instances(peer: Peer, calling_ae: str, study_uid: str, *, timeout: float = 30,
-                          tls: TLSSettings | None = None) -> int | None:
+                          tls: PeerTLS | None = None) -> int | None:
     """Number of Study Related Instances the peer holds for one study (PS3.4 C.6.2.1.2, C.3.4).
 
     Returns
@@ -699,7 +720,7 @@ def find_prior_studies(
     before: str | None = None,
     exclude_study_uid: str | None = None,
     timeout: float = 30,
-    tls: TLSSettings | None = None,
+    tls: PeerTLS | None = None,
 ) -> list[StudyMatch]:
     """A patient's earlier studies, most recent first (Study Root C-FIND, PS3.4 C.6.2.1).
 
@@ -817,7 +838,7 @@ def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], service: str, 
 
 
 def move_study(peer: Peer, calling_ae: str, study_uid: str, destination_ae: str, *,
-               timeout: float = 300, tls: TLSSettings | None = None) -> RetrieveOutcome:
+               timeout: float = 300, tls: PeerTLS | None = None) -> RetrieveOutcome:
     """Ask the peer to send a study to ``destination_ae`` (Study Root C-MOVE, PS3.4 C.4.2).
 
     The peer must know ``destination_ae`` (its address book); an unknown destination gives
@@ -853,7 +874,7 @@ def get_contexts() -> tuple[list[PresentationContext], list[Any]]:
 
 
 def get_study(peer: Peer, calling_ae: str, study_uid: str, on_instance: Callable[[Dataset], None], *,
-              timeout: float = 300, tls: TLSSettings | None = None) -> RetrieveOutcome:
+              timeout: float = 300, tls: PeerTLS | None = None) -> RetrieveOutcome:
     """Retrieve a study over our own association (Study Root C-GET, PS3.4 C.4.3).
 
     The peer sends each instance with C-STORE on the same association; ``on_instance`` gets it

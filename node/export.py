@@ -4,6 +4,10 @@ Every (object, destination) pair is a row. A due row is sent; success marks it
 DELIVERED; a failure schedules the next try after ``initial * 2**(tries-1)``
 seconds (capped), which survives restarts because it is a column, not a timer.
 After ``max_attempts`` the row goes to DEAD (audited) until ``medversa retry``.
+Concurrent senders (the scheduler, a worker finishing a job) claim due rows first, so each
+try happens once. Each destination's ``tls`` block (PS3.15 B.1) applies to its associations; an association
+that cannot be made (a plain connection to a TLS-only peer included) leaves the rows pending
+with the reason in ``last_status`` and in the log.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from .config import Peer
 from .context import NodeContext
@@ -26,22 +30,58 @@ def backoff_s(attempts: int, initial: float, maximum: float) -> float:
     return min(maximum, initial * 2 ** max(attempts - 1, 0))
 
 
+def destination_peer(ctx: NodeContext, destination: str) -> Peer:
+    """The configured destination an export row names (``AE@HOST:PORT``), with its TLS settings.
+
+    A row whose destination has left the configuration is still tried, over a plain
+    association (no TLS settings remain for it).
+    """
+    for peer in ctx.settings.export.destinations:
+        if str(peer) == destination:
+            return peer
+    return Peer.parse(destination)
+
+
+#: How long a claimed export is left to the sender that claimed it before another may try it.
+CLAIM_LEASE_S = 600.0
+
+
+def _claim_due(ctx: NodeContext, job_id: int | None, now: dt.datetime) -> list[tuple]:
+    """The due exports this caller may send, claimed so no concurrent caller sends them too.
+
+    ``serve``'s scheduler and a worker finishing a job both call :func:`deliver_due`; each due row
+    is taken by a conditional UPDATE (still pending and due: move ``next_attempt_at`` a lease
+    ahead), so exactly one caller gets it and its try is counted once. A sender that dies leaves
+    the row to be tried again when the lease runs out.
+    """
+    with ctx.store.session() as s:
+        query = select(Export).where(Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
+        if job_id is not None:
+            query = query.where(Export.job_id == job_id)
+        candidates = [(e.id, e.destination, e.path, e.sop_instance_uid, e.job_id) for e in s.scalars(query)]
+    lease = now + dt.timedelta(seconds=CLAIM_LEASE_S)
+    claimed = []
+    with ctx.store.session() as s:
+        for row in candidates:
+            taken = s.execute(update(Export).where(Export.id == row[0], Export.state == ExportState.PENDING,
+                                                   Export.next_attempt_at <= now).values(next_attempt_at=lease))
+            if taken.rowcount == 1:
+                claimed.append(row)
+    return claimed
+
+
 def deliver_due(ctx: NodeContext, job_id: int | None = None, now: dt.datetime | None = None) -> int:
     """Send every due export (of one job, or all); returns how many were delivered."""
     from .dimse import AssociationFailed, store_datasets
 
     now = now or utcnow()
-    with ctx.store.session() as s:
-        query = select(Export).where(Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
-        if job_id is not None:
-            query = query.where(Export.job_id == job_id)
-        due = [(e.id, e.destination, e.path, e.sop_instance_uid, e.job_id) for e in s.scalars(query)]
+    due = _claim_due(ctx, job_id, now)
     by_destination: dict[str, list[tuple]] = defaultdict(list)
     for row in due:
         by_destination[row[1]].append(row)
     delivered = 0
     for destination, rows in by_destination.items():
-        peer = Peer.parse(destination)
+        peer = destination_peer(ctx, destination)
         try:
             outcomes = store_datasets(peer, ctx.settings.scp.ae_title, [Path(r[2]) for r in rows],
                                       timeout=ctx.settings.pacs.query_timeout_s)

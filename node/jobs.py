@@ -18,6 +18,7 @@ from medversa.inference.tasks import Task
 from sqlalchemy import select
 
 from .context import NodeContext
+from .phi import phi
 from .store import (
     Export,
     ExportState,
@@ -94,6 +95,11 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
         started = time.perf_counter()
         try:
             datasets = [pydicom.dcmread(p) for p in _study_files(ctx, study_id)]
+            if datasets:
+                first = datasets[0]
+                LOGGER.info("job %d: study %s, patient %s %s, accession %s: %d instance(s)", job_id, study_uid,
+                            phi(first.get("PatientID", "")), phi(first.get("PatientName", "")),
+                            phi(first.get("AccessionNumber", "")), len(datasets))
             notes: list[str] = []
             prior = None
             if Task.LONGITUDINAL_COMPARISON in tasks:

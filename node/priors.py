@@ -4,7 +4,9 @@ The worker asks the configured PACS (Study Root, PS3.4 C.6.2) for earlier studie
 the same patient and modality, picks the most recent, and retrieves it to our own AE
 title (it lands in the spool through our SCP) with a timeout; C-GET is the
 configurable alternative for PACS that cannot move to us. Any failure returns no
-prior and a note: the other tasks still run and the comparison is skipped.
+prior and a note: the other tasks still run and the comparison is skipped. The PACS
+peer's ``tls`` block applies to the query and the retrieve (PS3.15 B.1); the Patient ID
+is logged only through :func:`medversa.node.phi.phi`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydicom import Dataset
 from sqlalchemy import select
 
 from .context import NodeContext
+from .phi import phi
 from .scp import record_instance
 from .store import Instance, Study
 
@@ -54,6 +57,8 @@ def fetch_prior(ctx: NodeContext, current: list[Dataset]) -> tuple[list[Dataset]
         return None, "longitudinal comparison skipped: the study has no Patient ID"
     before = f"{first.get('StudyDate', '')}{first.get('StudyTime', '')}".split(".")[0] or None
     calling = ctx.settings.scp.ae_title
+    LOGGER.info("study %s: asking %s for earlier studies of patient %s", first.StudyInstanceUID, pacs.peer,
+                phi(patient_id))
     try:
         matches = find_prior_studies(pacs.peer, calling, patient_id=patient_id, modality=str(first.get("Modality", "")),
                                      before=before, exclude_study_uid=str(first.StudyInstanceUID),

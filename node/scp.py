@@ -15,7 +15,6 @@ set cannot be parsed or lacks its identifying UIDs; 0xC001 when recording fails.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import socket
@@ -31,6 +30,7 @@ from sqlalchemy import select
 
 from .config import NodeSettings
 from .dicom_classes import ACCEPTED_SYNTAXES, STORAGE_CLASSES
+from .phi import pseudonym
 from .spool import Spool, SpoolFull
 from .store import Instance, Store, Study, StudyState, utcnow
 
@@ -51,8 +51,9 @@ PROCESSING_FAILURE = 0xC001
 
 
 def hash_phi(value: str) -> str:
-    """A stable, non-reversible reference for a patient identifier in logs and rows."""
-    return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16] if value else ""
+    """A stable, non-reversible reference for a patient identifier in rows: the keyed hash of
+    :func:`medversa.node.phi.pseudonym` (a plain hash of a Patient ID can be found by trying IDs)."""
+    return pseudonym(value)
 
 
 class StorageSCP:
@@ -111,7 +112,7 @@ class StorageSCP:
             return None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key), password=tls.private_key_password())
         if tls.verify_peers:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(str(tls.ca_certificates))

@@ -89,9 +89,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def secrets_in(path: Path) -> list[str]:
-    """Lines (comments left out) that hold a password or credentials in a URL."""
+    """Lines (comments left out) that hold a password or credentials in a URL (a ``..._password_env``
+    key names an environment variable, which is where the secret belongs)."""
     active = [line.split("#")[0] for line in path.read_text().splitlines()]
-    return [line for line in active if re.search(r"://[^/\s]*@|password|passphrase", line, re.IGNORECASE)]
+    return [line for line in active
+            if re.search(r"://[^/\s]*@|password(?!_env: *(null|[A-Z_][A-Z0-9_]*) *$)|passphrase", line, re.IGNORECASE)]
 
 
 def _example_data() -> dict[str, Any]:
