@@ -1,4 +1,4 @@
-"""Training under torchrun with two CPU processes (gloo): a resumed run continues exactly as an uninterrupted one."""
+"""Training under torchrun with two CPU processes (gloo), DDP and FSDP: a resumed run continues exactly as an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 
 from .training_fixtures import write_medinterp_mini
 
-STEPS = 6
+STEPS = 4
 
 
-def _config(tmp: Path, data: Path, out: str) -> Path:
+def _config(tmp: Path, data: Path, out: str, strategy: str) -> Path:
     path = tmp / f"{out}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": "resume-test", "preset": "tiny", "seed": 7, "steps": STEPS, "save_every": 3,
+        "name": "resume-test", "preset": "tiny", "seed": 7, "steps": STEPS, "save_every": 2, "strategy": strategy,
         "batch_size": {"cxr": 2, "derm": 2, "ct": 1}, "max_length": 96, "train_llm_base": True,
         "modality_weights": {"cxr": 1.0, "derm": 1.0, "ct": 0.5},
         "optimizer": {"warmup_steps": 2}, "checkpoint_dtype": None, "threads": 1,
@@ -42,14 +42,15 @@ def _rows(folder: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_process_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_run_resumes_exactly(tmp_path, strategy):
     data = write_medinterp_mini(tmp_path / "data", n=6)
-    straight = _config(tmp_path, data, "straight")
+    straight = _config(tmp_path, data, "straight", strategy)
     _torchrun(straight)
-    interrupted = _config(tmp_path, data, "interrupted")
-    _torchrun(interrupted, "--stop-at", "3")
+    interrupted = _config(tmp_path, data, "interrupted", strategy)
+    _torchrun(interrupted, "--stop-at", "2")
     assert not (tmp_path / "interrupted" / "checkpoint").exists()
-    assert (tmp_path / "interrupted" / "state" / "step-000003" / "COMPLETE").is_file()
+    assert (tmp_path / "interrupted" / "state" / "step-000002" / "COMPLETE").is_file()
     _torchrun(interrupted, "--resume")
 
     a, b = _rows(tmp_path / "straight"), _rows(tmp_path / "interrupted")

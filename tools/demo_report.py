@@ -12,6 +12,7 @@ and nothing here feeds back into training.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
         return 2
     run, data, out = (Path(a) for a in argv[1:])
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("MEDVERSA_THREADS", "2")))
     cfg = TrainConfig.from_file(run / "train-config.yaml")
     holdout = read_all(data, "holdout")
 
@@ -48,6 +49,9 @@ def main(argv: list[str]) -> int:
     eval_minutes = (time.time() - t0) / 60
     (out / "holdout-scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     (out / "holdout-scores.md").write_text(render_markdown(scores, "demo model on medinterp-mini holdout") + "\n")
+    from medversa.training.plots import plot_scores
+
+    plot_scores({k: v for k, v in scores.items() if "/" in k}, out / "scores.png", "demo model, medinterp-mini holdout")
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     organ_steps = sum(1 for r in rows if r["task"] == "chest_organ_segmentation")

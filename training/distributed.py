@@ -52,19 +52,47 @@ def wrap(module: nn.Module, runtime: Runtime, strategy: str) -> nn.Module:
     if not runtime.distributed:
         return module
     if strategy == "fsdp":
-        from functools import partial
-
-        from torch.distributed.fsdp import FullyShardedDataParallel
-        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+        # FSDP2: each Llama decoder layer is its own shard group, the rest one root group.
+        # It runs on CPU (gloo) as on GPUs, so the CI exercises the same path as a 7B run.
+        from torch.distributed.fsdp import fully_shard
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-        policy = partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
-        return FullyShardedDataParallel(module, auto_wrap_policy=policy, use_orig_params=True,
-                                        device_id=runtime.device if runtime.device.type == "cuda" else None)
+        for sub in module.modules():
+            if isinstance(sub, LlamaDecoderLayer):
+                fully_shard(sub)
+        fully_shard(module)
+        return module
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def full_state(module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """Unsharded model (and optimizer) state on the CPU, whatever the strategy (FSDP shards are gathered)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(module, options=options)
+    optim_state = get_optimizer_state_dict(module, optimizer, options=options) if optimizer is not None else None
+    return model_state, optim_state
+
+
+def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    """The inverse of :func:`full_state` (each rank keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_model_state_dict(module, model_state, options=StateDictOptions(full_state_dict=True))
+    # Parameters no step has touched yet (a task not sampled so far) have no AdamW state: not an error.
+    set_optimizer_state_dict(module, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def mean_over_ranks(values: dict[str, float], runtime: Runtime) -> dict[str, float]:

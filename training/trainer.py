@@ -107,8 +107,9 @@ class Trainer:
         self.sampler = DomainAwareSampler(
             self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
             self.runtime.rank, self.runtime.world_size, config.augment)
-        self.objective = distributed.wrap(TrainingObjective(self.model, tokenizer.ids.image), self.runtime,
-                                          config.strategy)
+        self._inner = TrainingObjective(self.model, tokenizer.ids.image)
+        self.objective = distributed.wrap(self._inner, self.runtime, config.strategy)
+        self._sharded = self.runtime.distributed and config.strategy == "fsdp"
         params = [p for p in self.objective.parameters() if p.requires_grad]
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
@@ -117,14 +118,20 @@ class Trainer:
         torch.manual_seed(config.seed + 1000 * self.runtime.rank)  # per-rank dropout streams
 
     # --- state -----------------------------------------------------------------------------------
+    def _full_state(self, with_optimizer: bool) -> tuple[dict, dict | None]:
+        """Unsharded weights keyed as MedVersaModel's (and optimizer state); a collective under FSDP."""
+        model_state, optim_state = distributed.full_state(self._inner, self.optimizer if with_optimizer else None)
+        return {k.removeprefix("model."): v for k, v in model_state.items()}, optim_state
+
     def save_state(self) -> Path:
         folder = self.output / "state" / f"step-{self.step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), folder / f"rng-rank{self.runtime.rank}.pt")
         if self.runtime.distributed:
             torch.distributed.barrier()
+        model_state, optim_state = self._full_state(with_optimizer=True)
         if self.runtime.is_main:
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            torch.save({"model": model_state, "optimizer": optim_state,
                         "scheduler": self.scheduler.state_dict(), "step": self.step,
                         "world_size": self.runtime.world_size, "config": self.config.to_dict()},
                        folder / "trainer.pt")
@@ -141,8 +148,8 @@ class Trainer:
         if state["world_size"] != self.runtime.world_size:
             raise ValueError(f"{folder} was written by {state['world_size']} process(es); "
                              f"resume it with the same number (this run has {self.runtime.world_size})")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_full_state(self._inner, self.optimizer, {f"model.{k}": v for k, v in state["model"].items()},
+                                    state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         _set_rng_state(torch.load(folder / f"rng-rank{self.runtime.rank}.pt", weights_only=False))
@@ -218,6 +225,8 @@ class Trainer:
         minutes = (time.time() - started) / 60
         if self.config.expected_minutes and minutes > self.config.expected_minutes:
             LOGGER.warning("training took %.1f min, more than the expected %.1f", minutes, self.config.expected_minutes)
+        if self._sharded:
+            self._final_state = self._full_state(with_optimizer=False)  # every rank takes part
         final = None
         if self.runtime.is_main:
             final = self.export(minutes)
@@ -230,7 +239,14 @@ class Trainer:
     def export(self, minutes: float) -> Path:
         extra = {"training": {"recipe": self.config.name, "steps": self.config.steps, "seed": self.config.seed,
                               "minutes": round(minutes, 1), "data": data_manifest(self.config, self.sampler)}}
-        return save_checkpoint(self.model, self.tokenizer, self.output / "checkpoint",
+        if self._sharded:
+            # Rank 0 gathered the full weights in save_state; rebuild an unsharded copy to write.
+            state, _ = self._final_state
+            model, _ = build_model(self.model.config)
+            model.load_state_dict(state)
+        else:
+            model = self.model
+        return save_checkpoint(model, self.tokenizer, self.output / "checkpoint",
                                dtype=self.config.checkpoint_dtype, extra=extra)
 
 
