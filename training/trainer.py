@@ -102,7 +102,8 @@ class Trainer:
         self.model = model.to(self.runtime.device)
         _set_trainable(self.model, config.train_llm_base)
         if config.gradient_checkpointing:
-            self.model.causal_lm.gradient_checkpointing_enable()
+            # Non-reentrant: the LLM reads inputs_embeds, which need not require grad (LoRA-only runs).
+            self.model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.records = records if records is not None else load_records(config)
         self.sampler = DomainAwareSampler(
             self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
