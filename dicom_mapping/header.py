@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 LOGGER = logging.getLogger(__name__)
@@ -97,6 +98,25 @@ def _meta(ds: Dataset, keyword: str) -> str:
         return text(meta, keyword)
     except Exception:  # noqa: BLE001
         return ""
+
+
+def truncation(ds: Dataset) -> str | None:
+    """The first top-level element whose value is shorter than its declared length, or None.
+
+    pydicom reads a file or stream that was cut short without complaint: the last element
+    simply holds fewer bytes than its Value Length says (PS3.5 7.1.1). Only elements still
+    in their raw, as-read form are checked, so call this straight after reading.
+    """
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
+            continue  # converted already, or undefined length (sequences, encapsulated Pixel Data)
+        if not isinstance(raw.value, (bytes, bytearray)):
+            continue  # deferred or buffered: not read into memory
+        if len(raw.value) < raw.length:
+            return (f"element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes but only "
+                    f"{len(raw.value)} follow: the data set is truncated or its value length is wrong")
+    return None
 
 
 def sop_class_uid(ds: Dataset) -> str:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import struct
 from collections.abc import Iterator
+from io import BytesIO
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
@@ -76,8 +79,9 @@ def check_pixel_data(ds: Dataset) -> None:
     PixelDataError
         Pixel Data missing; Rows/Columns/Bits Allocated/Samples per Pixel missing or not positive;
         a frame over :data:`MAX_FRAME_PIXELS`; a decoded size over :data:`MAX_TOTAL_BYTES`; no
-        Transfer Syntax UID; native Pixel Data shorter than the header implies; encapsulated Pixel
-        Data that is not encapsulated.
+        Transfer Syntax UID; native Pixel Data shorter than the header implies, or longer by a row
+        or more; encapsulated Pixel Data that is not encapsulated, has malformed items, or has
+        fewer fragments than frames (so NumberOfFrames can never exceed what was sent).
     """
     uid = _uid(ds)
     if "PixelData" not in ds:
@@ -127,6 +131,12 @@ def check_pixel_data(ds: Dataset) -> None:
                 f"instance {uid}: transfer syntax {UID(ts).name} needs encapsulated Pixel Data "
                 f"(PS3.5 A.4) but the {length} bytes do not start with an item"
             )
+        fragments = _fragment_count(data, uid)
+        if frames > fragments:
+            raise PixelDataError(
+                f"instance {uid}: NumberOfFrames is {frames} but the encapsulated Pixel Data holds "
+                f"{fragments} fragment(s); every frame needs at least one (PS3.5 A.4)"
+            )
         return
     expected = decoded
     if h.upper(ds, "PhotometricInterpretation") == "YBR_FULL_422" and samples == 3:
@@ -137,6 +147,26 @@ def check_pixel_data(ds: Dataset) -> None:
             f"Rows {rows} x Columns {cols} x SamplesPerPixel {samples} x NumberOfFrames {frames} x "
             f"BitsAllocated {bits} need"
         )
+    # A pad byte to even length is allowed (PS3.5 7.1.1); a row or more beyond what the header
+    # describes means Rows, Columns or NumberOfFrames is wrong, and the image would be misread.
+    # (Some writers store YBR_FULL_422 at full size; pydicom reads that, so it is allowed.)
+    if length - decoded >= max(math.ceil(cols * samples * bits / 8), 2):
+        raise PixelDataError(
+            f"instance {uid}: Pixel Data is {length} bytes, more than the {decoded} bytes that "
+            f"Rows {rows} x Columns {cols} x SamplesPerPixel {samples} x NumberOfFrames {frames} x "
+            f"BitsAllocated {bits} describe: the header does not match the pixel data"
+        )
+
+
+def _fragment_count(data: bytes, uid: str) -> int:
+    """Fragments after the Basic Offset Table item of encapsulated Pixel Data (PS3.5 A.4)."""
+    try:
+        (table_length,) = struct.unpack("<L", bytes(data[4:8]))
+        buffer = BytesIO(data)
+        buffer.seek(8 + table_length)
+        return parse_fragments(buffer)[0]
+    except (ValueError, struct.error) as exc:
+        raise PixelDataError(f"instance {uid}: encapsulated Pixel Data items are malformed: {exc}") from exc
 
 
 def _decoded(ds: Dataset) -> Iterator[tuple[np.ndarray, str]]:

@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import header as h
-from .pixels import PixelDataError, hounsfield
+from .pixels import PixelDataError, check_pixel_data, hounsfield
 from .references import PreparedVolume, SeriesKind, VolumeRef
 from .series import classify
 
@@ -238,6 +238,12 @@ def build_volume(datasets: Sequence[Dataset], kind: SeriesKind | None = None) ->
     sop_class = h.sop_class_uid(datasets[0])
 
     multi_frame = len(datasets) == 1 and h.number_of_frames(datasets[0]) > 1
+    if multi_frame:
+        # NumberOfFrames is checked against the Pixel Data sent before one slice per frame is made.
+        try:
+            check_pixel_data(datasets[0])
+        except PixelDataError as exc:
+            raise VolumeError(f"pixel data: {exc}") from exc
     slices = _slices_multi_frame(datasets[0]) if multi_frame else _slices_single_frame(datasets)
     ordered, _, spacing = _check_geometry(slices)
 

@@ -35,7 +35,11 @@ def infer(
     key_objects: Annotated[bool, typer.Option("--key-objects", help="Also write a Key Object Selection")] = False,
     org_root: Annotated[Optional[str], typer.Option("--org-root", help="Organisation UID root for new UIDs")] = None,
 ) -> None:
-    """Read DICOM inputs, run the tasks that fit each study, write SR, SEG and overlays to --out."""
+    """Read DICOM inputs, run the tasks that fit each study, write SR, SEG and overlays to --out.
+
+    Inputs that cannot be used are skipped with a one-line note each; the exit status is 1 when
+    no result object was written at all.
+    """
     from medversa.inference.bundled import load_default_analyzer
 
     from .infer import algorithm_for, run_infer
@@ -53,11 +57,12 @@ def infer(
     )
     written, messages = run_infer(list(inputs), out, analyzer, options, list(prior or []))
     for message in messages:
-        typer.echo(f"note: {message}", err=True)
+        typer.echo("note: " + " ".join(message.splitlines()), err=True)  # one line per note
     for kind, path, ds in written:
         typer.echo(f"{kind}\t{path}\t{ds.get('SeriesDescription', '')}")
     if not written:
         typer.echo("no result objects written", err=True)
+        raise typer.Exit(1)
 
 
 def _settings(config: Optional[Path], **flags):

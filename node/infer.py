@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pydicom
+from medversa.dicom_mapping.header import truncation
 from medversa.dicom_mapping.identity import AlgorithmInfo
 from medversa.inference.bundled import model_identity
 from pydicom import Dataset
@@ -34,10 +35,16 @@ def read_inputs(paths: list[Path]) -> tuple[dict[str, list[Dataset]], list[str]]
     for file in files:
         try:
             ds = pydicom.dcmread(file)
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-            problems.append(f"{file}: not a readable DICOM file ({exc})")
+            # pydicom reads a file cut short without complaint, and parses values only when used.
+            problem = truncation(ds)
+            uid = ds.get("StudyInstanceUID")
+        except (InvalidDicomError, OSError, EOFError) as exc:
+            problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a broken file makes pydicom raise
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            problems.append(f"{file}: not a readable DICOM file ({problem})")
             continue
-        uid = ds.get("StudyInstanceUID")
         if not uid or "SOPInstanceUID" not in ds:
             problems.append(f"{file}: no StudyInstanceUID/SOPInstanceUID")
             continue
@@ -73,7 +80,12 @@ def run_infer(paths: list[Path], out_dir: Path, analyzer, options: PipelineOptio
     prior_datasets = [ds for group in priors.values() for ds in group] or None
     written: list[tuple[str, Path, Dataset]] = []
     for study_uid, datasets in studies.items():
-        output = analyze_study(datasets, analyzer, options, prior_datasets, choose_for=choose_for)
+        try:
+            output = analyze_study(datasets, analyzer, options, prior_datasets, choose_for=choose_for)
+        except Exception as exc:  # noqa: BLE001 - one study's failure must not stop the others
+            LOGGER.debug("study %s failed", study_uid, exc_info=True)
+            messages.append(f"study {study_uid}: not processed: {type(exc).__name__}: {exc}")
+            continue
         messages += [f"study {study_uid}: {n}" for n in output.notes]
         for obj, path in zip(output.objects, write_outputs(output, out_dir)):
             written.append((obj.kind, path, obj.dataset))

@@ -43,7 +43,17 @@ def _files_of(ctx: NodeContext, study_uid: str) -> list[Path]:
 
 
 def fetch_prior(ctx: NodeContext, current: list[Dataset]) -> tuple[list[Dataset] | None, str]:
-    """(prior study datasets or None, a note saying what happened)."""
+    """(prior study datasets or None, a note saying what happened); a skipped comparison is logged
+    with its reason, as a warning when the PACS failed to answer (``pacs.query_timeout_s`` and
+    ``pacs.retrieve_timeout_s`` bound each wait)."""
+    prior, note = _fetch_prior(ctx, current)
+    if prior is None:
+        study = str(current[0].get("StudyInstanceUID", "")) if current else ""
+        LOGGER.log(logging.WARNING if "failed" in note else logging.INFO, "study %s: %s", study, note)
+    return prior, note
+
+
+def _fetch_prior(ctx: NodeContext, current: list[Dataset]) -> tuple[list[Dataset] | None, str]:
     from .dimse import AssociationFailed, find_prior_studies, get_study, move_study
 
     pacs = ctx.settings.pacs

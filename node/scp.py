@@ -7,10 +7,19 @@ reason given); when the spool's disk passes the refusal level, transiently by th
 service provider (presentation) with reason 1 (temporary congestion). Every
 association, rejection and received instance is audited.
 
-C-STORE statuses (PS3.4 B.2.3): 0x0000 Success after the instance is durably
+Presentation contexts (PS3.8 9.3.3.2): a SOP class we do not store, or one proposed
+only with transfer syntaxes we cannot decode, is refused at negotiation; each refusal
+is logged with the SOP class and the reason.
+
+C-STORE statuses (PS3.4 B.2.3), each failure logged and audited with its reason and
+sent back in Error Comment (0000,0902): 0x0000 Success after the instance is durably
 spooled and recorded; 0xA700 Out of Resources when the disk is full; 0xA900 when
-the data set does not match the SOP class; 0xC000 (Cannot understand) when the data
-set cannot be parsed or lacks its identifying UIDs; 0xC001 when recording fails.
+the data set does not match the SOP class (its SOP Class or Instance UID differs
+from the request, or an image instance lacks Pixel Data or Rows/Columns/Bits
+Allocated); 0xC000 (Cannot understand) when the data set cannot be parsed, is
+truncated, lacks its identifying UIDs, or its Pixel Data disagrees with the Image
+Pixel module (:func:`medversa.dicom_mapping.pixels.check_pixel_data`: nothing is
+ever allocated from header dimensions); 0xC001 when recording fails.
 """
 
 from __future__ import annotations
@@ -23,8 +32,12 @@ import threading
 import time
 from io import BytesIO
 
-from pydicom import dcmread
+from medversa.dicom_mapping import header as h
+from medversa.dicom_mapping.pixels import PixelDataError, check_pixel_data
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
@@ -48,6 +61,89 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC001
+
+STATUS_NAMES = {SUCCESS: "Success", OUT_OF_RESOURCES: "Out of Resources",
+                DATASET_DOES_NOT_MATCH_SOP_CLASS: "Data Set does not match SOP Class",
+                CANNOT_UNDERSTAND: "Cannot understand", PROCESSING_FAILURE: "Processing failure"}
+
+#: Presentation context results of an A-ASSOCIATE-AC (PS3.8 9.3.3.2).
+_CONTEXT_RESULTS = {1: "refused by the node", 2: "no reason given", 3: "abstract syntax (SOP class) not supported",
+                    4: "none of the proposed transfer syntaxes is supported"}
+
+_IDENTIFYING = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: Type 1 attributes of the Image Pixel module (PS3.3 C.7.6.3) the storage SOP classes we take require.
+_IMAGE_PIXEL = ("PixelData", "Rows", "Columns", "BitsAllocated")
+
+
+def inspect_instance(ds: Dataset, abstract_syntax: str, affected_sop_uid: str) -> tuple[int, str] | None:
+    """The failure status and reason a received data set earns, or None when it may be stored.
+
+    Checked before anything is written, in this order (PS3.4 B.2.3): truncated or wrong value
+    lengths, missing identifying UIDs (0xC000); SOP Class / Instance UID differing from the
+    request (0xA900); an image without the Image Pixel module (0xA900); Pixel Data that
+    disagrees with Rows/Columns/Bits Allocated/Number of Frames, or over the size limits
+    (0xC000). Only lengths are compared: no pixel array is ever allocated here.
+    """
+    cut = h.truncation(ds)
+    if cut:
+        return CANNOT_UNDERSTAND, cut
+    missing = [k for k in _IDENTIFYING if not h.text(ds, k)]
+    if missing:
+        return CANNOT_UNDERSTAND, f"no {', '.join(missing)} in the data set"
+    sop_class, sop_uid = h.text(ds, "SOPClassUID"), h.text(ds, "SOPInstanceUID")
+    if sop_class != abstract_syntax:
+        return (DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOP Class UID {sop_class} of the data set is not the presentation context's {abstract_syntax}")
+    if sop_uid != affected_sop_uid:
+        return (DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOP Instance UID {sop_uid} of the data set is not the request's {affected_sop_uid}")
+    if sop_class in STORAGE_CLASSES:
+        absent = [k for k in _IMAGE_PIXEL if h.value(ds, k) is None]
+        if absent:
+            return (DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"no {', '.join(absent)}: {STORAGE_CLASSES[sop_class]} needs the Image Pixel module")
+        try:
+            check_pixel_data(ds)
+        except PixelDataError as exc:
+            return CANNOT_UNDERSTAND, str(exc)
+    return None
+
+
+def check_received(data: bytes, abstract_syntax: str, affected_sop_uid: str) -> tuple[Dataset | None, int, str]:
+    """Parse a received data set and decide on it; never raises (every failure is a status).
+
+    Returns the attributes the recorder needs (None when refused), the status and the reason.
+    """
+    try:
+        full = dcmread(BytesIO(data))
+        problem = inspect_instance(full, abstract_syntax, affected_sop_uid)
+        if problem is not None:
+            return None, *problem
+        return _header(full), SUCCESS, ""
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's malformed data
+        return None, CANNOT_UNDERSTAND, f"cannot parse the data set: {type(exc).__name__}: {exc}"
+
+
+def _header(ds: Dataset) -> Dataset:
+    """Only the attributes the recorder reads (the worker parses the spooled file itself)."""
+    out = Dataset()
+    for keyword in HEADER_TAGS:
+        if keyword in ds:
+            out[keyword] = ds[keyword]
+    return out
+
+
+def _uid_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def _refused_context(cx: PresentationContext) -> str:
+    """'SOP class (UID): why' for a presentation context the node refused."""
+    why = _CONTEXT_RESULTS.get(cx.result, f"result {cx.result}")
+    if cx.result == 4:
+        why += f": {', '.join(_uid_name(ts) for ts in cx.transfer_syntax) or 'none proposed'}"
+    return f"{_uid_name(cx.abstract_syntax)}: {why}"
 
 
 def hash_phi(value: str) -> str:
@@ -146,43 +242,38 @@ class StorageSCP:
 
     def _on_accepted(self, event: evt.Event) -> None:
         req = event.assoc.requestor
-        self.store.audit("association", "accepted", peer=f"{req.ae_title.strip()}@{req.address}")
+        peer = f"{req.ae_title.strip()}@{req.address}"
+        refused = list(dict.fromkeys(_refused_context(cx) for cx in event.assoc.rejected_contexts))
+        if refused:
+            # Many SCUs propose every class they know; only a peer left with nothing to store is a warning.
+            storing = any(cx.abstract_syntax != Verification for cx in event.assoc.accepted_contexts)
+            shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
+            (LOGGER.info if storing else LOGGER.warning)(
+                "association from %s: %d presentation context(s) refused: %s", peer, len(refused), shown)
+        self.store.audit("association", "accepted", peer=peer,
+                         detail=("refused contexts: " + "; ".join(refused))[:500] if refused else "")
         if self.metrics:
             self.metrics.associations.labels("accepted").inc()
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
-    def _on_store(self, event: evt.Event) -> int:
+    def _on_store(self, event: evt.Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()
-        try:
-            data = event.encoded_dataset()
-            ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            study_uid = str(ds.StudyInstanceUID)
-            sop_uid = str(ds.SOPInstanceUID)
-            sop_class = str(ds.SOPClassUID)
-            if "SeriesInstanceUID" not in ds:
-                raise ValueError("no SeriesInstanceUID")
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's malformed data
-            LOGGER.warning("C-STORE from %s: cannot parse the data set: %s", calling, exc)
-            self.store.audit("instance", "failure", peer=calling, detail=f"cannot understand: {exc}"[:500])
-            return CANNOT_UNDERSTAND
-        if sop_class != event.context.abstract_syntax or sop_uid != event.request.AffectedSOPInstanceUID:
-            LOGGER.warning("C-STORE from %s: data set %s does not match the request", calling, sop_uid)
-            return DATASET_DOES_NOT_MATCH_SOP_CLASS
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        data = event.encoded_dataset()
+        ds, status, reason = check_received(data, str(event.context.abstract_syntax), sop_uid)
+        if ds is None:
+            return self._refuse(calling, status, reason, sop_uid, "")
+        study_uid = h.text(ds, "StudyInstanceUID")
         try:
             spooled = self.spool.write(study_uid, sop_uid, data)
         except SpoolFull:
-            LOGGER.error("C-STORE from %s: spool disk full; %s refused (0xA700)", calling, sop_uid)
-            self.store.audit("instance", "failure", peer=calling, study_instance_uid=study_uid,
-                             sop_instance_uid=sop_uid, detail="out of resources: disk full")
-            return OUT_OF_RESOURCES
+            return self._refuse(calling, OUT_OF_RESOURCES, "spool disk full", sop_uid, study_uid)
         except ValueError as exc:
-            LOGGER.warning("C-STORE from %s: %s", calling, exc)
-            return CANNOT_UNDERSTAND
+            return self._refuse(calling, CANNOT_UNDERSTAND, str(exc), sop_uid, study_uid)
         except OSError as exc:
-            LOGGER.error("C-STORE from %s: cannot spool %s: %s", calling, sop_uid, exc)
-            return OUT_OF_RESOURCES
+            return self._refuse(calling, OUT_OF_RESOURCES, f"cannot write to the spool: {exc}", sop_uid, study_uid)
         # The spooled file is the durable record; its row is written by the recorder thread in
         # batches (a crash before that is repaired by the start-up rescan of the spool).
         self.recorder.put(ds, str(spooled.path), spooled.size, calling)
@@ -190,6 +281,24 @@ class StorageSCP:
             self.metrics.instances.inc()
             self.metrics.bytes.inc(spooled.size)
         return SUCCESS
+
+    def _refuse(self, calling: str, status: int, reason: str, sop_uid: str, study_uid: str) -> Dataset:
+        """Log and audit a failed C-STORE; the response carries the reason as Error Comment."""
+        log = LOGGER.error if status == OUT_OF_RESOURCES else LOGGER.warning
+        log("C-STORE from %s: %s refused, 0x%04X %s: %s", calling, sop_uid or "(no SOP Instance UID)", status,
+            STATUS_NAMES[status], reason)
+        try:
+            self.store.audit("instance", "failure", peer=calling, study_instance_uid=study_uid[:64],
+                             sop_instance_uid=sop_uid[:64],
+                             detail=f"0x{status:04X} {STATUS_NAMES[status]}: {reason}"[:500])
+        except Exception as exc:  # noqa: BLE001 - e.g. the job store's disk is full too: the status still goes back
+            LOGGER.error("cannot audit the refusal of %s: %s", sop_uid, exc)
+        response = Dataset()
+        response.Status = status
+        # Error Comment is LO: 64 characters of the default repertoire, no backslash (PS3.5 6.2).
+        comment = reason.removeprefix(f"instance {sop_uid}: ")
+        response.ErrorComment = comment.encode("ascii", "replace").decode().replace("\\", "/")[:64]
+        return response
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every received instance has its row (tests, shutdown)."""

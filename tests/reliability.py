@@ -25,7 +25,7 @@ def record_case(category: str, case: str, outcome: str, **figures: object) -> No
     if not target:
         return
     row = {"category": category, "case": case, "outcome": outcome, "figures": figures,
-           "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "time": time.time()}
+           "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0], "time": time.time()}
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:

@@ -39,6 +39,7 @@ from .dicom_factory import (
     write_datasets,
 )
 from .orthanc import free_port, orthanc_server
+from .reliability import record_case
 
 CALLING = "MEDVERSA"
 RECEIVER_AE = "MEDVERSA_RCV"
@@ -245,6 +246,8 @@ def test_echo_over_tls_verifies_the_server(tmp_path):
             echo(peer, CALLING, tls=untrusted, timeout=5)
     finally:
         server.shutdown()
+    record_case("security", "DICOM client over TLS: server certificate from another CA",
+                "refused with a TLS error; the configured CA's certificate accepted")
 
 
 # -- C-STORE ----------------------------------------------------------------------------------

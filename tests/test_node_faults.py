@@ -1,47 +1,30 @@
-"""Faults with real processes: the node's own ``serve`` killed mid-stream, its worker killed mid-job."""
+"""Faults with real processes: the node's own ``serve`` killed mid-stream, its worker killed mid-job,
+the PACS down during export, Redis down, the spool's disk full, a prior fetch that finds nothing or
+gets no answer."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pydicom
-import yaml
-from medversa.node.store import Instance, Job, JobState, Store
+import pytest
+from medversa.node.store import Instance, Job, JobState, Store, Study
 from medversa.node.tools import wait_port
 from pynetdicom import AE
 from sqlalchemy import select
 
 from . import dicom_factory as f
+from .node_process import kill_group as _kill_group
+from .node_process import mount_tmpfs, statuses, storescu, unmount
+from .node_process import node_config as _config
+from .node_process import start_serve as _serve
 from .orthanc import free_port
-
-
-def _config(tmp: Path, port: int, **extra) -> Path:
-    path = tmp / "medversa.yaml"
-    path.write_text(yaml.safe_dump({
-        "data_dir": str(tmp / "node"), "idle_seconds": 1,
-        "scp": {"ae_title": "MEDVERSA", "bind": "127.0.0.1", "port": port},
-        "http": {"port": free_port()}, "model": {"preset": "tiny"},
-        "logging": {"json_format": False, "level": "INFO"}, **extra}))
-    return path
-
-
-def _serve(config: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(config)],
-                            stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(30)
+from .reliability import record_case
 
 
 def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
@@ -51,6 +34,7 @@ def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
     node = _serve(config, log)
     datasets = [f.make_cr(256, 256, study_uid=pydicom.uid.generate_uid()) for _ in range(60)]
     acknowledged: list[str] = []
+    attempted = 0
     try:
         wait_port(port, 90)
         ae = AE("PACS")
@@ -60,6 +44,7 @@ def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
         for i, ds in enumerate(datasets):
             if i == 25:
                 _kill_group(node)  # SIGKILL to serve and its worker, mid-association
+            attempted += 1
             try:
                 status = assoc.send_c_store(ds)
             except Exception:  # noqa: BLE001 - the peer is gone
@@ -90,6 +75,9 @@ def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
             pydicom.dcmread(path)  # every spooled file is complete
     finally:
         _kill_group(node, signal.SIGTERM)
+    record_case("fault", "serve SIGKILLed during a C-STORE stream, then restarted",
+                "every acknowledged instance recorded after restart; no partial file",
+                instances_sent=attempted, acknowledged=len(acknowledged), lost=0)
 
 
 def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
@@ -132,6 +120,8 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
         assert len(results) == 1  # re-run wrote the same object, not a second one
     finally:
         _kill_group(node, signal.SIGTERM)
+    record_case("fault", "worker SIGKILLed mid-job", "job re-queued and completed once; one SR, same UID",
+                instances_sent=2, acknowledged=2, processed=2, lost=0)
 
 
 def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_path):
@@ -196,12 +186,13 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
     finally:
         _kill_group(node, signal.SIGTERM)
         orthanc.stop(kill=True)
+    record_case("fault", "PACS (Orthanc) down during export",
+                "retried with backoff and delivered on return; dead-lettered after 3 tries; medversa retry delivered",
+                instances_sent=2, acknowledged=2, processed=2, lost=0)
 
 
 def test_redis_down_the_scp_keeps_spooling_and_jobs_queue_when_it_returns(tmp_path):
     import shutil
-
-    import pytest
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
@@ -253,3 +244,126 @@ def test_redis_down_the_scp_keeps_spooling_and_jobs_queue_when_it_returns(tmp_pa
         _kill_group(node, signal.SIGTERM)
         redis.terminate()
         redis.wait(10)
+    record_case("fault", "Redis broker down while a study arrives", "instance acknowledged; job queued and run "
+                "when Redis returned", instances_sent=1, acknowledged=1, processed=1, lost=0)
+
+
+def test_a_full_spool_disk_answers_out_of_resources_leaves_nothing_half_written_and_resumes(tmp_path):
+    """The C-STORE path meets a real ENOSPC: 0xA700 for what does not fit, every acknowledged instance
+    complete on disk, and receiving resumes (0x0000) once space is freed."""
+    spool = tmp_path / "node" / "spool"
+    mount_tmpfs(spool, "8m")
+    node = None
+    try:
+        filler = spool / "filler.bin"  # leaves about 2 MiB for instances of 128 KiB
+        filler.write_bytes(bytes(6 * 1024 * 1024))
+        port = free_port()
+        # Associations are refused only at 100 % fill and nothing is cleaned up: the C-STORE itself
+        # must meet the full disk. No study completes while the test runs.
+        config = _config(tmp_path, port, idle_seconds=3600, retention={"refuse_above": 1.0, "cleanup_above": 1.0})
+        log = tmp_path / "serve.log"
+        node = _serve(config, log)
+        wait_port(port, 90)
+        study = pydicom.uid.generate_uid()
+        paths = f.write_datasets([f.make_cr(256, 256, study_uid=study, instance_number=i + 1) for i in range(30)],
+                                 tmp_path / "in")
+        got = statuses(storescu(port, *paths, options=("--no-halt",)))  # go on after a refusal
+        stored = got.count(0)
+        assert 1 <= stored < len(paths) and got == [0] * stored + [0xA700] * (len(paths) - stored), got
+        assert not list(spool.rglob("*.partial")), "a partial file was left behind"
+        assert {p.stem for p in spool.rglob("*.dcm")} == {p.stem for p in paths[:stored]}
+        for sent in paths[:stored]:  # spooled under its SOP Instance UID, complete
+            assert pydicom.dcmread(spool / study / sent.name).PixelData == pydicom.dcmread(sent).PixelData
+        assert "0xA700 Out of Resources: spool disk full" in log.read_text()
+
+        filler.unlink()  # space returns: receiving resumes
+        later = f.write_datasets([f.make_cr(256, 256, study_uid=study, instance_number=99)], tmp_path / "later")
+        assert statuses(storescu(port, *later)) == [0]
+        store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with store.session() as s:
+                recorded = set(s.scalars(select(Instance.sop_instance_uid)))
+            if len(recorded) >= stored + 1:
+                break
+            time.sleep(0.2)
+        assert recorded == {p.stem for p in paths[:stored] + later}
+    finally:
+        if node is not None:
+            _kill_group(node, signal.SIGTERM)
+        unmount(spool)
+    record_case("fault", "spool disk full (8 MiB tmpfs, real ENOSPC)",
+                "0xA700 for what did not fit; nothing half-written; 0x0000 again once space was freed",
+                instances_sent=len(paths) + 1, acknowledged=stored + 1, refused=len(paths) - stored, lost=0,
+                status="0xA700")
+
+
+PRIOR_ROUTING = [{"name": "chest radiograph", "modality": "CR|DX", "body_part": "CHEST|",
+                  "tasks": ["chest_pathology_classification", "longitudinal_comparison"]}]
+
+
+def test_a_prior_fetch_that_finds_nothing_or_gets_no_answer_skips_only_the_comparison(tmp_path_factory, tmp_path):
+    """(a) the PACS (Orthanc) has no earlier study of the patient; (b) the PACS accepts the TCP connection
+    and never answers. Either way the chest study's other task runs, its SR is written, and the
+    comparison is skipped with the reason logged, within the configured query timeout."""
+    from .orthanc import orthanc_server
+
+    orthanc = orthanc_server(tmp_path_factory)
+    # The PACS holds a study, of another patient.
+    other = f.make_cr(32, 32, PatientID="ANOTHER-PATIENT")
+    other.StudyDate = "20200101"
+    orthanc.upload(f.write_datasets([other], tmp_path / "other")[0])
+    pacs_port = orthanc.dicom_port
+    port = free_port()
+    config = _config(tmp_path, port, routing=PRIOR_ROUTING,
+                     pacs={"peer": str(orthanc.peer), "query_timeout_s": 3, "retrieve_timeout_s": 5})
+    log = tmp_path / "serve.log"
+    node = _serve(config, log)
+    store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
+
+    def send_study() -> str:
+        ds = f.make_cr(64, 64)
+        assert statuses(storescu(port, *f.write_datasets([ds], tmp_path / "in" / ds.StudyInstanceUID))) == [0]
+        return str(ds.StudyInstanceUID)
+
+    def finished_job(study_uid: str) -> Job:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with store.session() as s:
+                job = s.scalars(select(Job).join(Study).where(Study.study_instance_uid == study_uid)).first()
+                if job is not None and job.state in (JobState.DONE, JobState.FAILED):
+                    s.expunge(job)
+                    return job
+            time.sleep(0.3)
+        raise AssertionError(f"no finished job for {study_uid}; node log:\n{log.read_text()[-3000:]}")
+
+    def check(study_uid: str, reason: str) -> float:
+        job = finished_job(study_uid)
+        assert job.state is JobState.DONE, job.error
+        assert any(reason in note for note in job.notes), job.notes
+        assert list((tmp_path / "node" / "results" / study_uid).glob("SR_*.dcm")), "no SR written"
+        assert any(study_uid in line and reason in line for line in log.read_text().splitlines())
+        return (job.finished_at - job.started_at).total_seconds()
+
+    try:
+        wait_port(port, 90)
+        first = send_study()
+        none_found = check(first, "no earlier study of this patient on the PACS")
+
+        orthanc.stop(kill=True)
+        with socket.socket() as silent:  # accepts (the kernel's backlog), never reads or answers
+            silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            silent.bind(("127.0.0.1", pacs_port))
+            silent.listen(16)
+            second = send_study()
+            no_answer = check(second, "prior query failed (no answer from ORTHANC@127.0.0.1")
+        assert "within 3.0 s" in log.read_text()  # the configured query timeout, not the 30 s default
+    finally:
+        _kill_group(node, signal.SIGTERM)
+        orthanc.stop(kill=True)
+    record_case("fault", "prior fetch: the PACS has no earlier study", "comparison skipped with the reason; "
+                "the other task ran and the SR was written", instances_sent=1, processed=1, lost=0,
+                job_seconds=round(none_found, 1))
+    record_case("fault", "prior fetch: the PACS accepts and never answers", "query timed out after the configured "
+                "3 s; comparison skipped with the reason; the SR was written", instances_sent=1, processed=1, lost=0,
+                job_seconds=round(no_answer, 1))

@@ -15,6 +15,8 @@ from sqlalchemy import func, select
 
 from . import dicom_factory as f
 from .dicom_tools import need_tool
+from .node_process import mount_tmpfs, statuses, storescu, unmount
+from .reliability import record_case
 
 
 @pytest.fixture()
@@ -81,6 +83,9 @@ def test_a_calling_ae_outside_the_allow_list_is_rejected_and_audited(scp, tmp_pa
     with server.store.session() as s:
         rejected = s.scalars(select(AuditEvent).where(AuditEvent.outcome == "rejected")).all()
     assert len(rejected) == 1 and "EVIL" in rejected[0].peer
+    record_case("security", "calling AE title outside the allow-list (dcmtk storescu)",
+                "association rejected (calling AE title not recognised) and audited; an allowed AE stores",
+                instances_sent=2, acknowledged=1, lost=0)
 
 
 def test_an_unknown_sop_class_is_refused_at_negotiation(scp):
@@ -122,6 +127,27 @@ def test_a_full_disk_answers_out_of_resources_and_leaves_nothing(scp, monkeypatc
     monkeypatch.setattr(server.spool, "write", full)
     assert _send(server.port, f.make_cr(32, 32)) == 0xA700
     assert _count(server, Instance) == 0
+
+
+def test_a_disk_full_under_the_job_store_too_still_answers_out_of_resources(scp, tmp_path):
+    """Spool and job store on one disk that fills up (a real ENOSPC): refusals cannot be audited
+    any more, yet each sender still gets 0xA700, never an unexpected-error status."""
+    data = tmp_path / "data"
+    mount_tmpfs(data, "4m")
+    try:
+        server = scp(**{"retention.refuse_above": 1.0})
+        (data / "filler.bin").write_bytes(bytes(3 * 1024 * 1024))
+        paths = f.write_datasets([f.make_cr(256, 256) for _ in range(12)], tmp_path / "in")
+        got = statuses(storescu(server.port, *paths, options=("--no-halt",)))
+        assert len(got) == len(paths) and 0xA700 in got and set(got) <= {0, 0xA700}, got
+        assert not list((data / "spool").rglob("*.partial"))
+        server.stop()
+    finally:
+        unmount(data)
+    record_case("fault", "spool and job store on one full disk (4 MiB tmpfs)",
+                "0xA700 for what did not fit, though the refusal could not be audited; nothing half-written",
+                instances_sent=len(paths), acknowledged=got.count(0), refused=got.count(0xA700), lost=0,
+                status="0xA700")
 
 
 def test_associations_are_refused_above_the_disk_refusal_level(scp, monkeypatch):
@@ -184,3 +210,6 @@ def test_dicom_tls_with_storescu_and_plain_connections_refused(scp, tmp_path):
                                 str(server.port), str(path)], capture_output=True, text=True, timeout=60)
     assert anonymous.returncode != 0  # no client certificate: refused (mutual authentication)
     assert _count(server, Instance) == 1
+    record_case("security", "DICOM TLS listener (dcmtk storescu +tls, mutual authentication)",
+                "TLS with a client certificate stores; plain TCP and TLS without a certificate refused",
+                instances_sent=3, acknowledged=1, lost=0)
