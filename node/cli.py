@@ -111,6 +111,10 @@ def serve(
         if not (BUNDLED_CHECKPOINT / "medversa-checkpoint.json").is_file():
             log.warning("no bundled demo model yet: the node runs the 'tiny' preset with RANDOM weights "
                         "(results are meaningless; for testing the plumbing only)")
+        else:
+            log.warning("running the bundled DEMO model (%s): a small demonstration model trained on public "
+                        "research data, NOT for clinical use; configure model.checkpoint for a real one",
+                        BUNDLED_CHECKPOINT / "MODEL_CARD.md")
     log.info("medversa-node: AE %s port %d, data %s, %s broker", settings.scp.ae_title, settings.scp.port,
              settings.data_dir, "embedded SQLite" if settings.embedded else "external")
     Node(settings, config).run()
