@@ -80,6 +80,8 @@ def main(argv: list[str]) -> int:
         card += [(report / "holdout-scores.md").read_text(), ""]
     if (report / "specialist-comparison.md").is_file():
         card += ["## Generalist vs specialist (chest organs)", "", (report / "specialist-comparison.md").read_text()]
+    if (report / "limitations.md").is_file():  # written by whoever inspected the run
+        card += ["", (report / "limitations.md").read_text()]
     (ASSET / "MODEL_CARD.md").write_text("\n".join(card))
     size = sum(p.stat().st_size for p in ASSET.rglob("*") if p.is_file()) / 2**20
     print(f"packaged {ASSET} ({size:.1f} MB)")
