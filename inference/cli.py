@@ -173,7 +173,8 @@ def bench_ingest_cmd(
 def bench_e2e_cmd(
     studies: Annotated[int, typer.Option(help="Chest studies to send (one after another)")] = 20,
     idle_seconds: Annotated[float, typer.Option(help="The node's study idle time")] = 2.0,
-    preset: Annotated[str, typer.Option(help="Model preset (random weights, planted answers)")] = "demo",
+    preset: Annotated[str, typer.Option(help="Model preset (random weights, planted answers), "
+                                        "or 'bundled' for the trained demo model decoding freely")] = "demo",
     mode: Annotated[list[str], typer.Option(help="embedded and/or redis (repeatable)")] = ["embedded", "redis"],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
