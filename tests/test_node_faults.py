@@ -81,8 +81,11 @@ def test_serve_killed_during_a_stream_loses_no_acknowledged_instance(tmp_path):
 
 
 def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
+    from .orthanc import OrthancServer
+
+    orthanc = OrthancServer(tmp_path / "orthanc").start()
     port = free_port()
-    config = _config(tmp_path, port)
+    config = _config(tmp_path, port, export={"destinations": [str(orthanc.peer)]})
     log = tmp_path / "serve.log"
     node = _serve(config, log)
     store_path = tmp_path / "node" / "medversa.db"
@@ -118,10 +121,28 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
         assert job_state() in (JobState.DONE, JobState.EXPORTING), log.read_text()[-4000:]
         results = list((tmp_path / "node" / "results").rglob("SR_*.dcm"))
         assert len(results) == 1  # re-run wrote the same object, not a second one
+        written = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+                   for p in (tmp_path / "node" / "results").rglob("*.dcm")}
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with store.session() as s:
+                if s.scalars(select(Job)).first().state is JobState.DONE:
+                    break
+            time.sleep(0.5)
+        in_pacs = orthanc.request("POST", "/tools/find", {"Level": "Instance", "Expand": True, "Query": {
+            "StudyInstanceUID": study_uid}})
+        results_in_pacs = {i["MainDicomTags"]["SOPInstanceUID"] for i in in_pacs} - {str(d.SOPInstanceUID) for d in study}
+        sr_series = orthanc.request("POST", "/tools/find", {"Level": "Series", "Expand": True, "Query": {
+            "StudyInstanceUID": study_uid, "Modality": "SR"}})
+        srs = [i for series in sr_series for i in series["Instances"]]
+        # Results reached the PACS once: exactly the objects written, one SR, no copies under new UIDs.
+        assert len(srs) == 1 and results_in_pacs == written, (len(srs), results_in_pacs ^ written)
     finally:
         _kill_group(node, signal.SIGTERM)
-    record_case("fault", "worker SIGKILLed mid-job", "job re-queued and completed once; one SR, same UID",
-                instances_sent=2, acknowledged=2, processed=2, lost=0)
+        orthanc.stop(kill=True)
+    record_case("fault", "worker SIGKILLed mid-job", "job re-queued and completed once; its results reach the "
+                "PACS once (one SR, the same UIDs)", instances_sent=2, acknowledged=2, processed=2, lost=0,
+                result_objects_in_pacs=len(written))
 
 
 def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_path):
