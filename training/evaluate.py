@@ -52,6 +52,7 @@ from .records import (
     SegmentationRecord,
     VolumeFile,
 )
+from .samples import tasks_for
 from .text_metrics import TextMetric
 from .vocabulary import CHEST_PATHOLOGIES, SKIN_LESION_CLASSES
 
@@ -60,11 +61,6 @@ LOGGER = logging.getLogger(__name__)
 #: The reserved result key listing metrics not computed, ``{metric: reason}``.
 SKIPPED = "skipped"
 
-SEGMENTATION_TASK = {
-    Modality.CXR: Task.CHEST_ORGAN_SEGMENTATION,
-    Modality.DERM: Task.SKIN_LESION_SEGMENTATION,
-    Modality.CT: Task.ABDOMINAL_ORGAN_SEGMENTATION,
-}
 CLASSIFICATION_TASK = {
     Modality.DERM: Task.SKIN_LESION_CLASSIFICATION,
     Modality.CXR: Task.CHEST_PATHOLOGY_CLASSIFICATION,
@@ -90,25 +86,15 @@ class _Case:
     outcome: Any = None
 
 
+#: Record kinds with a scoring rule here (VQA, captions and comparisons need text metrics first).
+EVALUATED = (SegmentationRecord, ClassificationRecord, DetectionRecord, ReportRecord)
+
+
 def tasks_of(record: Record) -> list[Task]:
     """The evaluation tasks a holdout record is scored on (empty for record kinds not evaluated yet)."""
-    if isinstance(record, SegmentationRecord):
-        return [SEGMENTATION_TASK[record.modality]] if record.masks else []
-    if isinstance(record, ClassificationRecord):
-        task = CLASSIFICATION_TASK.get(record.modality)
-        return [task] if task else []
-    if isinstance(record, DetectionRecord):
-        return [Task.PATHOLOGY_DETECTION if record.kind == "pathology" else Task.ANATOMY_DETECTION]
-    if isinstance(record, ReportRecord):
-        tasks = []
-        if record.findings:
-            tasks.append(Task.REPORT_FINDINGS)
-        if record.impression:
-            tasks.append(Task.REPORT_IMPRESSION)
-        if record.findings and record.impression:
-            tasks.append(Task.REPORT_FULL)
-        return tasks
-    return []
+    if isinstance(record, ClassificationRecord) and record.modality not in CLASSIFICATION_TASK:
+        return []
+    return tasks_for(record) if isinstance(record, EVALUATED) else []
 
 
 def _image_input(source: ImageSource | None, record: Record) -> ImageInput:
