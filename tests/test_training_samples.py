@@ -15,20 +15,17 @@ from medversa.training.batching import IGNORE, collate
 from medversa.training.config import OptimizerConfig, TrainConfig, recipe_path
 from medversa.training.datasets.medinterp_mini import read_all
 from medversa.training.objective import TrainingObjective
-from medversa.training.records import ArrayMask, DetectionRecord, SegmentationRecord
+from medversa.training.records import (
+    ArrayImage,
+    ArrayMask,
+    DetectionRecord,
+    SegmentationRecord,
+)
 from medversa.training.sampler import DomainAwareSampler
 from medversa.training.samples import build_sample, tasks_for
 from medversa.training.schedule import learning_rate
 
 from .training_fixtures import write_medinterp_mini
-
-
-class _Img:
-    def __init__(self, a: np.ndarray) -> None:
-        self.a = a
-
-    def load(self) -> np.ndarray:
-        return self.a
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +40,7 @@ def tiny():
 
 
 def test_detection_sample_answers_each_class_with_its_box_or_na():
-    rec = DetectionRecord("t", "r", Modality.CXR, "train", _Img(np.zeros((100, 200), np.uint8)), 200, 100,
+    rec = DetectionRecord("t", "r", Modality.CXR, "train", ArrayImage(np.zeros((100, 200), np.uint8)), 200, 100,
                           {"left lung": [(100.0, 10.0, 180.0, 90.0)]}, candidates=("left lung", "right lung", "heart"))
     seen = set()
     for seed in range(30):
@@ -64,7 +61,7 @@ def test_detection_sample_answers_each_class_with_its_box_or_na():
 def test_chest_flip_swaps_left_and_right_labels():
     mask = np.zeros((8, 8), bool)
     mask[:, 6:] = True  # the patient's left lung lies on the image's right
-    rec = SegmentationRecord("t", "r", Modality.CXR, "train", _Img(np.zeros((8, 8), np.uint8)),
+    rec = SegmentationRecord("t", "r", Modality.CXR, "train", ArrayImage(np.zeros((8, 8), np.uint8)),
                              {"left lung": ArrayMask(mask)})
     outcomes = set()
     for seed in range(20):

@@ -17,25 +17,17 @@ from medversa.inference.tasks import Modality
 
 from .batching import collate
 from .objective import TrainingObjective
-from .records import ArrayMask, Record, SegmentationRecord, TextRecord
+from .records import ArrayImage, ArrayMask, Record, SegmentationRecord, TextRecord
 from .sampler import DomainAwareSampler
 from .samples import build_sample
 
 BATCH = {"cxr": 8, "derm": 8, "ct": 1}
 
 
-class _ArrayImage:
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def load(self) -> np.ndarray:
-        return self.array
-
-
 def synthetic_records(seed: int = 0) -> list[Record]:
     rng = np.random.default_rng(seed)
-    img = _ArrayImage(rng.integers(0, 255, (256, 256), dtype=np.uint8))
-    vol = _ArrayImage(rng.normal(0, 300, (40, 96, 96)).astype(np.float32))
+    img = ArrayImage(rng.integers(0, 255, (256, 256), dtype=np.uint8))
+    vol = ArrayImage(rng.normal(0, 300, (40, 96, 96)).astype(np.float32))
     text = "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."
     return [
         TextRecord("synthetic", "t0", Modality.CXR, "train", findings=text, impression="No acute disease."),

@@ -132,6 +132,16 @@ class CsvRleMask:
 
 
 @dataclass(frozen=True)
+class ArrayImage:
+    """An image or volume held in memory (synthetic benchmarks, tests)."""
+
+    array: np.ndarray
+
+    def load(self) -> np.ndarray:
+        return self.array
+
+
+@dataclass(frozen=True)
 class ArrayMask:
     """A mask held in memory (tests, small fixtures)."""
 
@@ -147,7 +157,7 @@ def _binary(pixels: np.ndarray) -> np.ndarray:
     return pixels > 0
 
 
-ImageSource = ImageFile | VolumeFile
+ImageSource = ImageFile | VolumeFile | ArrayImage
 MaskSource = MaskFile | LabelVolumeMask | RleMask | CsvRleMask | ArrayMask
 
 

@@ -111,9 +111,10 @@ class Trainer:
         self._inner = TrainingObjective(self.model, tokenizer.ids.image)
         self.objective = distributed.wrap(self._inner, self.runtime, config.strategy)
         self._sharded = self.runtime.distributed and config.strategy == "fsdp"
-        params = [p for p in self.objective.parameters() if p.requires_grad]
+        #: What the optimizer updates and the clipping measures (fixed once trainability is set).
+        self.params = [p for p in self.objective.parameters() if p.requires_grad]
         opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, config.steps, opt)
         self.step = 0
         torch.manual_seed(config.seed + 1000 * self.runtime.rank)  # per-rank dropout streams
@@ -171,8 +172,7 @@ class Trainer:
         with self._autocast():
             losses = self.objective(batch)
         losses["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad],
-                                                   self.config.optimizer.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optimizer.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
