@@ -12,6 +12,8 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,32 @@ def node_config(tmp: Path, port: int, **extra: object) -> Path:
 MODEL_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def start_serve(config: Path, log: Path) -> subprocess.Popen:
+def start_serve(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``medversa serve`` in its own process group (so its worker can be signalled with it)."""
     return subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(config)],
                             stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, **MODEL_ENV))
+                            env={**os.environ, **MODEL_ENV, **(env or {})})
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """A clean shutdown (SIGTERM to the group), SIGKILL if it has not ended within 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    """Poll ``predicate`` until it holds; otherwise fail with ``what`` and the tail of the node's log."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{what}; node log:\n{log.read_text()[-4000:]}")
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

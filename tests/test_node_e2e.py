@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from . import dicom_factory as f
+from .node_process import stop_serve
 from .orthanc import OrthancServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,15 +67,6 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "medversa.cli", *cmd], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_health(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> dict:
@@ -153,7 +144,7 @@ def test_embedded_node_processes_an_auto_routed_study_and_compares_with_the_prio
             metrics = r.read().decode()
         assert "medversa_instances_received_total" in metrics
     finally:
-        _stop(node)
+        stop_serve(node)
         orthanc.stop()
 
 
@@ -175,8 +166,8 @@ def test_redis_mode_with_a_separate_worker(tmp_path):
         assert len(results[SR]) == 1
         assert "job" in (tmp_path / "worker.log").read_text()
     finally:
-        _stop(worker)
-        _stop(serve)
+        stop_serve(worker)
+        stop_serve(serve)
         orthanc.stop()
         redis.terminate()
         redis.wait(10)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from . import dicom_factory as f
 from .node_process import kill_group as _kill_group
-from .node_process import mount_tmpfs, statuses, storescu, unmount
+from .node_process import mount_tmpfs, statuses, storescu, unmount, wait_for
 from .node_process import node_config as _config
 from .node_process import start_serve as _serve
 from .orthanc import free_port
@@ -163,6 +163,11 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
         with store.session() as s:
             return s.scalar(select(func.count()).select_from(Export).where(Export.state == state)) or 0
 
+    def tried_pending() -> int:
+        with store.session() as s:
+            return s.scalar(select(func.count()).select_from(Export).where(
+                Export.state == ExportState.PENDING, Export.attempts >= 1)) or 0
+
     def send_study() -> str:
         uid = pydicom.uid.generate_uid()
         ae = AE("PACS")
@@ -173,29 +178,22 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
         assoc.release()
         return uid
 
-    def wait(predicate, timeout, what):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if predicate():
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"{what}; node log:\n{log.read_text()[-3000:]}")
-
     try:
         wait_port(port, 90)
         orthanc.stop(kill=True)
         first = send_study()
-        wait(lambda: exports(ExportState.PENDING) >= 1, 180, "no pending export while the PACS is down")
+        # A row is PENDING with 0 attempts from its creation until its first try is recorded: wait for the try.
+        wait_for(lambda: tried_pending() >= 1, 180, "no tried pending export while the PACS is down", log)
         with store.session() as s:
             assert s.scalars(select(Export)).first().attempts >= 1
         orthanc.start()  # back, on the same port: the backoff retry delivers
-        wait(lambda: exports(ExportState.PENDING) == 0 and exports(ExportState.DELIVERED) >= 1, 120,
-             "exports not delivered after the PACS returned")
+        wait_for(lambda: exports(ExportState.PENDING) == 0 and exports(ExportState.DELIVERED) >= 1, 120,
+                 "exports not delivered after the PACS returned", log)
         assert orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": first, "Modality": "SR"}})
 
         orthanc.stop(kill=True)
         second = send_study()
-        wait(lambda: exports(ExportState.DEAD) >= 1, 240, "no dead-letter after the tries ran out")
+        wait_for(lambda: exports(ExportState.DEAD) >= 1, 240, "no dead-letter after the tries ran out", log)
         with store.session() as s:
             job_id = s.scalars(select(Export).where(Export.state == ExportState.DEAD)).first().job_id
         orthanc.start()

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -25,6 +22,7 @@ from pynetdicom import AE, evt
 from sqlalchemy import select
 
 from . import dicom_factory as f
+from .node_process import node_config, start_serve, stop_serve, wait_for
 from .reliability import record_case
 from .tls_certs import make_certificates
 
@@ -40,28 +38,13 @@ def _serve(tmp: Path, port: int, log: Path, env: dict[str, str] | None = None, *
     """``medversa serve`` (embedded worker, tiny preset, planted answers), output into ``log``."""
     script = tmp / "scripted.yaml"
     script.write_text(yaml.safe_dump(SCRIPTED))
-    config = {
-        "data_dir": str(tmp / "node"), "idle_seconds": 1,
-        "scp": {"ae_title": "MEDVERSA", "bind": "127.0.0.1", "port": port},
-        "http": {"port": free_port()}, "model": {"preset": "tiny", "scripted_answers": str(script)},
+    settings: dict[str, object] = {
+        "model": {"preset": "tiny", "scripted_answers": str(script)},
         "routing": [{"name": "security test", "modality": "CR", "tasks": ["report_impression"]}],
-        "logging": {"json_format": True, "level": "INFO"}, **extra,
+        "logging": {"json_format": True, "level": "INFO"},
     }
-    path = tmp / "medversa.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen([sys.executable, "-m", "medversa.cli", "serve", "--config", str(path)],
-                            stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    settings.update(extra)
+    return start_serve(node_config(tmp, port, **settings), log, env)
 
 
 def _send(port: int, datasets: list) -> None:
@@ -72,15 +55,6 @@ def _send(port: int, datasets: list) -> None:
     for ds in datasets:
         assert assoc.send_c_store(ds).Status == 0
     assoc.release()
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what}; node log:\n{log.read_text()[-4000:]}")
 
 
 def _job_state(store: Store) -> JobState | None:
@@ -113,14 +87,14 @@ def _run_one_study(tmp: Path, log_phi: bool) -> tuple[str, Path, NodeSettings]:
         if not log_phi:
             # Metrics and health stay on loopback unless http.bind says otherwise.
             assert NodeSettings().http.bind == "127.0.0.1"
-            _wait(lambda: bool(_listening_addresses(settings.http.port)), 30, "no HTTP listener", log)
+            wait_for(lambda: bool(_listening_addresses(settings.http.port)), 30, "no HTTP listener", log)
             assert _listening_addresses(settings.http.port) == ["127.0.0.1"]
         uid = pydicom.uid.generate_uid()
         _send(port, [f.make_cr(64, 64, study_uid=uid, PatientName=PATIENT_NAME, PatientID=PATIENT_ID,
                                AccessionNumber=ACCESSION) for _ in range(2)])
-        _wait(lambda: _job_state(store) is JobState.DONE, 180, "the study was not processed", log)
+        wait_for(lambda: _job_state(store) is JobState.DONE, 180, "the study was not processed", log)
     finally:
-        _stop(node)
+        stop_serve(node)
     return log.read_text(), tmp / "node", settings
 
 
@@ -248,10 +222,10 @@ def test_results_go_to_a_tls_destination_and_a_plain_try_of_a_tls_only_peer_stay
         wait_port(port, 90)
         uid = pydicom.uid.generate_uid()
         _send(port, [f.make_cr(64, 64, study_uid=uid)])
-        _wait(lambda: exports().get(secure_port, (None,))[0] is ExportState.DELIVERED
+        wait_for(lambda: exports().get(secure_port, (None,))[0] is ExportState.DELIVERED
               and exports().get(plain_port, (None, 0))[1] >= 1, 180, "exports not tried", log)
     finally:
-        _stop(node)
+        stop_serve(node)
     received = [pydicom.dcmread(p) for p in secure_out.iterdir()]
     assert len(received) == 1 and received[0].Modality == "SR" and received[0].StudyInstanceUID == uid
     state, attempts, status = exports()[plain_port]
