@@ -162,7 +162,7 @@ def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)"
           data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None) -> None:
     """Send a job's dead-lettered (or pending) exports again, now."""
     from .context import NodeContext
-    from .export import deliver_due, retry_job_exports
+    from .export import deliver_claimed, retry_job_exports
 
     settings = _settings(config, data_dir=data_dir)
     ctx = NodeContext(settings)
@@ -171,9 +171,9 @@ def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)"
     except LookupError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    delivered = deliver_due(ctx, job_id=job)
-    typer.echo(f"job {job}: {revived} export(s) retried, {delivered} delivered")
-    if delivered < revived:
+    delivered = deliver_claimed(ctx, revived)
+    typer.echo(f"job {job}: {len(revived)} export(s) retried, {delivered} delivered")
+    if delivered < len(revived):
         raise typer.Exit(1)
 
 

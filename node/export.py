@@ -72,10 +72,13 @@ def _claim_due(ctx: NodeContext, job_id: int | None, now: dt.datetime) -> list[t
 
 def deliver_due(ctx: NodeContext, job_id: int | None = None, now: dt.datetime | None = None) -> int:
     """Send every due export (of one job, or all); returns how many were delivered."""
+    return deliver_claimed(ctx, _claim_due(ctx, job_id, now or utcnow()))
+
+
+def deliver_claimed(ctx: NodeContext, due: list[tuple]) -> int:
+    """Send exports this caller has claimed (:func:`_claim_due`, :func:`retry_job_exports`)."""
     from .dimse import AssociationFailed, store_datasets
 
-    now = now or utcnow()
-    due = _claim_due(ctx, job_id, now)
     by_destination: dict[str, list[tuple]] = defaultdict(list)
     for row in due:
         by_destination[row[1]].append(row)
@@ -134,10 +137,11 @@ def _record_outcomes(ctx: NodeContext, outcomes: dict[int, tuple[bool, str]], de
     return delivered
 
 
-def retry_job_exports(ctx: NodeContext, job_id: int) -> int:
-    """Revive a job's dead or pending exports for an immediate try; returns how many.
+def retry_job_exports(ctx: NodeContext, job_id: int) -> list[tuple]:
+    """Revive a job's dead or pending exports, claimed for the caller's immediate try
+    (:func:`deliver_claimed`); returns the claimed rows.
 
-    A FAILED job is put back to RECEIVED instead: the scheduler queues it again.
+    A FAILED job is put back to RECEIVED instead (no rows): the scheduler queues it again.
     """
     with ctx.store.session() as s:
         job = s.get(Job, job_id)
@@ -147,15 +151,17 @@ def retry_job_exports(ctx: NodeContext, job_id: int) -> int:
             job.state = JobState.RECEIVED
             job.error = ""
             ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: failed job queued again")
-            return 0
-        revived = 0
+            return []
+        revived = []
+        lease = utcnow() + dt.timedelta(seconds=CLAIM_LEASE_S)
         for export in job.exports:
             if export.state in (ExportState.DEAD, ExportState.PENDING):
                 export.state = ExportState.PENDING
                 export.attempts = 0
-                export.next_attempt_at = utcnow()
-                revived += 1
+                # Claimed for the caller, as _claim_due would: serve's scheduler must not send it meanwhile.
+                export.next_attempt_at = lease
+                revived.append((export.id, export.destination, export.path, export.sop_instance_uid, job_id))
         if revived and job.state is JobState.DONE:
             job.state = JobState.EXPORTING
-        ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: {revived} export(s) revived")
+        ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: {len(revived)} export(s) revived")
     return revived

@@ -152,7 +152,7 @@ def test_an_unreachable_destination_backs_off_then_dead_letters_and_retry_revive
     with node.store.session() as s:
         export = s.scalars(select(Export)).one()
         assert export.state is ExportState.DEAD and export.attempts == 2
-    assert retry_job_exports(node, job_id) == 1
+    assert len(retry_job_exports(node, job_id)) == 1
     with node.store.session() as s:
         assert s.scalars(select(Export)).one().state is ExportState.PENDING
 
