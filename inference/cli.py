@@ -167,6 +167,10 @@ def bench_ingest_cmd(
         typer.echo(f"  storescp        {b['instances_per_s']:>8} inst/s {b['MB_per_s']:>8} MB/s")
         typer.echo(f"  medversa serve  {o['instances_per_s']:>8} inst/s {o['MB_per_s']:>8} MB/s "
                    f"(peak RSS {o['peak_rss_MB']} MB)  ratio {report['ratio_vs_storescp']}")
+        e, w = report["pynetdicom_empty_handler"], report["spool_write"]
+        typer.echo(f"  pynetdicom, empty handler {e['instances_per_s']:>8} inst/s  ratio {e['ratio_vs_storescp']}")
+        typer.echo(f"  spool write {w['durable_ms']} ms durable vs {w['plain_ms']} ms plain per instance; "
+                   f"best ratio any SCP that fsyncs could reach: {report['ceiling_ratio_if_durable']}")
 
 
 @bench_app.command("e2e")
