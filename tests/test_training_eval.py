@@ -267,7 +267,8 @@ def test_evaluate_runs_the_tiny_model_and_reports_skipped_metrics(tmp_path: Path
         assert 0.0 <= value["mean"] <= 1.0
     table = render_markdown(results, "tiny")
     assert "| Chest organ segmentation | left lung | Dice |" in table
-    assert "- radgraph: not implemented" in table
+    assert "- radgraph: no local model given" in table
+    assert "- radcliq: needs radgraph, bertscore, chexbert" in table
 
 
 def test_markdown_table_reads_like_the_papers_tables() -> None:
@@ -291,7 +292,8 @@ def tiny_bert(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "heart", "is", "normal", "lungs", "are",
              "clear", "no", "effusion", "size", "large", "left", "right", "pleural", "."]
-    BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
+    # A real model_max_length: bert-score truncates to it (an unbounded one overflows under transformers 5).
+    BertTokenizer(vocab={w: i for i, w in enumerate(words)}, model_max_length=512).save_pretrained(folder)
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64))
@@ -312,6 +314,135 @@ def test_bertscore_and_chexbert_similarity_from_local_models(tiny_bert: Path) ->
         scores = metric.score([same, "large left pleural effusion"], [same, same])
         assert scores[0] == pytest.approx(1.0, abs=1e-5), metric.name
         assert scores[1] < scores[0], metric.name  # random weights: lower, not by much
+
+
+MEAN_ROW = np.array([[0.53792312, 0.61757256, 0.76479421, 0.44738335]])
+BASELINE_TSV = "LAYER,P,R,F\n0,0.4,0.4,0.42\n1,0.7,0.7,0.73\n2,0.8,0.8,0.84\n"
+TEXT_PAIRS = (["The heart is normal. The lungs are clear.", "large left pleural effusion",
+               "no effusion . the heart is large", " lungs are clear "],
+              ["The heart is normal. The lungs are clear.", "the heart is normal",
+               "left pleural effusion", "the lungs are clear and the heart is normal"])
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_bertscore_agrees_with_the_bert_score_package(tiny_bert: Path, tmp_path: Path, layer: int) -> None:
+    """Same F1 as bert-score (greedy matching with [CLS]/[SEP] as match candidates, no idf), raw and
+    rescaled with a baseline file in bert-score's format."""
+    from bert_score import BERTScorer
+    from medversa.training.text_metrics import BertScore, read_baseline
+
+    candidates, references = TEXT_PAIRS
+    baseline_file = tmp_path / "baseline.tsv"
+    baseline_file.write_text(BASELINE_TSV)
+    reference = BERTScorer(model_type=str(tiny_bert), num_layers=layer, lang="en")
+    ours = BertScore(tiny_bert, layer=layer, device="cpu")
+    np.testing.assert_allclose(ours.score(candidates, references),
+                               reference.score(candidates, references)[2].numpy(), atol=1e-5)
+    rescaled_reference = BERTScorer(model_type=str(tiny_bert), num_layers=layer, lang="en",
+                                    rescale_with_baseline=True, baseline_path=str(baseline_file))
+    baseline = read_baseline(baseline_file, layer)
+    assert baseline == {1: 0.73, 2: 0.84}[layer]
+    rescaled = BertScore(tiny_bert, layer=layer, device="cpu", baseline=baseline).score(candidates, references)
+    np.testing.assert_allclose(rescaled, rescaled_reference.score(candidates, references)[2].numpy(), atol=1e-5)
+    assert rescaled[0] == pytest.approx(1.0) and rescaled[1] < 0  # an unrelated pair falls below the baseline
+
+
+def test_read_baseline_names_a_missing_layer(tmp_path: Path) -> None:
+    from medversa.training.text_metrics import read_baseline
+
+    (tmp_path / "b.tsv").write_text(BASELINE_TSV)
+    with pytest.raises(ValueError, match="no baseline for layer 5"):
+        read_baseline(tmp_path / "b.tsv", 5)
+
+
+def _entity(tokens: str, label: str, relations: list | None = None) -> dict:
+    return {"tokens": tokens, "label": label, "start_ix": 0, "end_ix": 0, "relations": relations or []}
+
+
+#: RadGraph's layout: "left pleural effusion" -> effusion located_at pleural, left modifies pleural.
+REFERENCE_GRAPH = {"text": "Left pleural effusion.", "entities": {
+    "1": _entity("left", "ANAT-DP", [["modify", "2"]]), "2": _entity("pleural", "ANAT-DP"),
+    "3": _entity("effusion", "OBS-DP", [["located_at", "2"]])}}
+CANDIDATE_GRAPH = {"text": "Pleural effusion.  No pneumothorax.", "entities": {
+    "1": _entity("pleural", "ANAT-DP"), "2": _entity("effusion", "OBS-DP", [["located_at", "1"]]),
+    "3": _entity("pneumothorax", "OBS-DA")}}
+
+
+def test_radgraph_f1_is_the_mean_of_entity_and_relation_f1() -> None:
+    from medversa.training.radgraph import entity_set, radgraph_f1, relation_set
+
+    assert entity_set(REFERENCE_GRAPH) == {("left", "ANAT-DP"), ("pleural", "ANAT-DP"), ("effusion", "OBS-DP")}
+    assert relation_set(REFERENCE_GRAPH) == {(("left", "ANAT-DP"), ("pleural", "ANAT-DP"), "modify"),
+                                             (("effusion", "OBS-DP"), ("pleural", "ANAT-DP"), "located_at")}
+    # Entities: 2 of 3 predicted match, 2 of 3 true found -> F1 2/3. Relations: 1 of 1 predicted, 1 of 2 -> 2/3.
+    assert radgraph_f1(REFERENCE_GRAPH, CANDIDATE_GRAPH) == pytest.approx(2 / 3)
+    assert radgraph_f1(REFERENCE_GRAPH, REFERENCE_GRAPH) == 1.0
+    # A label differs -> not the same entity; an empty graph scores 0 (as CXR-Report-Metric does).
+    relabelled = {"text": "x", "entities": {"1": _entity("effusion", "OBS-DA")}}
+    assert radgraph_f1(REFERENCE_GRAPH, relabelled) == 0.0
+    assert radgraph_f1({"entities": {}}, {"entities": {}}) == 0.0
+
+
+def test_radgraph_annotation_file_matches_reports_by_text(tmp_path: Path) -> None:
+    from medversa.training.radgraph import AnnotationFile, RadGraphF1, RadGraphModel
+
+    path = tmp_path / "radgraph.json"
+    path.write_text(json.dumps({"0": REFERENCE_GRAPH, "1": CANDIDATE_GRAPH}))
+    metric = RadGraphF1(AnnotationFile(path))
+    scores = metric.score(["Pleural effusion. No pneumothorax.", "Left pleural  effusion."],
+                          ["Left pleural effusion.", "Left pleural effusion."])
+    np.testing.assert_allclose(scores, [2 / 3, 1.0])  # white space is folded before matching
+    with pytest.raises(ValueError, match="no RadGraph annotation for 1 report"):
+        metric.score(["Heart size is normal."], ["Left pleural effusion."])
+    (tmp_path / "bad.json").write_text(json.dumps([{"entities": {}}]))
+    with pytest.raises(ValueError, match="annotation 0 has no 'text'"):
+        AnnotationFile(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="needs config.json and weights.th"):
+        RadGraphModel(tmp_path)
+
+
+def test_radcliq_v1_constants_and_bleu2() -> None:
+    from medversa.training.radcliq import COEFFICIENTS, MEAN, SCALE, bleu2, radcliq_v1, report_tokens
+
+    assert radcliq_v1(MEAN[None])[0] == pytest.approx(0.0, abs=1e-9)  # average features: 0
+    # One standard deviation better on every feature: minus the sum of the weights (about 1).
+    assert radcliq_v1((MEAN + SCALE)[None])[0] == pytest.approx(float(COEFFICIENTS.sum()), abs=1e-9)
+    assert radcliq_v1(np.ones((1, 4)))[0] < radcliq_v1(np.zeros((1, 4)))[0]  # lower is better
+    with pytest.raises(ValueError, match="features"):
+        radcliq_v1(np.ones((2, 3)))
+    # As CXR-Report-Metric: a full stop gets a space before it only, so "effusion.No" keeps ".no".
+    assert report_tokens("Left  pleural effusion.No change.") == ["left", "pleural", "effusion", ".no",
+                                                                    "change", "."]
+    assert bleu2("No pleural effusion.", "no pleural effusion .") == pytest.approx(1.0)
+    assert bleu2("no effusion", "no pleural effusion") == 0.0  # no matching bigram, no smoothing
+    # Unigrams 4/4, bigrams 3/3, brevity exp(1 - 5/4).
+    assert bleu2("left pleural effusion.", "small left pleural effusion.") == pytest.approx(math.exp(-0.25))
+
+
+def test_radcliq_runs_from_its_three_local_models(tiny_bert: Path, tmp_path: Path) -> None:
+    from medversa.training.radcliq import FEATURES, bleu2, radcliq_v1
+
+    graphs = tmp_path / "radgraph.json"
+    candidates, references = TEXT_PAIRS
+    graphs.write_text(json.dumps([{"text": t, "entities": dict(REFERENCE_GRAPH["entities"]) if i % 2 else {}}
+                                  for i, t in enumerate(dict.fromkeys(candidates + references))]))
+    baseline = tmp_path / "baseline.tsv"
+    baseline.write_text(BASELINE_TSV)
+    _, skipped = load_text_metrics(bertscore=tiny_bert, chexbert=tiny_bert, radgraph_annotations=graphs,
+                                   device="cpu")
+    assert "baseline" in skipped["radcliq"]  # BERTScore must be rescaled as RadCliQ's is
+    active, skipped = load_text_metrics(bertscore=tiny_bert, bertscore_layer=2, chexbert=tiny_bert,
+                                        radgraph_annotations=graphs, bertscore_baseline=baseline, device="cpu")
+    assert skipped == {}
+    by_name = {m.name: m for m in active}
+    assert list(by_name) == ["bertscore", "chexbert", "radgraph", "radcliq"]
+    features = np.column_stack([by_name["radgraph"].score(candidates, references),
+                                by_name["bertscore"].score(candidates, references),
+                                by_name["chexbert"].score(candidates, references),
+                                [bleu2(c, r) for c, r in zip(candidates, references)]])
+    assert FEATURES == ("radgraph", "bertscore", "semb_score", "bleu_score")
+    np.testing.assert_allclose(by_name["radcliq"].score(candidates, references), radcliq_v1(features))
+    assert by_name["radcliq"].score(candidates[:1], references[:1])[0] < radcliq_v1(MEAN_ROW)[0]
 
 
 # --- medversa eval --------------------------------------------------------------------------------

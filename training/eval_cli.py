@@ -39,6 +39,15 @@ def eval_command(
     bertscore_layer: Annotated[int | None, typer.Option(help="BERTScore layer (default: last)")] = None,
     chexbert: Annotated[Path | None, typer.Option(help="Folder with chexbert.pth and its BERT config/tokenizer",
                                                      exists=True, file_okay=False)] = None,
+    bertscore_baseline: Annotated[Path | None, typer.Option(
+        help="bert-score rescale file (LAYER,P,R,F) for --bertscore; RadCliQ needs distilroberta-base.tsv",
+        exists=True, dir_okay=False)] = None,
+    radgraph: Annotated[Path | None, typer.Option(
+        help="Unpacked RadGraph model of the radgraph package (folder named radgraph, radgraph-xl...)",
+        exists=True, file_okay=False)] = None,
+    radgraph_annotations: Annotated[Path | None, typer.Option(
+        help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports",
+        exists=True, dir_okay=False)] = None,
 ) -> None:
     """Score a model on a dataset split: Dice, IoU, F1 and BLEU-4 with 95% bootstrap intervals."""
     from medversa.inference.bundled import load_default_analyzer, model_identity
@@ -52,13 +61,21 @@ def eval_command(
         records = read_records(data, split, dataset)
     except ValueError as exc:  # RecordError is a ValueError naming the file and record
         raise typer.BadParameter(str(exc)) from exc
-    text_metrics, skipped = load_text_metrics(bertscore, bertscore_layer, chexbert, device)
+    try:
+        text_metrics, skipped = load_text_metrics(bertscore, bertscore_layer, chexbert, device,
+                                                  bertscore_baseline=bertscore_baseline, radgraph=radgraph,
+                                                  radgraph_annotations=radgraph_annotations)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     analyzer = load_default_analyzer(checkpoint, preset, device)
     if max_new_tokens:
         analyzer.max_new_tokens = max_new_tokens
     outputs: list[dict] | None = [] if predictions else None
-    results = evaluate(analyzer, records, limit=limit, batch_size=batch_size, resamples=resamples, seed=seed,
-                       text_metrics=text_metrics, skipped=skipped, predictions=outputs)
+    try:
+        results = evaluate(analyzer, records, limit=limit, batch_size=batch_size, resamples=resamples, seed=seed,
+                           text_metrics=text_metrics, skipped=skipped, predictions=outputs)
+    except ValueError as exc:  # e.g. a report the RadGraph annotation file does not cover
+        raise typer.BadParameter(str(exc)) from exc
     skipped = results.pop(SKIPPED)
     if skipped:
         LOGGER.warning("skipped metrics: %s", "; ".join(f"{m} ({why})" for m, why in skipped.items()))

@@ -74,7 +74,8 @@ REPORT_TASKS = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL)
 _SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
 
 #: How each metric is named in keys and in the Markdown table.
-METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4"}
+METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4", "bertscore": "BERTScore",
+                "chexbert": "CheXbert", "radgraph": "RadGraph", "radcliq": "RadCliQ-v1 (lower is better)"}
 
 
 @dataclass
@@ -358,7 +359,8 @@ def _fmt(value: float | None) -> str:
 def render_markdown(results: dict[str, dict], title: str = "") -> str:
     """A table like the paper's Tables 1-3: task, class, metric, mean [95% CI], n.
 
-    Values are on a 0-1 scale (the paper prints BLEU-4 and the text metrics x100).
+    Values are on a 0-1 scale (the paper prints BLEU-4 and the text metrics x100), except
+    rescaled BERTScore (may be negative) and RadCliQ-v1 (centred on 0, lower is better).
     Metrics listed under ``"skipped"`` follow the table with their reasons.
     """
     lines = [f"## {title}", ""] if title else []

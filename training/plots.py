@@ -55,9 +55,12 @@ def plot_scores(results: dict[str, dict], path: Path, title: str = "") -> Path:
         ax.plot([low, high], [y, y], color="tab:blue", lw=2)
         ax.plot(v["mean"], y, "o", color="tab:red")
     ax.set_yticks(range(len(items)), [f"{k} (n={v['n']})" for k, v in items], fontsize=7)
-    ax.set_xlim(0, 1)
+    # Most scores are 0-1; rescaled BERTScore and RadCliQ-v1 (lower is better) can leave that range.
+    lows = [v["ci_low"] if v["ci_low"] is not None else v["mean"] for _, v in items]
+    highs = [v["ci_high"] if v["ci_high"] is not None else v["mean"] for _, v in items]
+    ax.set_xlim(min([0.0, *lows]), max([1.0, *highs]))
     ax.invert_yaxis()
-    ax.set_xlabel("score (0-1) with 95% bootstrap CI")
+    ax.set_xlabel("score with 95% bootstrap CI (RadCliQ: lower is better)")
     ax.grid(axis="x", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)

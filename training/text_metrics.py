@@ -6,18 +6,19 @@ The paper scores reports with BLEU-4, BERTScore, CheXbert, RadGraph and RadCliQ
 downloads, so each runs only when its local path is given:
 
 - ``bertscore`` (Zhang et al. 2020): greedy cosine matching of contextual token
-  embeddings, F1 per report, from any local Hugging Face encoder folder. Raw
-  scores (no baseline rescaling, no idf); ``layer`` defaults to the last hidden
-  layer, while the reference ``bert-score`` package picks a tuned layer per model
-  (e.g. 5 for distilroberta-base): pass it to match.
+  embeddings, F1 per report, from any local Hugging Face encoder folder, computed
+  as the ``bert-score`` package does (no idf; a test checks the two agree). Raw
+  scores unless a baseline file is given; ``layer`` defaults to the last hidden
+  layer, while ``bert-score`` picks a tuned layer per model (e.g. 5 for
+  distilroberta-base): pass it to match.
 - ``chexbert``: CheXbert vector similarity, the cosine of the two reports' [CLS]
   embeddings from CheXbert's BERT (RadCliQ's ``semb_score``, CXR-Report-Metric).
   The folder holds the published ``chexbert.pth`` and the bert-base-uncased
   ``config.json`` and tokenizer files it was trained with.
-- ``radgraph`` and ``radcliq`` are not implemented here: RadGraph F1 needs the
-  DyGIE++ RadGraph model (allennlp), and RadCliQ combines it with the other
-  three. They are always reported as skipped; write the generated reports with
-  ``medversa eval --predictions`` and score them with CXR-Report-Metric.
+- ``radgraph``: RadGraph F1 (:mod:`.radgraph`) from the RadGraph model in a local
+  folder (run by the ``radgraph`` package) or from a file of its annotations.
+- ``radcliq``: RadCliQ-v1 (:mod:`.radcliq`) from the three above and BLEU-2, when
+  all three are given and BERTScore is rescaled with its baseline.
 """
 
 from __future__ import annotations
@@ -32,12 +33,6 @@ import numpy as np
 LOGGER = logging.getLogger(__name__)
 
 MODEL_METRICS = ("bertscore", "chexbert", "radgraph", "radcliq")
-_NOT_IMPLEMENTED = {
-    "radgraph": "not implemented in medversa-node (needs the DyGIE++ RadGraph model); "
-                "score --predictions output with CXR-Report-Metric",
-    "radcliq": "not implemented in medversa-node (combines RadGraph with BLEU, BERTScore and CheXbert); "
-               "score --predictions output with CXR-Report-Metric",
-}
 
 
 class TextMetric(Protocol):
@@ -54,55 +49,86 @@ def _device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+#: Tokenizers that bert-score encodes with a leading space (byte-level BPE: GPT-2, RoBERTa...).
+_PREFIX_SPACE_MODELS = {"roberta", "gpt2", "bart", "longformer"}
+
+
+def read_baseline(path: str | Path, layer: int) -> float:
+    """The F baseline of ``layer`` from a bert-score rescale file (``LAYER,P,R,F`` CSV)."""
+    path = Path(path)
+    try:
+        rows = [line.split(",") for line in path.read_text(encoding="utf-8").split()]
+    except OSError as exc:
+        raise ValueError(f"cannot read the BERTScore baseline {path}: {exc}") from exc
+    for row in rows[1:]:
+        if len(row) == 4 and row[0].strip() == str(layer):
+            return float(row[3])
+    raise ValueError(f"{path} has no baseline for layer {layer} (expected bert-score's LAYER,P,R,F rows)")
+
+
 class BertScore:
-    """BERTScore F1 per report from a local encoder folder (see the module docstring)."""
+    """BERTScore F1 per report from a local encoder folder, computed as the bert-score package does.
+
+    Greedy cosine matching of the candidate's and the reference's token embeddings at
+    ``layer``: each token's best match is sought among all tokens of the other text,
+    [CLS]/[SEP] included, and averaged over the text's own tokens without them (no
+    idf). With ``baseline`` (bert-score's rescale value for this model and layer) the
+    score is rescaled to ``(F - b) / (1 - b)``, as RadCliQ's BERTScore is.
+    """
 
     name = "bertscore"
 
     def __init__(self, path: str | Path, layer: int | None = None, device: str | None = None,
-                 batch_size: int = 16) -> None:
-        from transformers import AutoModel, AutoTokenizer
+                 batch_size: int = 16, baseline: float | None = None) -> None:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = Path(path)
         if not path.is_dir():
             raise ValueError(f"bertscore model folder {path} does not exist")
         self.device = _device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        extra = {"add_prefix_space": True} if config.model_type in _PREFIX_SPACE_MODELS else {}
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **extra)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
         layers = self.model.config.num_hidden_layers
         self.layer = layers if layer is None else layer
         if not 0 <= self.layer <= layers:
             raise ValueError(f"bertscore layer must be in 0..{layers} for {path}, got {layer}")
         self.batch_size = batch_size
+        self.baseline = baseline
 
-    def _embed(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Unit-length embeddings of every non-special token of each text."""
+    def _embed(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: unit-length embeddings of all its tokens and which of them are ordinary."""
         import torch
 
         out = []
         for start in range(0, len(texts), self.batch_size):
-            chunk = list(texts[start:start + self.batch_size])
+            chunk = [t.strip() for t in texts[start:start + self.batch_size]]
             enc = self.tokenizer(chunk, padding=True, truncation=True, return_tensors="pt",
                                  return_special_tokens_mask=True)
             special = enc.pop("special_tokens_mask").bool()
             with torch.inference_mode():
                 hidden = self.model(**enc.to(self.device), output_hidden_states=True).hidden_states[self.layer]
             hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu()
-            keep = enc["attention_mask"].cpu().bool() & ~special
-            out += [hidden[i][keep[i]].numpy() for i in range(len(chunk))]
+            real = enc["attention_mask"].cpu().bool()
+            for i, text in enumerate(chunk):
+                ordinary = (~special[i])[real[i]].numpy()
+                out.append((hidden[i][real[i]].numpy(), ordinary if text else np.zeros_like(ordinary)))
         return out
 
     def score(self, candidates: Sequence[str], references: Sequence[str]) -> np.ndarray:
         if len(candidates) != len(references):
             raise ValueError(f"got {len(candidates)} candidates but {len(references)} references")
         scores = []
-        for c, r in zip(self._embed(candidates), self._embed(references)):
-            if len(c) == 0 or len(r) == 0:
-                scores.append(0.0)
-                continue
-            sim = c @ r.T
-            precision, recall = float(sim.max(axis=1).mean()), float(sim.max(axis=0).mean())
-            scores.append(0.0 if precision + recall <= 0 else 2 * precision * recall / (precision + recall))
+        for (c, c_ordinary), (r, r_ordinary) in zip(self._embed(candidates), self._embed(references)):
+            if not c_ordinary.any() or not r_ordinary.any():
+                f1 = 0.0
+            else:
+                sim = c @ r.T
+                precision = float(sim.max(axis=1)[c_ordinary].mean())
+                recall = float(sim.max(axis=0)[r_ordinary].mean())
+                f1 = 0.0 if precision + recall <= 0 else 2 * precision * recall / (precision + recall)
+            scores.append(f1 if self.baseline is None else (f1 - self.baseline) / (1.0 - self.baseline))
         return np.array(scores, dtype=float)
 
 
@@ -157,18 +183,51 @@ class CheXbertSimilarity:
 
 
 def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int | None = None,
-                      chexbert: str | Path | None = None,
-                      device: str | None = None) -> tuple[list[TextMetric], dict[str, str]]:
-    """The model-based metrics whose local models are given, and ``{metric: reason}`` for the rest."""
-    active: list[TextMetric] = []
+                      chexbert: str | Path | None = None, device: str | None = None, *,
+                      bertscore_baseline: str | Path | None = None, radgraph: str | Path | None = None,
+                      radgraph_annotations: str | Path | None = None,
+                      ) -> tuple[list[TextMetric], dict[str, str]]:
+    """The model-based metrics whose local models are given, and ``{metric: reason}`` for the rest.
+
+    RadCliQ-v1 runs when its three model-based features do: RadGraph, CheXbert, and
+    BERTScore rescaled with a baseline (RadCliQ's is distilroberta-base at layer 5).
+    """
+    from .radcliq import RadCliQ
+    from .radgraph import AnnotationFile, RadGraphF1, RadGraphModel
+
+    active: dict[str, TextMetric] = {}
     skipped: dict[str, str] = {}
     if bertscore:
-        active.append(BertScore(bertscore, bertscore_layer, device))
+        baseline = None
+        if bertscore_baseline:
+            layer = bertscore_layer
+            if layer is None:
+                from transformers import AutoConfig
+
+                layer = AutoConfig.from_pretrained(bertscore, local_files_only=True).num_hidden_layers
+            baseline = read_baseline(bertscore_baseline, layer)
+        active["bertscore"] = BertScore(bertscore, bertscore_layer, device, baseline=baseline)
     else:
         skipped["bertscore"] = "no local model given (--bertscore DIR)"
     if chexbert:
-        active.append(CheXbertSimilarity(chexbert, device))
+        active["chexbert"] = CheXbertSimilarity(chexbert, device)
     else:
         skipped["chexbert"] = "no local model given (--chexbert DIR with chexbert.pth)"
-    skipped.update(_NOT_IMPLEMENTED)
-    return active, skipped
+    if radgraph and radgraph_annotations:
+        raise ValueError("give a RadGraph model folder or an annotation file, not both")
+    if radgraph:
+        active["radgraph"] = RadGraphF1(RadGraphModel(radgraph, device))
+    elif radgraph_annotations:
+        active["radgraph"] = RadGraphF1(AnnotationFile(radgraph_annotations))
+    else:
+        skipped["radgraph"] = ("no local model given (--radgraph DIR, an unpacked model of the radgraph package, "
+                               "or --radgraph-annotations FILE)")
+    needs = [m for m in ("radgraph", "bertscore", "chexbert") if m not in active]
+    if needs:
+        skipped["radcliq"] = f"needs {', '.join(needs)}"
+    elif active["bertscore"].baseline is None:  # type: ignore[attr-defined]
+        skipped["radcliq"] = ("needs BERTScore rescaled as RadCliQ's is: --bertscore distilroberta-base folder, "
+                              "--bertscore-layer 5, --bertscore-baseline bert-score's distilroberta-base.tsv")
+    else:
+        active["radcliq"] = RadCliQ(active["radgraph"], active["bertscore"], active["chexbert"])
+    return list(active.values()), skipped
