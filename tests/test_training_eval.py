@@ -267,7 +267,7 @@ def test_evaluate_runs_the_tiny_model_and_reports_skipped_metrics(tmp_path: Path
         assert 0.0 <= value["mean"] <= 1.0
     table = render_markdown(results, "tiny")
     assert "| Chest organ segmentation | left lung | Dice |" in table
-    assert "- radgraph: no local model given" in table
+    assert "- radgraph: no RadGraph annotations given" in table
     assert "- radcliq: needs radgraph, bertscore, chexbert" in table
 
 
@@ -384,7 +384,7 @@ def test_radgraph_f1_is_the_mean_of_entity_and_relation_f1() -> None:
 
 
 def test_radgraph_annotation_file_matches_reports_by_text(tmp_path: Path) -> None:
-    from medversa.training.radgraph import AnnotationFile, RadGraphF1, RadGraphModel
+    from medversa.training.radgraph import AnnotationFile, RadGraphF1
 
     path = tmp_path / "radgraph.json"
     path.write_text(json.dumps({"0": REFERENCE_GRAPH, "1": CANDIDATE_GRAPH}))
@@ -397,8 +397,24 @@ def test_radgraph_annotation_file_matches_reports_by_text(tmp_path: Path) -> Non
     (tmp_path / "bad.json").write_text(json.dumps([{"entities": {}}]))
     with pytest.raises(ValueError, match="annotation 0 has no 'text'"):
         AnnotationFile(tmp_path / "bad.json")
+
+
+def test_radgraph_annotate_tool_reads_eval_predictions(tmp_path: Path) -> None:
+    """tools/radgraph_annotate.py takes every distinct generated and reference report of
+    ``medversa eval --predictions`` (it runs the radgraph package in its own environment)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from radgraph_annotate import annotate, report_texts
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    lines = [json.dumps({"task": "report_findings", "output": "Left pleural effusion.", "reference": "No effusion."}),
+             "", json.dumps({"task": "report_impression", "output": "No effusion.", "reference": "Normal."}),
+             json.dumps({"task": "chest_pathology_classification", "output": "", "reference": ["effusion"]})]
+    assert report_texts(lines) == ["Left pleural effusion.", "No effusion.", "Normal."]
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        report_texts(["{"])
     with pytest.raises(ValueError, match="needs config.json and weights.th"):
-        RadGraphModel(tmp_path)
+        annotate(["x"], tmp_path)
 
 
 def test_radcliq_v1_constants_and_bleu2() -> None:

@@ -42,11 +42,9 @@ def eval_command(
     bertscore_baseline: Annotated[Path | None, typer.Option(
         help="bert-score rescale file (LAYER,P,R,F) for --bertscore; RadCliQ needs distilroberta-base.tsv",
         exists=True, dir_okay=False)] = None,
-    radgraph: Annotated[Path | None, typer.Option(
-        help="Unpacked RadGraph model of the radgraph package (folder named radgraph, radgraph-xl...)",
-        exists=True, file_okay=False)] = None,
     radgraph_annotations: Annotated[Path | None, typer.Option(
-        help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports",
+        help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports, "
+             "from tools/radgraph_annotate.py",
         exists=True, dir_okay=False)] = None,
 ) -> None:
     """Score a model on a dataset split: Dice, IoU, F1 and BLEU-4 with 95% bootstrap intervals."""
@@ -63,7 +61,7 @@ def eval_command(
         raise typer.BadParameter(str(exc)) from exc
     try:
         text_metrics, skipped = load_text_metrics(bertscore, bertscore_layer, chexbert, device,
-                                                  bertscore_baseline=bertscore_baseline, radgraph=radgraph,
+                                                  bertscore_baseline=bertscore_baseline,
                                                   radgraph_annotations=radgraph_annotations)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

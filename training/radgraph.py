@@ -11,15 +11,16 @@ empty and nothing matches, as in that code.
 Annotations come in RadGraph's JSON layout (its dataset files and the output of the
 ``radgraph`` package): one object per report with ``text`` and ``entities``, each
 entity ``{"tokens", "label", "start_ix", "end_ix", "relations": [[type, target_id], ...]}``.
-They are produced either by the RadGraph model from a local folder
-(:class:`RadGraphModel`, through the ``radgraph`` package) or read from a file written
-by that model elsewhere (:class:`AnnotationFile`), keyed by report text.
+They are read from a file (:class:`AnnotationFile`, matched to reports by text) that
+the RadGraph model wrote: ``tools/radgraph_annotate.py`` runs the ``radgraph`` package
+on a local model folder for the reports of ``medversa eval --predictions``. It runs in
+its own environment because that package's bundled AllenNLP code calls tokenizer
+methods (``encode_plus``) that transformers 5, which this project pins, no longer has.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,37 +105,6 @@ class AnnotationFile:
             raise ValueError(f"{self.path} has no RadGraph annotation for {len(missing)} report(s), "
                              f"e.g. {missing[0][:80]!r}")
         return [self.by_text.get(text_key(t), {"text": t, "entities": {}}) for t in texts]
-
-
-class RadGraphModel:
-    """The RadGraph model from a local folder, run by the ``radgraph`` package (never downloads).
-
-    ``folder`` is an unpacked model of the package (``radgraph``, ``radgraph-xl``...), named
-    as the package names it and holding ``config.json``, ``vocabulary/`` and
-    ``weights.th``; the BERT it names in its config must be a local folder or already
-    in the Hugging Face cache (the hub is switched offline here).
-    """
-
-    def __init__(self, folder: str | Path, device: str | None = None) -> None:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "weights.th").is_file():
-            raise ValueError(f"RadGraph model folder {folder} needs config.json and weights.th "
-                             "(an unpacked model of the radgraph package)")
-        try:
-            from radgraph import RadGraph
-        except ImportError as exc:
-            raise ValueError("RadGraph needs the 'radgraph' package (pip install radgraph)") from exc
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-
-        use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-        self.model = RadGraph(model_type=folder.name, model_cache_dir=str(folder.parent), cuda=0 if use_cuda else -1)
-
-    def annotate(self, texts: Sequence[str]) -> list[Annotation]:
-        if not texts:
-            return []
-        out = self.model(list(texts))
-        return [out.get(str(i), {"text": t, "entities": {}}) for i, t in enumerate(texts)]
 
 
 class RadGraphF1:
