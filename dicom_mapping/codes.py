@@ -71,7 +71,9 @@ CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
     "mediastinal widening": private("mediastinal widening"),
     "enlarged hilum": private("enlarged hilum"),
     "tortuous aorta": private("tortuous aorta"),
-    "vascular calcification": private("vascular calcification"),
+    # DICOM PS3.16 CID 6010/6011 (radiographic calcification types): an imaging finding of vascular
+    # calcification, defined there for mammography but not specific to the breast.
+    "vascular calcification": sct("129759000", "Vascular calcification"),
     "rib fracture": sct("33737001", "Fracture of rib"),
     "spinal fracture": sct("50448004", "Fracture of vertebral column"),
     "scoliosis": sct("298382003", "Scoliosis deformity of spine"),
@@ -139,7 +141,7 @@ ANATOMY_FINDINGS: dict[str, CodedConcept] = {
 #: Codes that pydicom's DICOM tables list with the same meaning (checked by a test).
 VERIFIED_IN_PYDICOM = {"19242006", "60046008", "36118008", "16838000", "14766002", "84114007", "201101007",
                        "2092003", "400210000", "80891009", "10200004", "64033007", "78961009", "15776009",
-                       "95324001", "39607008", "72410000"}
+                       "95324001", "39607008", "72410000", "129759000"}
 
 # Document and IHE AIR concepts.
 FINDINGS = CodedConcept("59776-5", LN, "Findings")
