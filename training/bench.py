@@ -1,18 +1,25 @@
 """Training throughput per task: forward, backward and optimizer step on one batch of each pool.
 
 Uses medinterp-mini when given (real image sizes and report lengths), else
-synthetic records built here, so the benchmark runs from a plain checkout.
+synthetic records built here, so the benchmark runs from a plain checkout. On a GPU
+the model is built there (random weights), steps run under bf16 autocast, and the
+peak GPU memory of each task's steps is reported: ``medversa bench train --preset
+medversa-7b --device cuda`` measures the paper's configuration (LoRA on the LLM, the
+rest trainable), which is what the 7B recipe trains.
 """
 
 from __future__ import annotations
 
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from medversa.inference.checkpoint import build_model
+from medversa.inference.model import MedVersaModel
+from medversa.inference.presets import create_config
+from medversa.inference.tokenizer import MedVersaTokenizer
 from medversa.inference.tasks import Modality
 
 from .batching import collate
@@ -38,13 +45,39 @@ def synthetic_records(seed: int = 0) -> list[Record]:
     ]
 
 
-def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0) -> dict:
+def _random_model(preset: str) -> tuple[MedVersaModel, MedVersaTokenizer]:
+    """The preset with random weights and its tokenizer, or the bundled one where its own is not here.
+
+    The 7B preset's Llama-2 tokenizer is not shipped; the bundled tokenizer's ids all fall
+    inside the 7B vocabulary, so throughput and memory (embedding and LM head keep their
+    full 32,005 rows) are those of the real configuration.
+    """
+    config = create_config(preset)
+    tokenizer = MedVersaTokenizer.from_path(config.tokenizer_path)
+    if len(tokenizer) > config.llm.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than {preset}'s vocabulary")
+    return MedVersaModel(config), tokenizer
+
+
+def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0, device: str | None = None,
+                   bf16: bool | None = None, lora_only: bool | None = None,
+                   gradient_checkpointing: bool = False) -> dict:
+    """Samples/s per (modality, task) pool; ``bf16`` defaults to on for CUDA, ``lora_only`` for 7B."""
+    from .trainer import _set_trainable, _to_device
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    bf16 = dev.type == "cuda" if bf16 is None else bf16
+    lora_only = preset == "medversa-7b" if lora_only is None else lora_only
     torch.manual_seed(seed)
-    model, tokenizer = build_model(preset)
+    with dev:  # built in place: a 7B model is never materialised on the host first
+        model, tokenizer = _random_model(preset)
+    _set_trainable(model, train_llm_base=not lora_only)
+    if gradient_checkpointing:
+        model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     objective = TrainingObjective(model, tokenizer.ids.image)
-    for p in model.parameters():
-        p.requires_grad = True
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
     if data:
         from .datasets.medinterp_mini import read_all
 
@@ -53,21 +86,37 @@ def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0) ->
         records = synthetic_records(seed)
     sampler = DomainAwareSampler(records, seed, BATCH)
     rng = np.random.default_rng(seed)
+    cuda = dev.type == "cuda"
     out = {}
     for (modality, task), pool in sampler.pools.items():
         size = sampler.batch_size_for(modality)
         times = []
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
         for i in range(steps + 1):
             samples = [build_sample(pool.records[int(rng.integers(len(pool.records)))], task, rng) for _ in range(size)]
+            if cuda:
+                torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            batch = collate(samples, tokenizer, model.config, 256)
-            losses = objective(batch)
+            batch = _to_device(collate(samples, tokenizer, model.config, 256), dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+                losses = objective(batch)
             losses["total"].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize(dev)
             if i:
                 times.append(time.perf_counter() - t0)
-        out[f"{modality.value}/{task.value}"] = {"batch_size": size, "seconds_per_step": round(float(np.median(times)), 3),
-                                                 "samples_per_s": round(size / float(np.median(times)), 2)}
-    return {"preset": preset, "device": "cpu", "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        row = {"batch_size": size, "seconds_per_step": round(float(np.median(times)), 3),
+               "samples_per_s": round(size / float(np.median(times)), 2)}
+        if cuda:
+            row["peak_memory_GiB"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+        out[f"{modality.value}/{task.value}"] = row
+    return {"preset": preset, "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+            "autocast": "bfloat16" if bf16 else "none", "lora_only": lora_only,
+            "gradient_checkpointing": gradient_checkpointing,
+            "parameters": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in params),
+            "tokenizer_tokens": len(tokenizer), "vocabulary": model.config.llm.vocab_size,
+            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
             "data": str(data) if data else "synthetic", "steps_per_task": steps, "tasks": out}

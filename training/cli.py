@@ -53,15 +53,21 @@ def train(
 
 
 def bench_train(
-    preset: str = typer.Option("demo", "--preset"),
+    preset: str = typer.Option("demo", "--preset", help="demo, tiny or medversa-7b (random weights)"),
     data: Path = typer.Option(None, "--data", help="medinterp-mini folder (default: synthetic samples)"),
     steps: int = typer.Option(3, "--steps", help="Timed steps per task (after one warm-up step)"),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
+    bf16: bool = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for cuda)"),
+    lora_only: bool = typer.Option(None, "--lora-only/--train-llm-base",
+                                   help="Train only LoRA in the LLM (default: on for medversa-7b)"),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Training samples/s per task on this machine (random weights)."""
+    """Training samples/s per task on this machine (random weights); peak GPU memory on CUDA."""
     from .bench import bench_training
 
-    result = bench_training(preset, data, steps)
+    result = bench_training(preset, data, steps, device=device, bf16=bf16, lora_only=lora_only,
+                            gradient_checkpointing=gradient_checkpointing)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
