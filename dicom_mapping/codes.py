@@ -71,9 +71,11 @@ CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
     "mediastinal widening": private("mediastinal widening"),
     "enlarged hilum": private("enlarged hilum"),
     "tortuous aorta": private("tortuous aorta"),
-    # DICOM PS3.16 CID 6010/6011 (radiographic calcification types): an imaging finding of vascular
-    # calcification, defined there for mammography but not specific to the breast.
-    "vascular calcification": sct("129759000", "Vascular calcification"),
+    # Two independent sources: DICOM PS3.16 CIDs 3491, 3495-3497 and 7111 (vascular and plaque findings,
+    # "Vascular Calcification"; CID 3712 uses it as the qualifier "Calcified" of a vessel) and the Human
+    # Phenotype Ontology (HP:0004934 "Vascular calcification", xref SNOMEDCT_US:237897009). 129759000,
+    # also "Vascular calcification" in pydicom's tables, is mammography's calcification type (CID 6010).
+    "vascular calcification": sct("237897009", "Vascular calcification"),
     "rib fracture": sct("33737001", "Fracture of rib"),
     "spinal fracture": sct("50448004", "Fracture of vertebral column"),
     "scoliosis": sct("298382003", "Scoliosis deformity of spine"),
@@ -141,7 +143,7 @@ ANATOMY_FINDINGS: dict[str, CodedConcept] = {
 #: Codes that pydicom's DICOM tables list with the same meaning (checked by a test).
 VERIFIED_IN_PYDICOM = {"19242006", "60046008", "36118008", "16838000", "14766002", "84114007", "201101007",
                        "2092003", "400210000", "80891009", "10200004", "64033007", "78961009", "15776009",
-                       "95324001", "39607008", "72410000", "129759000"}
+                       "95324001", "39607008", "72410000", "237897009"}
 
 # Document and IHE AIR concepts.
 FINDINGS = CodedConcept("59776-5", LN, "Findings")
