@@ -1,5 +1,5 @@
-"""tools/radgraph_annotate.py with the real radgraph package on a tiny random RadGraph model, and
-its output scored by ``medversa eval``'s RadGraph F1.
+"""radgraph_annotate.py with the real radgraph package on a tiny random RadGraph model, by hand and
+through ``medversa eval``'s RadGraph F1 (:class:`RadGraphProcess`).
 
 The radgraph package needs transformers < 5 (ours is 5), so it lives in another environment:
 set MEDVERSA_RADGRAPH_PYTHON to its interpreter (``python -m venv env && env/bin/pip install
@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from medversa.training.radgraph import AnnotationFile, RadGraphF1
+from medversa.training.radgraph import AnnotationFile, RadGraphF1, RadGraphProcess
 
 from .conftest import REPO
 
@@ -31,7 +31,7 @@ def test_annotations_from_the_radgraph_package_score_in_eval(tmp_path: Path) -> 
     predictions.write_text("".join(json.dumps({"task": "report_findings", "output": o, "reference": r}) + "\n"
                                    for o, r in pairs))
     out = tmp_path / "radgraph.json"
-    subprocess.run([PYTHON, str(REPO / "tools" / "radgraph_annotate.py"), str(predictions), "--model",
+    subprocess.run([PYTHON, str(REPO / "training" / "radgraph_annotate.py"), str(predictions), "--model",
                     str(tmp_path / "models" / "radgraph"), "--out", str(out)],
                    check=True, env=env, capture_output=True, timeout=300)
     annotations = json.loads(out.read_text())
@@ -40,3 +40,6 @@ def test_annotations_from_the_radgraph_package_score_in_eval(tmp_path: Path) -> 
     assert all(a["entities"] for a in annotations)  # random weights, but spans are labelled
     scores = RadGraphF1(AnnotationFile(out)).score([o for o, _ in pairs], [r for _, r in pairs])
     assert scores[1] == 1.0 and 0.0 <= scores[0] < 1.0
+    # In one step, as `medversa eval --radgraph DIR --radgraph-python PY` does: the same scores.
+    direct = RadGraphF1(RadGraphProcess(tmp_path / "models" / "radgraph", PYTHON))
+    assert direct.score([o for o, _ in pairs], [r for _, r in pairs]).tolist() == scores.tolist()

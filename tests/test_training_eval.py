@@ -267,7 +267,7 @@ def test_evaluate_runs_the_tiny_model_and_reports_skipped_metrics(tmp_path: Path
         assert 0.0 <= value["mean"] <= 1.0
     table = render_markdown(results, "tiny")
     assert "| Chest organ segmentation | left lung | Dice |" in table
-    assert "- radgraph: no RadGraph annotations given" in table
+    assert "- radgraph: no local model given" in table
     assert "- radcliq: needs radgraph, bertscore, chexbert" in table
 
 
@@ -400,13 +400,10 @@ def test_radgraph_annotation_file_matches_reports_by_text(tmp_path: Path) -> Non
 
 
 def test_radgraph_annotate_tool_reads_eval_predictions(tmp_path: Path) -> None:
-    """tools/radgraph_annotate.py takes every distinct generated and reference report of
+    """radgraph_annotate.py takes every distinct generated and reference report of
     ``medversa eval --predictions`` (it runs the radgraph package in its own environment)."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from radgraph_annotate import annotate, report_texts
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    from medversa.training.radgraph_annotate import annotate, report_texts
+
     lines = [json.dumps({"task": "report_findings", "output": "Left pleural effusion.", "reference": "No effusion."}),
              "", json.dumps({"task": "report_impression", "output": "No effusion.", "reference": "Normal."}),
              json.dumps({"task": "chest_pathology_classification", "output": "", "reference": ["effusion"]})]
@@ -415,6 +412,16 @@ def test_radgraph_annotate_tool_reads_eval_predictions(tmp_path: Path) -> None:
         report_texts(["{"])
     with pytest.raises(ValueError, match="needs config.json and weights.th"):
         annotate(["x"], tmp_path)
+    from medversa.training.radgraph import RadGraphProcess
+
+    with pytest.raises(ValueError, match="needs config.json and weights.th"):
+        RadGraphProcess(tmp_path, sys.executable)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "weights.th").write_bytes(b"")
+    with pytest.raises(ValueError, match="no Python interpreter"):
+        RadGraphProcess(tmp_path, tmp_path / "no-python")
+    with pytest.raises(ValueError, match="needs --radgraph-python"):
+        load_text_metrics(radgraph=tmp_path)
 
 
 def test_radcliq_v1_constants_and_bleu2() -> None:

@@ -42,9 +42,15 @@ def eval_command(
     bertscore_baseline: Annotated[Path | None, typer.Option(
         help="bert-score rescale file (LAYER,P,R,F) for --bertscore; RadCliQ needs distilroberta-base.tsv",
         exists=True, dir_okay=False)] = None,
+    radgraph: Annotated[Path | None, typer.Option(
+        help="Unpacked RadGraph model of the radgraph package (folder named radgraph, radgraph-xl...)",
+        exists=True, file_okay=False)] = None,
+    radgraph_python: Annotated[Path | None, typer.Option(
+        help="Python of an environment with the radgraph package and transformers<5",
+        envvar="MEDVERSA_RADGRAPH_PYTHON", exists=True, dir_okay=False)] = None,
     radgraph_annotations: Annotated[Path | None, typer.Option(
         help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports, "
-             "from tools/radgraph_annotate.py",
+             "(instead of --radgraph)",
         exists=True, dir_okay=False)] = None,
 ) -> None:
     """Score a model on a dataset split: Dice, IoU, F1 and BLEU-4 with 95% bootstrap intervals."""
@@ -61,7 +67,8 @@ def eval_command(
         raise typer.BadParameter(str(exc)) from exc
     try:
         text_metrics, skipped = load_text_metrics(bertscore, bertscore_layer, chexbert, device,
-                                                  bertscore_baseline=bertscore_baseline,
+                                                  bertscore_baseline=bertscore_baseline, radgraph=radgraph,
+                                                  radgraph_python=radgraph_python,
                                                   radgraph_annotations=radgraph_annotations)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

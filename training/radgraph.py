@@ -11,16 +11,19 @@ empty and nothing matches, as in that code.
 Annotations come in RadGraph's JSON layout (its dataset files and the output of the
 ``radgraph`` package): one object per report with ``text`` and ``entities``, each
 entity ``{"tokens", "label", "start_ix", "end_ix", "relations": [[type, target_id], ...]}``.
-They are read from a file (:class:`AnnotationFile`, matched to reports by text) that
-the RadGraph model wrote: ``tools/radgraph_annotate.py`` runs the ``radgraph`` package
-on a local model folder for the reports of ``medversa eval --predictions``. It runs in
-its own environment because that package's bundled AllenNLP code calls tokenizer
-methods (``encode_plus``) that transformers 5, which this project pins, no longer has.
+The RadGraph model runs through the ``radgraph`` package on a local model folder, in
+an environment of its own because that package's bundled AllenNLP code calls
+tokenizer methods (``encode_plus``) that transformers 5, which this project pins, no
+longer has: :class:`RadGraphProcess` runs :mod:`.radgraph_annotate` with that
+environment's Python. :class:`AnnotationFile` reads annotations written earlier
+(matched to reports by text).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,6 +108,36 @@ class AnnotationFile:
             raise ValueError(f"{self.path} has no RadGraph annotation for {len(missing)} report(s), "
                              f"e.g. {missing[0][:80]!r}")
         return [self.by_text.get(text_key(t), {"text": t, "entities": {}}) for t in texts]
+
+
+class RadGraphProcess:
+    """The RadGraph model in a local folder, run by :mod:`.radgraph_annotate` under another Python.
+
+    ``python`` is the interpreter of an environment with the ``radgraph`` package and
+    transformers < 5 (see :mod:`.radgraph_annotate`); ``model`` an unpacked model of that
+    package, in a folder named as it names its models (``radgraph``, ``radgraph-xl``).
+    """
+
+    SCRIPT = Path(__file__).with_name("radgraph_annotate.py")
+
+    def __init__(self, model: str | Path, python: str | Path, timeout_s: float = 3600.0) -> None:
+        self.model, self.python, self.timeout_s = Path(model), str(python), timeout_s
+        if not (self.model / "config.json").is_file() or not (self.model / "weights.th").is_file():
+            raise ValueError(f"RadGraph model folder {self.model} needs config.json and weights.th "
+                             "(an unpacked model of the radgraph package)")
+        if not Path(self.python).is_file():
+            raise ValueError(f"no Python interpreter at {self.python} for RadGraph (an environment with the "
+                             "radgraph package and transformers<5)")
+
+    def annotate(self, texts: Sequence[str]) -> list[Annotation]:
+        with tempfile.TemporaryDirectory(prefix="medversa-radgraph-") as tmp:
+            reports, out = Path(tmp) / "reports.jsonl", Path(tmp) / "radgraph.json"
+            reports.write_text("".join(json.dumps({"output": t}) + "\n" for t in texts), encoding="utf-8")
+            run = subprocess.run([self.python, str(self.SCRIPT), str(reports), "--model", str(self.model),
+                                  "--out", str(out)], capture_output=True, text=True, timeout=self.timeout_s)
+            if run.returncode != 0:
+                raise ValueError(f"RadGraph ({self.python}) failed: {run.stderr.strip()[-500:]}")
+            return AnnotationFile(out).annotate(texts)
 
 
 class RadGraphF1:

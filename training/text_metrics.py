@@ -15,8 +15,9 @@ downloads, so each runs only when its local path is given:
   embeddings from CheXbert's BERT (RadCliQ's ``semb_score``, CXR-Report-Metric).
   The folder holds the published ``chexbert.pth`` and the bert-base-uncased
   ``config.json`` and tokenizer files it was trained with.
-- ``radgraph``: RadGraph F1 (:mod:`.radgraph`) from the annotations a local RadGraph
-  model wrote for the generated and reference reports (``tools/radgraph_annotate.py``).
+- ``radgraph``: RadGraph F1 (:mod:`.radgraph`) from a local RadGraph model, run by the
+  ``radgraph`` package in an environment of its own (``--radgraph-python``), or from a
+  file of annotations that model wrote.
 - ``radcliq``: RadCliQ-v1 (:mod:`.radcliq`) from the three above and BLEU-2, when
   all three are given and BERTScore is rescaled with its baseline.
 """
@@ -184,8 +185,8 @@ class CheXbertSimilarity:
 
 def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int | None = None,
                       chexbert: str | Path | None = None, device: str | None = None, *,
-                      bertscore_baseline: str | Path | None = None,
-                      radgraph_annotations: str | Path | None = None,
+                      bertscore_baseline: str | Path | None = None, radgraph: str | Path | None = None,
+                      radgraph_python: str | Path | None = None, radgraph_annotations: str | Path | None = None,
                       ) -> tuple[list[TextMetric], dict[str, str]]:
     """The model-based metrics whose local models are given, and ``{metric: reason}`` for the rest.
 
@@ -193,7 +194,7 @@ def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int 
     BERTScore rescaled with a baseline (RadCliQ's is distilroberta-base at layer 5).
     """
     from .radcliq import RadCliQ
-    from .radgraph import AnnotationFile, RadGraphF1
+    from .radgraph import AnnotationFile, RadGraphF1, RadGraphProcess
 
     active: dict[str, TextMetric] = {}
     skipped: dict[str, str] = {}
@@ -213,11 +214,18 @@ def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int 
         active["chexbert"] = CheXbertSimilarity(chexbert, device)
     else:
         skipped["chexbert"] = "no local model given (--chexbert DIR with chexbert.pth)"
-    if radgraph_annotations:
+    if radgraph and radgraph_annotations:
+        raise ValueError("give a RadGraph model folder or an annotation file, not both")
+    if radgraph:
+        if not radgraph_python:
+            raise ValueError("RadGraph needs --radgraph-python (or MEDVERSA_RADGRAPH_PYTHON): the Python of an "
+                             "environment with the radgraph package and transformers<5")
+        active["radgraph"] = RadGraphF1(RadGraphProcess(radgraph, radgraph_python))
+    elif radgraph_annotations:
         active["radgraph"] = RadGraphF1(AnnotationFile(radgraph_annotations))
     else:
-        skipped["radgraph"] = ("no RadGraph annotations given (--radgraph-annotations FILE, written by "
-                               "tools/radgraph_annotate.py with a local RadGraph model)")
+        skipped["radgraph"] = ("no local model given (--radgraph DIR with --radgraph-python, "
+                               "or --radgraph-annotations FILE)")
     needs = [m for m in ("radgraph", "bertscore", "chexbert") if m not in active]
     if needs:
         skipped["radcliq"] = f"needs {', '.join(needs)}"

@@ -3,11 +3,15 @@
 RadGraph F1 and RadCliQ need RadGraph's entities and relations for every generated
 report and its reference. The ``radgraph`` package runs the model, but its bundled
 AllenNLP code needs transformers < 5 while medversa-node pins transformers 5, so this
-script runs in an environment of its own (it imports nothing from medversa):
+file runs as a script in an environment of its own and imports nothing from medversa:
 
     python -m venv radgraph-env && radgraph-env/bin/pip install radgraph "transformers<5" torch
-    medversa eval --data DIR --predictions preds.jsonl ...            # our environment
-    radgraph-env/bin/python tools/radgraph_annotate.py preds.jsonl --model DIR --out radgraph.json
+    medversa eval --data DIR --radgraph MODEL_DIR --radgraph-python radgraph-env/bin/python ...
+
+``eval`` then runs this script on its reports itself. By hand, on the JSON lines of
+``medversa eval --predictions``:
+
+    radgraph-env/bin/python radgraph_annotate.py preds.jsonl --model MODEL_DIR --out radgraph.json
     medversa eval --data DIR --radgraph-annotations radgraph.json ...  # same model, same outputs
 
 ``--model`` is an unpacked model of the package (``config.json``, ``vocabulary/``,
@@ -48,6 +52,9 @@ def annotate(texts: list[str], model: Path, batch: int = 64) -> list[dict]:
     if not (model / "config.json").is_file() or not (model / "weights.th").is_file():
         raise ValueError(f"{model} needs config.json and weights.th (an unpacked model of the radgraph package)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Run as a script, this file's folder leads sys.path, and medversa's own radgraph.py would shadow the package.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     import torch
     from radgraph import RadGraph
 
