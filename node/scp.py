@@ -367,31 +367,48 @@ def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -
 
     A new instance in a study whose job already ran reopens the study: the next job
     version's results replace the earlier ones. Returns, per item, whether it was new.
+    The batch's studies and instances are looked up in two queries and written in one
+    flush (a per-row query and flush cost about 1.5 ms of CPU each, taken from the
+    receiving threads under the GIL).
     """
-    with store.session() as s:
-        return [_record_one(store, s, *item, is_prior=is_prior) for item in items]
+    with store.session() as s, s.no_autoflush:
+        study_uids = {str(ds.StudyInstanceUID) for ds, *_ in items}
+        sop_uids = {str(ds.SOPInstanceUID) for ds, *_ in items}
+        studies = {st.study_instance_uid: st
+                   for st in s.scalars(select(Study).where(Study.study_instance_uid.in_(study_uids)))}
+        instances = {inst.sop_instance_uid: inst
+                     for inst in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)))}
+        created = False
+        for ds, _path, _size, calling in items:
+            uid = str(ds.StudyInstanceUID)
+            if uid not in studies:
+                studies[uid] = Study(study_instance_uid=uid, patient_ref=hash_phi(str(ds.get("PatientID", ""))),
+                                     calling_ae=calling, is_prior=is_prior, first_received=utcnow())
+                s.add(studies[uid])
+                created = True
+        if created:
+            s.flush()  # their ids, for the instances' foreign keys
+        return [_record_one(store, s, studies, instances, *item, is_prior=is_prior) for item in items]
 
 
-def _record_one(store: Store, s, ds, path: str, size: int, calling: str, is_prior: bool = False) -> bool:
+def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str, Instance], ds, path: str,
+                size: int, calling: str, is_prior: bool = False) -> bool:
     study_uid = str(ds.StudyInstanceUID)
     sop_uid = str(ds.SOPInstanceUID)
     now = utcnow()
-    study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
-    if study is None:
-        study = Study(study_instance_uid=study_uid, patient_ref=hash_phi(str(ds.get("PatientID", ""))),
-                      calling_ae=calling, is_prior=is_prior, first_received=now)
-        s.add(study)
-        s.flush()
-    instance = s.scalars(select(Instance).where(Instance.sop_instance_uid == sop_uid)).first()
+    study = studies[study_uid]
+    instance = instances.get(sop_uid)
     new = instance is None
     if new:
-        s.add(Instance(
+        instance = Instance(
             study_id=study.id, sop_instance_uid=sop_uid, sop_class_uid=str(ds.SOPClassUID),
             series_instance_uid=str(ds.get("SeriesInstanceUID", "")), modality=str(ds.get("Modality", ""))[:16],
             body_part=str(ds.get("BodyPartExamined", ""))[:64],
             study_description=str(ds.get("StudyDescription", ""))[:128], calling_ae=calling,
             path=path, size=size, received_at=now,
-        ))
+        )
+        s.add(instance)
+        instances[sop_uid] = instance  # a second copy in the same batch is a duplicate
         study.pending_instances += 1
         if study.state in (StudyState.DONE, StudyState.QUEUED) and not is_prior:
             study.state = StudyState.RECEIVING  # reopened: a new job version will follow
@@ -401,5 +418,4 @@ def _record_one(store: Store, s, ds, path: str, size: int, calling: str, is_prio
         study.last_received = now
     store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,
                 sop_instance_uid=sop_uid, detail="new" if new else "duplicate (idempotent)")
-    s.flush()
     return new

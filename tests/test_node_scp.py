@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from medversa.node.config import load_settings
-from medversa.node.scp import StorageSCP, record_instance
+from medversa.node.scp import StorageSCP, record_instance, record_instances
 from medversa.node.spool import Spool, SpoolFull
 from medversa.node.store import AuditEvent, Instance, Store, Study, StudyState
 from medversa.node.tools import free_port
@@ -173,6 +173,32 @@ def test_a_new_instance_after_processing_reopens_the_study(tmp_path):
     with store.session() as s:
         study = s.scalars(select(Study)).one()
         assert study.state is StudyState.RECEIVING and study.pending_instances == 1
+
+
+def test_one_batch_records_new_studies_duplicates_and_reopened_studies_like_one_by_one(tmp_path):
+    """The recorder writes a batch with two queries and one flush: it must decide exactly as
+    instance-by-instance recording does (new vs duplicate, counts, reopening, one audit row each)."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    done = f.make_cr(16, 16)
+    record_instance(store, done, "done.dcm", 1, "PACS")
+    with store.session() as s:
+        study = s.scalars(select(Study)).one()
+        study.state, study.pending_instances = StudyState.DONE, 0
+    fresh_a = f.make_cr(16, 16)
+    fresh_b = f.make_cr(16, 16, study_uid=fresh_a.StudyInstanceUID)
+    late = f.make_cr(16, 16, study_uid=done.StudyInstanceUID)
+    batch = [(fresh_a, "a.dcm", 1, "PACS"), (fresh_b, "b.dcm", 1, "PACS"), (fresh_a, "a.dcm", 1, "PACS"),
+             (late, "late.dcm", 1, "PACS"), (done, "done.dcm", 1, "PACS")]
+    assert record_instances(store, batch) == [True, True, False, True, False]
+    with store.session() as s:
+        studies = {st.study_instance_uid: st for st in s.scalars(select(Study))}
+        assert len(studies) == 2
+        assert studies[str(fresh_a.StudyInstanceUID)].pending_instances == 2
+        reopened = studies[str(done.StudyInstanceUID)]
+        assert reopened.state is StudyState.RECEIVING and reopened.pending_instances == 1
+        assert len(s.scalars(select(Instance)).all()) == 4
+        details = [a.detail for a in s.scalars(select(AuditEvent).where(AuditEvent.event == "instance"))]
+        assert details.count("new") == 4 and details.count("duplicate (idempotent)") == 2
 
 
 def test_spool_write_is_atomic_and_partials_are_cleaned(tmp_path):
