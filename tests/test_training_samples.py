@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -206,3 +208,24 @@ def test_gradient_checkpointing_gives_the_same_gradients(mini):
     assert lora and plain.keys() == checkpointed.keys()
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-5), name
+
+
+def test_bf16_autocast_steps_train_every_pool_with_lora_only(mini):
+    """The GPU recipe's step (bf16 autocast, LoRA only in the LLM) run on the CPU: every pool gives a
+    finite loss, and the frozen base weights of the LLM do not move."""
+    from medversa.training.trainer import Trainer
+
+    cfg = TrainConfig.from_dict({
+        "preset": "tiny", "steps": 6, "seed": 3, "batch_size": 2, "max_length": 96, "bf16": True,
+        "train_llm_base": False, "optimizer": {"warmup_steps": 1},
+        "datasets": [{"name": "medinterp-mini", "root": str(mini), "split": "train"}],
+        "output_dir": str(mini.parent / "bf16")})
+    trainer = Trainer(cfg)
+    base = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+            if n.startswith("llm.") and "lora_" not in n}
+    rows = [trainer.train_step() for _ in range(6)]
+    assert all(math.isfinite(r["loss_total"]) for r in rows), rows
+    assert len({r["task"] for r in rows}) > 1
+    for name, value in trainer.model.named_parameters():
+        if name in base:
+            assert torch.equal(value, base[name]), name

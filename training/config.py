@@ -54,6 +54,8 @@ class TrainConfig:
     #: Train the LLM's base weights too (a from-scratch LLM, e.g. the demo); False: LoRA only (7B).
     train_llm_base: bool = False
     gradient_checkpointing: bool = False
+    #: bf16 autocast: None = on CUDA only; True also on the CPU (tests the GPU path here); False = never.
+    bf16: bool | None = None
     #: "ddp" (default under torchrun) or "fsdp" (7B).
     strategy: str = "ddp"
     augment: bool = True

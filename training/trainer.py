@@ -159,8 +159,9 @@ class Trainer:
 
     # --- loop ------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.runtime.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        device = self.runtime.device.type
+        if self.config.bf16 if self.config.bf16 is not None else device == "cuda":
+            return torch.autocast(device, dtype=torch.bfloat16)
         return nullcontext()
 
     def train_step(self) -> dict:
