@@ -43,3 +43,4 @@ def test_annotations_from_the_radgraph_package_score_in_eval(tmp_path: Path) -> 
     # In one step, as `medversa eval --radgraph DIR --radgraph-python PY` does: the same scores.
     direct = RadGraphF1(RadGraphProcess(tmp_path / "models" / "radgraph", PYTHON))
     assert direct.score([o for o, _ in pairs], [r for _, r in pairs]).tolist() == scores.tolist()
+    assert set(direct.annotator._seen) == {a["text"] for a in annotations}  # asked again: no second run
