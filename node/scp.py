@@ -30,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from datetime import datetime
 from io import BytesIO
 
 from medversa.dicom_mapping import header as h
@@ -325,7 +326,8 @@ class Recorder:
         self._thread.start()
 
     def put(self, ds, path: str, size: int, calling: str) -> None:
-        self._queue.put((ds, path, size, calling))
+        # Stamped now: a study's idle clock runs from receipt, not from when its row is written.
+        self._queue.put((ds, path, size, calling, utcnow()))
 
     def flush(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -363,7 +365,8 @@ def record_instance(store: Store, ds, path: str, size: int, calling: str, is_pri
 
 
 def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -> list[bool]:
-    """Add (or refresh) the rows of spooled instances ``(ds, path, size, calling)`` in one transaction.
+    """Add (or refresh) the rows of spooled instances ``(ds, path, size, calling[, received_at])``
+    in one transaction (``received_at`` defaults to now).
 
     A new instance in a study whose job already ran reopens the study: the next job
     version's results replace the earlier ones. Returns, per item, whether it was new.
@@ -379,7 +382,7 @@ def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -
         instances = {inst.sop_instance_uid: inst
                      for inst in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)))}
         created = False
-        for ds, _path, _size, calling in items:
+        for ds, _path, _size, calling, *_ in items:
             uid = str(ds.StudyInstanceUID)
             if uid not in studies:
                 studies[uid] = Study(study_instance_uid=uid, patient_ref=hash_phi(str(ds.get("PatientID", ""))),
@@ -392,10 +395,10 @@ def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -
 
 
 def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str, Instance], ds, path: str,
-                size: int, calling: str, is_prior: bool = False) -> bool:
+                size: int, calling: str, received_at: datetime | None = None, is_prior: bool = False) -> bool:
     study_uid = str(ds.StudyInstanceUID)
     sop_uid = str(ds.SOPInstanceUID)
-    now = utcnow()
+    now = received_at or utcnow()
     study = studies[study_uid]
     instance = instances.get(sop_uid)
     new = instance is None

@@ -1,6 +1,7 @@
 """The Storage SCP over loopback with real peers (dcmtk storescu/echoscu, pynetdicom)."""
 
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -187,7 +188,8 @@ def test_one_batch_records_new_studies_duplicates_and_reopened_studies_like_one_
     fresh_a = f.make_cr(16, 16)
     fresh_b = f.make_cr(16, 16, study_uid=fresh_a.StudyInstanceUID)
     late = f.make_cr(16, 16, study_uid=done.StudyInstanceUID)
-    batch = [(fresh_a, "a.dcm", 1, "PACS"), (fresh_b, "b.dcm", 1, "PACS"), (fresh_a, "a.dcm", 1, "PACS"),
+    received = datetime(2026, 1, 2, 3, 4, 5)  # the receipt time the SCP stamps, not the time of writing
+    batch = [(fresh_a, "a.dcm", 1, "PACS"), (fresh_b, "b.dcm", 1, "PACS", received), (fresh_a, "a.dcm", 1, "PACS"),
              (late, "late.dcm", 1, "PACS"), (done, "done.dcm", 1, "PACS")]
     assert record_instances(store, batch) == [True, True, False, True, False]
     with store.session() as s:
@@ -197,6 +199,9 @@ def test_one_batch_records_new_studies_duplicates_and_reopened_studies_like_one_
         reopened = studies[str(done.StudyInstanceUID)]
         assert reopened.state is StudyState.RECEIVING and reopened.pending_instances == 1
         assert len(s.scalars(select(Instance)).all()) == 4
+        by_uid = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
+        assert by_uid[str(fresh_b.SOPInstanceUID)].received_at == received
+        assert by_uid[str(fresh_a.SOPInstanceUID)].received_at > received  # unstamped: the time of writing
         details = [a.detail for a in s.scalars(select(AuditEvent).where(AuditEvent.event == "instance"))]
         assert details.count("new") == 4 and details.count("duplicate (idempotent)") == 2
 
