@@ -313,8 +313,8 @@ class Recorder:
     ``batch`` rows): with SQLite's synchronous=FULL every commit is an fsync, and one
     commit per instance would compete with the spool's own fsyncs for the disk while
     a study streams in. The spooled file, not the row, is the durable record (a crash
-    before the commit is repaired by the start-up rescan), and a row that lands a few
-    hundred milliseconds late only moves the study's idle clock by as much.
+    before the commit is repaired by the start-up rescan), and each row carries the
+    time the SCP received its instance, so the study's idle clock is not moved.
     """
 
     def __init__(self, store: Store, batch: int = 256, window: float = 0.25) -> None:
