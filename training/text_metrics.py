@@ -7,7 +7,10 @@ downloads, so each runs only when its local path is given:
 
 - ``bertscore`` (Zhang et al. 2020): greedy cosine matching of contextual token
   embeddings, F1 per report, from any local Hugging Face encoder folder, computed
-  as the ``bert-score`` package does (no idf; a test checks the two agree). Raw
+  as the ``bert-score`` package does (no idf; tests check the two agree, for RoBERTa
+  against bert-score under transformers 4: under transformers 5, bert-score 0.3.13
+  silently loses the leading space it gives RoBERTa's input, and RadCliQ was fitted
+  with it). Raw
   scores unless a baseline file is given; ``layer`` defaults to the last hidden
   layer, while ``bert-score`` picks a tuned layer per model (e.g. 5 for
   distilroberta-base): pass it to match.
