@@ -49,7 +49,7 @@ def eval_command(
         help="Python of an environment with the radgraph package and transformers<5",
         envvar="MEDVERSA_RADGRAPH_PYTHON", exists=True, dir_okay=False)] = None,
     radgraph_annotations: Annotated[Path | None, typer.Option(
-        help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports, "
+        help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports "
              "(instead of --radgraph)",
         exists=True, dir_okay=False)] = None,
 ) -> None:
