@@ -382,11 +382,12 @@ def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -
         instances = {inst.sop_instance_uid: inst
                      for inst in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(sop_uids)))}
         created = False
-        for ds, _path, _size, calling, *_ in items:
+        for ds, _path, _size, calling, *stamp in items:
             uid = str(ds.StudyInstanceUID)
             if uid not in studies:
                 studies[uid] = Study(study_instance_uid=uid, patient_ref=hash_phi(str(ds.get("PatientID", ""))),
-                                     calling_ae=calling, is_prior=is_prior, first_received=utcnow())
+                                     calling_ae=calling, is_prior=is_prior,
+                                     first_received=stamp[0] if stamp else utcnow())
                 s.add(studies[uid])
                 created = True
         if created:
