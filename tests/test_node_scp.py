@@ -162,13 +162,19 @@ def test_associations_are_refused_above_the_disk_refusal_level(scp, monkeypatch)
         assert "disk" in s.scalars(select(AuditEvent).where(AuditEvent.outcome == "rejected")).one().detail
 
 
-def test_a_new_instance_after_processing_reopens_the_study(tmp_path):
+def _store_with_a_processed_study(tmp_path):
+    """A job store holding one recorded study whose job is done, and that study's instance."""
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     first = f.make_cr(16, 16)
     record_instance(store, first, "a.dcm", 1, "PACS")
     with store.session() as s:
         study = s.scalars(select(Study)).one()
         study.state, study.pending_instances = StudyState.DONE, 0
+    return store, first
+
+
+def test_a_new_instance_after_processing_reopens_the_study(tmp_path):
+    store, first = _store_with_a_processed_study(tmp_path)
     late = f.make_cr(16, 16, study_uid=first.StudyInstanceUID)
     assert record_instance(store, late, "b.dcm", 1, "PACS")
     with store.session() as s:
@@ -179,18 +185,13 @@ def test_a_new_instance_after_processing_reopens_the_study(tmp_path):
 def test_one_batch_records_new_studies_duplicates_and_reopened_studies_like_one_by_one(tmp_path):
     """The recorder writes a batch with two queries and one flush: it must decide exactly as
     instance-by-instance recording does (new vs duplicate, counts, reopening, one audit row each)."""
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    done = f.make_cr(16, 16)
-    record_instance(store, done, "done.dcm", 1, "PACS")
-    with store.session() as s:
-        study = s.scalars(select(Study)).one()
-        study.state, study.pending_instances = StudyState.DONE, 0
+    store, done = _store_with_a_processed_study(tmp_path)
     fresh_a = f.make_cr(16, 16)
     fresh_b = f.make_cr(16, 16, study_uid=fresh_a.StudyInstanceUID)
     late = f.make_cr(16, 16, study_uid=done.StudyInstanceUID)
     received = datetime(2026, 1, 2, 3, 4, 5)  # the receipt time the SCP stamps, not the time of writing
     batch = [(fresh_a, "a.dcm", 1, "PACS"), (fresh_b, "b.dcm", 1, "PACS", received), (fresh_a, "a.dcm", 1, "PACS"),
-             (late, "late.dcm", 1, "PACS"), (done, "done.dcm", 1, "PACS")]
+             (late, "late.dcm", 1, "PACS"), (done, "a.dcm", 1, "PACS")]
     assert record_instances(store, batch) == [True, True, False, True, False]
     with store.session() as s:
         studies = {st.study_instance_uid: st for st in s.scalars(select(Study))}
@@ -204,6 +205,11 @@ def test_one_batch_records_new_studies_duplicates_and_reopened_studies_like_one_
         assert by_uid[str(fresh_a.SOPInstanceUID)].received_at > received  # unstamped: the time of writing
         details = [a.detail for a in s.scalars(select(AuditEvent).where(AuditEvent.event == "instance"))]
         assert details.count("new") == 4 and details.count("duplicate (idempotent)") == 2
+    stamped = f.make_cr(16, 16)  # a new study's first instance: the study starts at its receipt time too
+    record_instances(store, [(stamped, "s.dcm", 1, "PACS", received)])
+    with store.session() as s:
+        study = s.scalars(select(Study).where(Study.study_instance_uid == str(stamped.StudyInstanceUID))).one()
+        assert study.first_received == study.last_received == received
 
 
 def test_spool_write_is_atomic_and_partials_are_cleaned(tmp_path):
