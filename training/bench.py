@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import platform
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +62,11 @@ def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0, de
                    bf16: bool | None = None, lora_only: bool | None = None,
                    gradient_checkpointing: bool = False) -> dict:
     """Samples/s per (modality, task) pool; ``bf16`` defaults to on for CUDA, ``lora_only`` for 7B."""
-    from .trainer import _set_trainable, _to_device
+    from .trainer import _set_trainable, _to_device, autocast, bf16_enabled
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
-    bf16 = dev.type == "cuda" if bf16 is None else bf16
+    bf16 = bf16_enabled(dev, bf16)
     lora_only = preset == "medversa-7b" if lora_only is None else lora_only
     torch.manual_seed(seed)
     with dev:  # built in place: a 7B model is never materialised on the host first
@@ -99,7 +98,7 @@ def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0, de
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
             batch = _to_device(collate(samples, tokenizer, model.config, 256), dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            with autocast(dev, bf16):
                 losses = objective(batch)
             losses["total"].backward()
             optimizer.step()

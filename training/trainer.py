@@ -65,6 +65,16 @@ def _set_trainable(model: MedVersaModel, train_llm_base: bool) -> None:
             param.requires_grad = True
 
 
+def bf16_enabled(device: torch.device, bf16: bool | None) -> bool:
+    """bf16 autocast by default on CUDA only; True forces it (also on the CPU), False never."""
+    return device.type == "cuda" if bf16 is None else bf16
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -159,10 +169,7 @@ class Trainer:
 
     # --- loop ------------------------------------------------------------------------------------
     def _autocast(self):
-        device = self.runtime.device.type
-        if self.config.bf16 if self.config.bf16 is not None else device == "cuda":
-            return torch.autocast(device, dtype=torch.bfloat16)
-        return nullcontext()
+        return autocast(self.runtime.device, bf16_enabled(self.runtime.device, self.config.bf16))
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
