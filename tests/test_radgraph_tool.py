@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from medversa.training.radgraph import AnnotationFile, RadGraphF1, RadGraphProcess
+from medversa.training.radgraph import AnnotationFile, RadGraphF1
+from medversa.training.text_metrics import load_text_metrics
 
 from .conftest import REPO
 
@@ -41,7 +42,8 @@ def test_annotations_from_the_radgraph_package_score_in_eval(tmp_path: Path, mon
     scores = RadGraphF1(AnnotationFile(out)).score([o for o, _ in pairs], [r for _, r in pairs])
     assert scores[1] == 1.0 and 0.0 <= scores[0] < 1.0
     # In one step, as `medversa eval --radgraph DIR --radgraph-python PY` does: the same scores.
-    direct = RadGraphF1(RadGraphProcess(tmp_path / "models" / "radgraph", PYTHON))
+    active, _ = load_text_metrics(radgraph=tmp_path / "models" / "radgraph", radgraph_python=PYTHON)
+    direct = {m.name: m for m in active}["radgraph"]
     assert direct.score([o for o, _ in pairs], [r for _, r in pairs]).tolist() == scores.tolist()
     # Asked again (RadCliQ asks for the same reports): answered without running the model again.
     monkeypatch.setattr("medversa.training.radgraph.subprocess.run", lambda *a, **k: pytest.fail("ran again"))

@@ -442,7 +442,7 @@ def test_radcliq_v1_constants_and_bleu2() -> None:
     assert bleu2("left pleural effusion.", "small left pleural effusion.") == pytest.approx(math.exp(-0.25))
 
 
-def test_radcliq_runs_from_its_three_local_models(tiny_bert: Path, tmp_path: Path) -> None:
+def test_radcliq_runs_from_its_three_local_models(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
     from medversa.training.radcliq import FEATURES, bleu2, radcliq_v1
 
     graphs = tmp_path / "radgraph.json"
@@ -464,7 +464,13 @@ def test_radcliq_runs_from_its_three_local_models(tiny_bert: Path, tmp_path: Pat
                                 by_name["chexbert"].score(candidates, references),
                                 [bleu2(c, r) for c, r in zip(candidates, references)]])
     assert FEATURES == ("radgraph", "bertscore", "semb_score", "bleu_score")
+    # RadCliQ takes its parts' scores for these reports as they were just computed: no model runs again.
+    from medversa.training.text_metrics import BertScore, CheXbertSimilarity
+
+    for cls in (BertScore, CheXbertSimilarity):
+        monkeypatch.setattr(cls, "score", lambda *a, **k: pytest.fail("a part ran again"))
     np.testing.assert_allclose(by_name["radcliq"].score(candidates, references), radcliq_v1(features))
+    monkeypatch.undo()
     assert by_name["radcliq"].score(candidates[:1], references[:1])[0] < radcliq_v1(MEAN_ROW)[0]
 
 

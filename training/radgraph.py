@@ -122,7 +122,6 @@ class RadGraphProcess:
 
     def __init__(self, model: str | Path, python: str | Path, timeout_s: float = 3600.0) -> None:
         self.model, self.python, self.timeout_s = Path(model), str(python), timeout_s
-        self._seen: dict[str, Annotation] = {}
         if not (self.model / "config.json").is_file() or not (self.model / "weights.th").is_file():
             raise ValueError(f"RadGraph model folder {self.model} needs config.json and weights.th "
                              "(an unpacked model of the radgraph package)")
@@ -131,18 +130,17 @@ class RadGraphProcess:
                              "radgraph package and transformers<5)")
 
     def annotate(self, texts: Sequence[str]) -> list[Annotation]:
-        # RadGraph F1 and RadCliQ ask for the same reports: each text runs through the model once.
-        todo = [t for t in dict.fromkeys(texts) if text_key(t) and text_key(t) not in self._seen]
-        if todo:
-            with tempfile.TemporaryDirectory(prefix="medversa-radgraph-") as tmp:
-                reports, out = Path(tmp) / "reports.jsonl", Path(tmp) / "radgraph.json"
-                reports.write_text("".join(json.dumps({"output": t}) + "\n" for t in todo), encoding="utf-8")
-                run = subprocess.run([self.python, str(self.SCRIPT), str(reports), "--model", str(self.model),
-                                      "--out", str(out)], capture_output=True, text=True, timeout=self.timeout_s)
-                if run.returncode != 0:
-                    raise ValueError(f"RadGraph ({self.python}) failed: {run.stderr.strip()[-500:]}")
-                self._seen.update(AnnotationFile(out).by_text)
-        return [self._seen.get(text_key(t), {"text": t, "entities": {}}) for t in texts]
+        unique = [t for t in dict.fromkeys(texts) if text_key(t)]  # each distinct report runs once
+        if not unique:
+            return [{"text": t, "entities": {}} for t in texts]
+        with tempfile.TemporaryDirectory(prefix="medversa-radgraph-") as tmp:
+            reports, out = Path(tmp) / "reports.jsonl", Path(tmp) / "radgraph.json"
+            reports.write_text("".join(json.dumps({"output": t}) + "\n" for t in unique), encoding="utf-8")
+            run = subprocess.run([self.python, str(self.SCRIPT), str(reports), "--model", str(self.model),
+                                  "--out", str(out)], capture_output=True, text=True, timeout=self.timeout_s)
+            if run.returncode != 0:
+                raise ValueError(f"RadGraph ({self.python}) failed: {run.stderr.strip()[-500:]}")
+            return AnnotationFile(out).annotate(texts)
 
 
 class RadGraphF1:

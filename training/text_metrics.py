@@ -186,6 +186,25 @@ class CheXbertSimilarity:
         return np.sum(self._embed(candidates) * self._embed(references), axis=1).astype(float)
 
 
+class RememberLast:
+    """A metric that answers a repeated call on the same texts from its last result.
+
+    ``evaluate`` asks each metric once per task and RadCliQ then asks its three parts for
+    the same reports: with the parts wrapped, each model runs once per task.
+    """
+
+    def __init__(self, metric: TextMetric) -> None:
+        self.metric = metric
+        self.name = metric.name
+        self._last: tuple[tuple, np.ndarray] | None = None
+
+    def score(self, candidates: Sequence[str], references: Sequence[str]) -> np.ndarray:
+        key = (tuple(candidates), tuple(references))
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.metric.score(candidates, references))
+        return self._last[1]
+
+
 def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int | None = None,
                       chexbert: str | Path | None = None, device: str | None = None, *,
                       bertscore_baseline: str | Path | None = None, radgraph: str | Path | None = None,
@@ -235,6 +254,7 @@ def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int 
     elif active["bertscore"].baseline is None:  # type: ignore[attr-defined]
         skipped["radcliq"] = ("needs BERTScore rescaled as RadCliQ's is: --bertscore distilroberta-base folder, "
                               "--bertscore-layer 5, --bertscore-baseline bert-score's distilroberta-base.tsv")
-    else:
+    active = {name: RememberLast(metric) for name, metric in active.items()}
+    if "radcliq" not in skipped:
         active["radcliq"] = RadCliQ(active["radgraph"], active["bertscore"], active["chexbert"])
     return list(active.values()), skipped
