@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from medversa.inference.model import MedVersaModel
 from medversa.inference.presets import create_config
-from medversa.inference.tokenizer import MedVersaTokenizer
 from medversa.inference.tasks import Modality
+from medversa.inference.tokenizer import MedVersaTokenizer
 
 from .batching import collate
 from .objective import TrainingObjective
