@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .declaration import Declaration
 from .generation import TokenChooser, greedy, generate
 from .labels import label_tokens
 from .model import MedVersaModel
@@ -73,16 +74,18 @@ class Analyzer:
         self.max_new_tokens = max_new_tokens or cfg.generation.max_new_tokens
         #: Identity of the weights (checkpoint SHA-256); empty for a freshly built model.
         self.model_id = ""
+        #: What the weights were trained for (tasks, context fields); all of it for a fresh model.
+        self.declaration = Declaration()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, **kwargs: object) -> "Analyzer":
-        from .checkpoint import load_checkpoint
-
-        from .checkpoint import read_meta
+        from .checkpoint import load_checkpoint, read_meta
 
         model, tokenizer = load_checkpoint(path)
         analyzer = cls(model, tokenizer, device=device, **kwargs)  # type: ignore[arg-type]
-        analyzer.model_id = read_meta(path)["weights_sha256"]
+        meta = read_meta(path)
+        analyzer.model_id = meta["weights_sha256"]
+        analyzer.declaration = Declaration.from_meta(meta)
         return analyzer
 
     @classmethod

@@ -28,25 +28,54 @@ def presets() -> None:
 
 @model_app.command("info")
 def info(
-    preset: Annotated[str, typer.Argument(help="Preset name")] = "tiny",
+    name: Annotated[str, typer.Argument(help="Preset name, checkpoint folder, or 'bundled'")] = "bundled",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
-    """Parameter counts per module of a preset (built on the meta device: no memory)."""
+    """Parameter counts per module, and for a checkpoint the tasks and context it declares.
+
+    The node runs only the tasks a checkpoint declares; a preset (random weights) declares all.
+    """
     import torch
 
+    from .bundled import BUNDLED_CHECKPOINT
+    from .checkpoint import CONFIG_FILE, read_meta
+    from .config import MedVersaConfig
+    from .declaration import Declaration
     from .model import MedVersaModel
     from .presets import create_config
 
-    config = create_config(preset)
+    folder = BUNDLED_CHECKPOINT if name == "bundled" else Path(name)
+    if folder.is_dir():
+        try:
+            meta = read_meta(folder)
+        except (FileNotFoundError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from None
+        config = MedVersaConfig.from_json(folder / CONFIG_FILE)
+        declaration = Declaration.from_meta(meta)
+    else:
+        try:
+            config = create_config(name)
+        except (KeyError, ValueError) as exc:
+            raise typer.BadParameter(f"{name!r} is neither a preset nor a checkpoint folder ({exc})") from None
+        meta, declaration = {}, Declaration()
     with torch.device("meta"):
         model = MedVersaModel(config)
-    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    counts = {n: sum(p.numel() for p in child.parameters()) for n, child in model.named_children()}
     counts["total"] = sum(p.numel() for p in model.parameters())
+    declared = declaration.to_meta()
     if json_out:
-        typer.echo(json.dumps({"preset": preset, "parameters": counts, "config": config.to_dict()}, indent=2))
-    else:
-        for name, n in counts.items():
-            typer.echo(f"{name:<16}{n:>16,}")
+        typer.echo(json.dumps({"name": name, "preset": config.name, "parameters": counts, "declaration": declared,
+                               "weights_sha256": meta.get("weights_sha256"), "config": config.to_dict()}, indent=2))
+        return
+    typer.echo(f"model {name} (preset {config.name})")
+    for n, count in counts.items():
+        typer.echo(f"  {n:<16}{count:>16,}")
+    typer.echo("declared tasks (the node runs no others on it):")
+    for task in declaration.tasks:
+        typer.echo(f"  {task.value}")
+    fields = declared.get("context_fields", "every field, every modality")
+    typer.echo(f"clinical context fields: {fields}")
+    typer.echo(f"prior date/description in comparison prompts: {'yes' if declaration.prior_details else 'no'}")
 
 
 @model_app.command("config")

@@ -7,6 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from medversa.inference.context import render_context
+from medversa.inference.tasks import Modality
 from medversa.training.datasets.abdomenct1k import read_abdomenct1k
 from medversa.training.datasets.common import hashed_split
 from medversa.training.datasets.ham10000 import read_ham10000
@@ -56,8 +58,8 @@ def test_ham10000_classification_context_and_segmentation_split(ham):
     classes = {r.record_id: r for r in train if isinstance(r, ClassificationRecord)}
     assert {k: r.labels for k, r in classes.items()} == {
         "ISIC_0027419": ["benign keratosis"], "ISIC_0025030": ["melanoma"], "ISIC_0026769": ["melanocytic nevus"]}
-    assert classes["ISIC_0027419"].context == "Age: 80. Sex: male. Location: scalp."
-    assert classes["ISIC_0025030"].context == ""
+    assert render_context(classes["ISIC_0027419"].context, Modality.DERM) == "Age: 80. Sex: male. Location: scalp."
+    assert render_context(classes["ISIC_0025030"].context, Modality.DERM) == ""
     [segmentation] = [r for r in train if isinstance(r, SegmentationRecord)]
     assert segmentation.record_id == "ISIC_0027419"  # the other masked image's lesion hashes to test
     lesion = segmentation.masks["skin lesion"].load()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from medversa.inference.context import ClinicalContext, render_context
+from medversa.inference.tasks import Modality
 from medversa.training.datasets.chexpert import CANDIDATES, read_chexpert_test
 from medversa.training.datasets.iu_xray import read_iu_xray
 from medversa.training.datasets.nih_chestxray import read_nih_boxes
@@ -93,7 +95,8 @@ def test_iu_xray_openi_reports_with_and_without_images(tmp_path):
     [report] = read_iu_xray(tmp_path)
     assert isinstance(report, ReportRecord) and report.impression == "Normal chest x-XXXX."
     assert [p.path.name for p in report.images] == ["CXR1_1_IM-0001-3001.png", "CXR1_1_IM-0001-4001.png"]
-    assert report.context == "Indication: Positive TB test Comparison: None."
+    assert report.context == ClinicalContext(indication="Positive TB test", comparison="None.")
+    assert render_context(report.context, Modality.CXR) == "Indication: Positive TB test. Comparison: None."
 
 
 def test_iu_xray_kaggle_csvs_put_the_frontal_view_first(tmp_path):

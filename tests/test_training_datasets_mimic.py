@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from medversa.inference.context import render_context
+from medversa.inference.tasks import Modality
 from medversa.training.datasets.chest_imagenome import read_chest_imagenome
 from medversa.training.datasets.chexmask import read_chexmask
 from medversa.training.datasets.medical_diff_vqa import read_medical_diff_vqa
@@ -81,7 +83,7 @@ def test_mimic_cxr_reports_sections_views_and_split(mimic):
     study = records["50414267"]
     assert study.findings == "Heart size is normal. Lungs are clear."
     assert study.impression == "No acute process."
-    assert study.context == "Indication: Cough."
+    assert render_context(study.context, Modality.CXR) == "Indication: Cough."
     assert [p.path.name for p in study.images] == ["d-pa.jpg", "d-lat.jpg"]  # frontal first, AP AXIAL left out
     assert records["53189527"].findings == "" and records["53189527"].impression == "Stable."
     [test] = read_mimic_cxr(mimic, "test")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from medversa.inference.schema import Answer, Box, Mask2D, TaskRequest
+from medversa.inference.context import ClinicalContext
 from medversa.inference.tasks import Modality, Task
 from medversa.training import metrics
 from medversa.training.evaluate import SKIPPED, evaluate, named_classes, render_markdown
@@ -168,7 +169,7 @@ def _records(tmp_path: Path) -> list:
                             candidates=("left lung", "right lung")),
             ReportRecord("fixture/cxr", rid, Modality.CXR, "holdout", [ImageFile(gray)],
                          findings=f"Case {i}: the heart size is normal and the lungs are clear.",
-                         context="Age: 60. Sex: female."),
+                         context=ClinicalContext(age=60, sex="female")),
         ]
     return records
 

@@ -59,6 +59,11 @@ class TrainConfig:
     #: "ddp" (default under torchrun) or "fsdp" (7B).
     strategy: str = "ddp"
     augment: bool = True
+    #: Clinical context fields per modality written into <context> (None: every field the data has).
+    #: The checkpoint records them, and the node renders DICOM headers with the same fields.
+    context_fields: dict[str, list[str]] | None = None
+    #: Tasks the checkpoint declares (None: every task it had data for); the node routes no others.
+    declared_tasks: list[str] | None = None
     save_every: int = 500
     keep_states: int = 2
     log_every: int = 10

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medversa.inference.context import ContextFields, render_context
 from medversa.inference.schema import (
     MAX_DETECTION_TARGETS,
     Answer,
@@ -108,8 +109,11 @@ def _detection_targets(record: DetectionRecord) -> list[str]:
     return list(dict.fromkeys([*record.candidates, *record.boxes]))
 
 
-def requests_for(case: _Case) -> list[TaskRequest]:
-    """The request(s) a user would send for this record and task (images loaded now)."""
+def requests_for(case: _Case, context_fields: ContextFields | None = None) -> list[TaskRequest]:
+    """The request(s) a user would send for this record and task (images loaded now).
+
+    Clinical context is written with ``context_fields`` (the checkpoint's declared ones).
+    """
     record, task = case.record, case.task
     rid = f"{record.source}/{record.record_id}/{task.value}"
     if isinstance(record, SegmentationRecord):
@@ -117,7 +121,8 @@ def requests_for(case: _Case) -> list[TaskRequest]:
                             targets=tuple(record.masks), request_id=rid)]
     if isinstance(record, ClassificationRecord):
         return [TaskRequest(task, record.modality, [_image_input(record.image, record)],
-                            context=record.context, request_id=rid)]
+                            context=render_context(record.context, record.modality, context_fields),
+                            request_id=rid)]
     if isinstance(record, DetectionRecord):
         image = _image_input(record.image, record)
         targets = _detection_targets(record)
@@ -128,7 +133,8 @@ def requests_for(case: _Case) -> list[TaskRequest]:
             raise ValueError(f"report record {record.source}/{record.record_id} has no image")
         images = [ImageInput(src.load(), volume=isinstance(src, VolumeFile), source_id=record.record_id)
                   for src in record.images]
-        return [TaskRequest(task, record.modality, images, context=record.context, request_id=rid)]
+        return [TaskRequest(task, record.modality, images,
+                            context=render_context(record.context, record.modality, context_fields), request_id=rid)]
     raise TypeError(f"cannot evaluate a {type(record).__name__}")
 
 
@@ -313,7 +319,9 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
 
     for start in range(0, len(cases), batch_size):
         batch = cases[start:start + batch_size]
-        requests = [requests_for(c) for c in batch]
+        declaration = getattr(analyzer, "declaration", None)
+        fields = declaration.context_fields if declaration is not None else None
+        requests = [requests_for(c, fields) for c in batch]
         answers = analyzer.run([r for group in requests for r in group])
         at = 0
         for case, group in zip(batch, requests):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from medversa.inference.context import ClinicalContext
 from medversa.inference.tasks import Modality
 
 PixelBox = tuple[float, float, float, float]
@@ -179,7 +180,8 @@ class ReportRecord(Record):
     images: list[ImageSource] = field(default_factory=list)
     findings: str = ""
     impression: str = ""
-    context: str = ""  # indication / clinical history / age and sex, for <context>
+    #: Age, sex, view, indication...: rendered into <context> by inference.context.render_context.
+    context: ClinicalContext | None = None
 
 
 @dataclass
@@ -196,7 +198,7 @@ class ClassificationRecord(Record):
 
     image: ImageSource | None = None
     labels: list[str] = field(default_factory=list)
-    context: str = ""
+    context: ClinicalContext | None = None
     #: The classes ``labels`` were checked against (empty: every class of the modality). A source
     #: labelled for fewer classes (CheXpert: 9 of the 33) names them, so absence means "not present".
     candidates: tuple[str, ...] = ()

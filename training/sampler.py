@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from medversa.inference.context import ContextFields
 from medversa.inference.tasks import Modality, Task
 
 from .records import Record
@@ -39,6 +40,7 @@ class DomainAwareSampler:
         rank: int = 0,
         world_size: int = 1,
         augment: bool = True,
+        context_fields: ContextFields | None = None,
     ) -> None:
         grouped: dict[tuple[Modality, Task], list[Record]] = defaultdict(list)
         for record in records:
@@ -55,6 +57,7 @@ class DomainAwareSampler:
         self.rank = rank
         self.world_size = world_size
         self.augment = augment
+        self.context_fields = context_fields
         unknown_m = set(self.modality_weights) - {m.value for m in Modality}
         unknown_t = set(self.task_weights) - {t.value for t in Task}
         if unknown_m or unknown_t:
@@ -88,7 +91,8 @@ class DomainAwareSampler:
         picks = rng.integers(len(pool.records), size=size * self.world_size)
         mine = range(self.rank * size, (self.rank + 1) * size)
         return [build_sample(pool.records[int(picks[i])], pool.task,
-                             np.random.default_rng([self.seed, step, 2, i]), self.augment) for i in mine]
+                             np.random.default_rng([self.seed, step, 2, i]), self.augment,
+                             self.context_fields) for i in mine]
 
     def describe(self) -> dict[str, int]:
         """Pool sizes, for the data manifest and the log."""

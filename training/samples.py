@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from medversa.inference.context import ContextFields, render_context
 from medversa.inference.schema import MAX_DETECTION_TARGETS
 from medversa.inference.tasks import (
     TEMPLATES,
@@ -103,18 +104,25 @@ def _crop_all(images: list[np.ndarray], rng: np.random.Generator, augment: bool)
     return [random_resized_crop(img, rng) if augment else img for img in images]
 
 
-def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: bool = True) -> Sample:
-    """One sample of ``task`` from ``record``; ``augment=False`` gives the un-augmented view."""
+def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: bool = True,
+                 context_fields: ContextFields | None = None) -> Sample:
+    """One sample of ``task`` from ``record``; ``augment=False`` gives the un-augmented view.
+
+    The record's clinical context is written by :func:`render_context` with ``context_fields``
+    (the recipe's; None: every field), the function the node uses on DICOM headers.
+    """
     if isinstance(record, TextRecord):
         return _report(task, record.findings, record.impression, "", [], rng, record.record_id)
     if isinstance(record, ReportRecord):
         images = _crop_all([img.load() for img in record.images], rng, augment)
-        return _report(task, record.findings, record.impression, record.context, images, rng, record.record_id)
+        context = render_context(record.context, record.modality, context_fields)
+        return _report(task, record.findings, record.impression, context, images, rng, record.record_id)
     if isinstance(record, ClassificationRecord):
         answer = join_targets(list(record.labels)) or NO_FINDING
         images = _crop_all([record.image.load()], rng, augment)
         return Sample(task, record.modality, fill_template(_template(task, rng), [0]), answer,
-                      record.context, images, record_id=record.record_id)
+                      render_context(record.context, record.modality, context_fields), images,
+                      record_id=record.record_id)
     if isinstance(record, DetectionRecord):
         return _detection(record, task, rng)
     if isinstance(record, SegmentationRecord):

@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from medversa.inference.context import ContextFields
+from medversa.inference.declaration import Declaration, context_fields_from
 from medversa.inference.checkpoint import build_model, load_checkpoint, save_checkpoint
 from medversa.inference.model import MedVersaModel
+from medversa.inference.tasks import Task
 
 from . import distributed
 from .batching import collate
@@ -117,7 +120,7 @@ class Trainer:
         self.records = records if records is not None else load_records(config)
         self.sampler = DomainAwareSampler(
             self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
-            self.runtime.rank, self.runtime.world_size, config.augment)
+            self.runtime.rank, self.runtime.world_size, config.augment, self.context_fields)
         self._inner = TrainingObjective(self.model, tokenizer.ids.image)
         self.objective = distributed.wrap(self._inner, self.runtime, config.strategy)
         self._sharded = self.runtime.distributed and config.strategy == "fsdp"
@@ -245,8 +248,22 @@ class Trainer:
         distributed.teardown(self.runtime)
         return final
 
+    @property
+    def context_fields(self) -> ContextFields | None:
+        fields = self.config.context_fields
+        return context_fields_from(fields) if fields is not None else None
+
+    def declaration(self) -> Declaration:
+        """What the checkpoint promises the node: its tasks (declared, else those it had data for), its context."""
+        if self.config.declared_tasks is not None:
+            tasks = tuple(Task(t) for t in self.config.declared_tasks)
+        else:
+            tasks = tuple(t for t in Task if any(key[1] is t for key in self.sampler.pools))
+        return Declaration(tasks, self.context_fields, prior_details=False)
+
     def export(self, minutes: float) -> Path:
-        extra = {"training": {"recipe": self.config.name, "steps": self.config.steps, "seed": self.config.seed,
+        extra = {**self.declaration().to_meta(),
+                 "training": {"recipe": self.config.name, "steps": self.config.steps, "seed": self.config.seed,
                               "minutes": round(minutes, 1), "data": data_manifest(self.config, self.sampler)}}
         if self._sharded:
             # Rank 0 gathered the full weights in save_state; rebuild an unsharded copy to write.

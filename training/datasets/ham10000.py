@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medversa.inference.context import ClinicalContext
 from medversa.inference.tasks import Modality
 
 from ..records import (
@@ -51,19 +52,14 @@ TASK3 = {  # split -> (ground-truth file stem, image folders)
 }
 
 
-def context(row: Row) -> str:
+def context(row: Row) -> ClinicalContext:
     """Age, sex and body site as the request context (the published model's classification context)."""
-    parts = []
     age = row.get("age", "").strip()
-    if age and age.lower() != "nan":
-        parts.append(f"Age: {age.removesuffix('.0')}.")
     sex = row.get("sex", "").strip().lower()
-    if sex in ("male", "female"):
-        parts.append(f"Sex: {sex}.")
     site = row.get("localization", "").strip()
-    if site and site != "unknown":
-        parts.append(f"Location: {site}.")
-    return " ".join(parts)
+    return ClinicalContext(age=int(float(age)) if age and age.lower() != "nan" else None,
+                           sex=sex if sex in ("male", "female") else None,
+                           site=site if site and site != "unknown" else None)
 
 
 def _find_image(root: Path, folders: tuple[str, ...], image_id: str, table: Path, line: int) -> ImageFile:

@@ -20,6 +20,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from medversa.inference.context import ClinicalContext
 from medversa.inference.tasks import Modality
 
 from ..records import (
@@ -98,18 +99,12 @@ def read_cxr_organs(root: Path, split: str) -> list[SegmentationRecord]:
     return out
 
 
-def _context(row: dict[str, str]) -> str:
-    """Age, sex and view as the clinical context a report request carries."""
-    parts = []
-    if row.get("age", "").strip():
-        parts.append(f"Age: {row['age'].strip()}.")
-    sex = {"M": "male", "F": "female"}.get(row.get("sex", "").strip())
-    if sex:
-        parts.append(f"Sex: {sex}.")
-    view = CXR_VIEWS.get(row.get("view", "").strip())
-    if view:
-        parts.append(f"View: {view}.")
-    return " ".join(parts)
+def clinical_context(row: dict[str, str]) -> ClinicalContext:
+    """Age, sex and view of a cxr-notes row: the clinical context its report request carries."""
+    age = row.get("age", "").strip()
+    return ClinicalContext(age=int(float(age)) if age else None,
+                           sex={"M": "male", "F": "female"}.get(row.get("sex", "").strip()),
+                           view=CXR_VIEWS.get(row.get("view", "").strip()))
 
 
 def read_cxr_notes(root: Path, split: str) -> list[Record]:
@@ -141,7 +136,7 @@ def read_cxr_notes(root: Path, split: str) -> list[Record]:
         notes = " ".join(row["clinical_notes"].split())
         if notes:
             out.append(ReportRecord(name, image_id, Modality.CXR, split, [image], findings=notes,
-                                    context=_context(row)))
+                                    context=clinical_context(row)))
         if image_id in boxes:
             from PIL import Image
 

@@ -21,6 +21,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from medversa.inference.context import ClinicalContext
 from medversa.inference.tasks import Modality
 
 from ..records import ImageFile, RecordError, ReportRecord
@@ -61,14 +62,9 @@ def report_sections(text: str) -> dict[str, str]:
     return sections
 
 
-def report_context(sections: dict[str, str]) -> str:
+def report_context(sections: dict[str, str]) -> ClinicalContext:
     """Indication and comparison as the request's clinical context (the published model's <context>)."""
-    parts = []
-    if sections["indication"]:
-        parts.append(f"Indication: {sections['indication']}")
-    if sections["comparison"]:
-        parts.append(f"Comparison: {sections['comparison']}")
-    return " ".join(parts)
+    return ClinicalContext(indication=sections["indication"] or None, comparison=sections["comparison"] or None)
 
 
 def _view_order(image: mimic_jpg.MimicImage) -> tuple[int, str]:
