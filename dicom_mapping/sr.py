@@ -200,9 +200,17 @@ class _Builder:
         self.text(_QUESTION, result.question or "")
         self.text(_ANSWER, result.answer.plain_text)
 
-    def comparison(self, result: TaskResult) -> None:
-        prior = f" (prior study {result.prior_study_uid})" if result.prior_study_uid else ""
-        self.text(mv.COMPARISON, result.answer.plain_text + prior)
+    def comparison(self, result: TaskResult, prior: Dataset | None = None) -> None:
+        """The comparison text, naming the prior it was made with: its date and description (read
+        from one of its images in the evidence, where they are) and its Study Instance UID."""
+        said = ""
+        if result.prior_study_uid:
+            date = str(prior.get("StudyDate", "") or "") if prior is not None else ""
+            description = str(prior.get("StudyDescription", "") or "") if prior is not None else ""
+            when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if re.fullmatch(r"\d{8}", date) else ""
+            named = ", ".join(part for part in (when, description) if part)
+            said = f" (prior study {named + '; ' if named else ''}Study Instance UID {result.prior_study_uid})"
+        self.text(mv.COMPARISON, result.answer.plain_text + said)
 
 
 def procedure_for(results: list[TaskResult]) -> hd.sr.CodedConcept:
@@ -249,7 +257,8 @@ def build_sr(
         elif result.task in (Task.VQA, Task.REGION_CAPTIONING):
             builder.question_answer(result)
         elif result.task is Task.LONGITUDINAL_COMPARISON:
-            builder.comparison(result)
+            builder.comparison(result, next((ds for ds in evidence
+                                             if str(ds.get("StudyInstanceUID", "")) == result.prior_study_uid), None))
     builder.text(_AI_NOTICE, AI_STATEMENT.format(name=algorithm.name, version=algorithm.version))
     if not builder.groups:
         # TID 1500 (as highdicom builds it) needs one measurement group: a text-only result

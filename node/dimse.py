@@ -98,13 +98,19 @@ class AssociationFailed(ConnectionError):
     outcomes
         For :func:`store_datasets` only: the per-instance outcomes reached before the
         association was lost (instances not attempted are missing).
+    transient
+        Whether trying again later may succeed: true for an unreachable peer, a timeout, an
+        abort or a transient rejection (PS3.8 7.1.1.9 result 2); false for a permanent
+        rejection (result 1), a peer that accepted no presentation context, and TLS settings
+        that cannot work. Callers decide on retries from this, not from the message.
     """
 
     def __init__(self, message: str, *, peer: Peer | None = None,
-                 outcomes: Sequence["StoreOutcome"] = ()) -> None:
+                 outcomes: Sequence["StoreOutcome"] = (), transient: bool = True) -> None:
         super().__init__(message)
         self.peer = peer
         self.outcomes: list[StoreOutcome] = list(outcomes)
+        self.transient = transient
 
 
 class QueryFailed(RuntimeError):
@@ -140,6 +146,18 @@ class StudyMatch:
     accession_number: str
     study_description: str
     modalities_in_study: list[str] = field(default_factory=list)
+    number_of_instances: int | None = None
+
+
+@dataclass
+class SeriesMatch:
+    """One series a Study Root C-FIND at SERIES level returned (PS3.4 C.6.2.1.2)."""
+
+    series_instance_uid: str
+    modality: str
+    body_part_examined: str
+    series_description: str
+    series_number: int | None = None
     number_of_instances: int | None = None
 
 
@@ -232,7 +250,7 @@ def _request(
     except (OSError, ValueError) as exc:  # missing file, bad key or passphrase, unset variable
         message = f"DICOM TLS to {peer} not possible with its settings: {type(exc).__name__}: {exc}"
         LOGGER.warning("%s", message)
-        raise AssociationFailed(message, peer=peer) from exc
+        raise AssociationFailed(message, peer=peer, transient=False) from exc
     evt_handlers = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_PDU_RECV, on_pdu), *(handlers or [])]
     LOGGER.debug("requesting association %s -> %s (%d contexts)", calling_ae, peer, len(contexts))
     started = time.monotonic()
@@ -289,6 +307,14 @@ def _why_not_established(assoc: Association, seen: _Negotiation, peer: Peer, tim
     return f"association with {peer} failed (unexpected answer: {type(seen.pdus[-1]).__name__})"
 
 
+def _transient(assoc: Association) -> bool:
+    """Whether a failed association request may succeed later (see :class:`AssociationFailed`)."""
+    primitive = assoc.acceptor.primitive
+    if assoc.is_rejected and primitive is not None:
+        return primitive.result != 0x01  # 0x01 rejected-permanent, 0x02 rejected-transient
+    return not _all_contexts_rejected(assoc)
+
+
 def _diagnose_connect(peer: Peer, budget: float, tls: PeerTLS | None) -> str:
     """Why pynetdicom could not connect: retry a plain TCP connection (within what is left of
     the timeout) to get the operating system's error."""
@@ -331,7 +357,7 @@ class _Open:
         if not assoc.is_established:
             message = _why_not_established(assoc, seen, self.peer, self.timeout, self.tls)
             LOGGER.warning("%s", message)
-            raise AssociationFailed(message, peer=self.peer)
+            raise AssociationFailed(message, peer=self.peer, transient=_transient(assoc))
         self.assoc = assoc
         return assoc
 
@@ -796,14 +822,70 @@ def _series_modalities(assoc: Association, study_uid: str, peer: Peer, timeout: 
     return found
 
 
+def find_study_series(peer: Peer, calling_ae: str, study_uids: Sequence[str], *, timeout: float = 30,
+                      tls: PeerTLS | None = None) -> dict[str, list[SeriesMatch]]:
+    """The series of each study, in Series Number order (Study Root C-FIND at SERIES level,
+    PS3.4 C.6.2.1.2), all on one association.
+
+    Keys asked: Series Instance UID (unique), Modality, Body Part Examined, Series Description,
+    Series Number and Number of Series Related Instances (optional keys a PACS may leave empty).
+
+    Raises
+    ------
+    AssociationFailed
+        When no association could be established or it was lost.
+    QueryFailed
+        When the peer answers with a failure status.
+    """
+    found: dict[str, list[SeriesMatch]] = {}
+    with _Open(peer, calling_ae, _find_context(), timeout=timeout, tls=tls) as assoc:
+        for msg_id, study_uid in enumerate(study_uids, start=1):
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "SERIES"
+            identifier.StudyInstanceUID = study_uid
+            identifier.SeriesInstanceUID = ""
+            identifier.Modality = ""
+            identifier.BodyPartExamined = ""
+            identifier.SeriesDescription = ""
+            identifier.SeriesNumber = ""
+            identifier.NumberOfSeriesRelatedInstances = ""
+            series = []
+            for answer in _c_find(assoc, identifier, peer, timeout, msg_id=msg_id):
+                uid = str(answer.get("SeriesInstanceUID", "") or "")
+                if not uid or str(answer.get("StudyInstanceUID", study_uid)) != study_uid:
+                    continue  # a PACS that ignored the study key
+                series.append(SeriesMatch(
+                    series_instance_uid=uid,
+                    modality=(_modalities(answer.get("Modality")) or [""])[0],
+                    body_part_examined=str(answer.get("BodyPartExamined", "") or "").strip().upper(),
+                    series_description=str(answer.get("SeriesDescription", "") or ""),
+                    series_number=_int_or_none(answer.get("SeriesNumber")),
+                    number_of_instances=_int_or_none(answer.get("NumberOfSeriesRelatedInstances")),
+                ))
+            series.sort(key=lambda m: (m.series_number is None, m.series_number or 0))
+            found[study_uid] = series
+    return found
+
+
 # -- C-MOVE and C-GET -------------------------------------------------------------------------
 
 
-def _study_identifier(study_uid: str) -> Dataset:
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study_uid
-    return identifier
+def _retrieve_identifiers(study_uid: str, series_uids: Sequence[str] | None) -> list[Dataset]:
+    """One STUDY level identifier, or one SERIES level identifier per series (PS3.4 C.4.2.2.1:
+    unique keys down to the retrieve level)."""
+    if not series_uids:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        return [identifier]
+    out = []
+    for uid in series_uids:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "SERIES"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = uid
+        out.append(identifier)
+    return out
 
 
 def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], service: str, peer: Peer,
@@ -837,12 +919,29 @@ def _collect(responses: Iterator[tuple[Dataset, Dataset | None]], service: str, 
     return RetrieveOutcome(counts["completed"], counts["failed"], counts["warning"], code, ok, message)
 
 
-def move_study(peer: Peer, calling_ae: str, study_uid: str, destination_ae: str, *,
-               timeout: float = 300, tls: PeerTLS | None = None) -> RetrieveOutcome:
-    """Ask the peer to send a study to ``destination_ae`` (Study Root C-MOVE, PS3.4 C.4.2).
+def _combine(outcomes: list[RetrieveOutcome]) -> RetrieveOutcome:
+    """One outcome for the per-series retrieves of a study: counts summed, the first failure's
+    status (else the last status), every message."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    failed = [o for o in outcomes if not o.ok]
+    status = failed[0].status if failed else outcomes[-1].status
+    return RetrieveOutcome(sum(o.completed for o in outcomes), sum(o.failed for o in outcomes),
+                           sum(o.warning for o in outcomes), status, not failed,
+                           "; ".join(o.message for o in outcomes))
 
-    The peer must know ``destination_ae`` (its address book); an unknown destination gives
-    ``ok=False`` (status 0xA801). ``timeout`` bounds each wait for the next response.
+
+def move_study(peer: Peer, calling_ae: str, study_uid: str, destination_ae: str, *,
+               series_uids: Sequence[str] | None = None, timeout: float = 300,
+               tls: PeerTLS | None = None) -> RetrieveOutcome:
+    """Ask the peer to send a study, or some of its series, to ``destination_ae`` (Study Root
+    C-MOVE, PS3.4 C.4.2).
+
+    With ``series_uids`` one SERIES level C-MOVE is sent per series, in the order given, on
+    one association: a PACS that stops a retrieve at its first failed sub-operation (Orthanc
+    1.10 does) then loses only that series. The peer must know ``destination_ae`` (its
+    address book); an unknown destination gives ``ok=False`` (status 0xA801). ``timeout``
+    bounds each wait for the next response.
 
     Raises
     ------
@@ -850,11 +949,14 @@ def move_study(peer: Peer, calling_ae: str, study_uid: str, destination_ae: str,
         When no association could be established or it was lost.
     """
     context = [build_context(sop_class.StudyRootQueryRetrieveInformationModelMove)]
+    outcomes = []
     with _Open(peer, calling_ae, context, timeout=timeout, tls=tls) as assoc:
-        responses = assoc.send_c_move(_study_identifier(study_uid), destination_ae,
-                                      sop_class.StudyRootQueryRetrieveInformationModelMove, msg_id=1)
-        return _collect(responses, f"C-MOVE to {destination_ae}", peer, timeout,
-                        QR_MOVE_SERVICE_CLASS_STATUS)
+        for msg_id, identifier in enumerate(_retrieve_identifiers(study_uid, series_uids), start=1):
+            responses = assoc.send_c_move(identifier, destination_ae,
+                                          sop_class.StudyRootQueryRetrieveInformationModelMove, msg_id=msg_id)
+            outcomes.append(_collect(responses, f"C-MOVE to {destination_ae}", peer, timeout,
+                                     QR_MOVE_SERVICE_CLASS_STATUS))
+    return _combine(outcomes)
 
 
 def get_contexts() -> tuple[list[PresentationContext], list[Any]]:
@@ -873,12 +975,16 @@ def get_contexts() -> tuple[list[PresentationContext], list[Any]]:
     return contexts, roles
 
 
-def get_study(peer: Peer, calling_ae: str, study_uid: str, on_instance: Callable[[Dataset], None], *,
-              timeout: float = 300, tls: PeerTLS | None = None) -> RetrieveOutcome:
-    """Retrieve a study over our own association (Study Root C-GET, PS3.4 C.4.3).
+def get_study(peer: Peer, calling_ae: str, study_uid: str, on_instance: Callable[[Dataset], int | None], *,
+              series_uids: Sequence[str] | None = None, timeout: float = 300,
+              tls: PeerTLS | None = None) -> RetrieveOutcome:
+    """Retrieve a study, or some of its series, over our own association (Study Root C-GET,
+    PS3.4 C.4.3); with ``series_uids`` one SERIES level C-GET per series, as for
+    :func:`move_study`.
 
     The peer sends each instance with C-STORE on the same association; ``on_instance`` gets it
-    (with file meta). If it raises, that C-STORE is answered with 0xA702 (out of resources), an
+    (with file meta) and may return a C-STORE failure status (PS3.4 B.2.3) to refuse it (None
+    or 0 accepts it). If it raises, that C-STORE is answered with 0xA702 (out of resources), an
     undecodable data set with 0xC000; the peer counts those as failed sub-operations.
 
     Raises
@@ -894,16 +1000,19 @@ def get_study(peer: Peer, calling_ae: str, study_uid: str, on_instance: Callable
             LOGGER.warning("C-GET from %s: undecodable instance", peer, exc_info=True)
             return STATUS_CANNOT_UNDERSTAND
         try:
-            on_instance(ds)
+            status = on_instance(ds)
         except Exception as exc:  # noqa: BLE001 - answered with a status
             LOGGER.warning("C-GET from %s: handling instance %s failed: %s", peer,
                            ds.get("SOPInstanceUID", "?"), type(exc).__name__, exc_info=True)
             return STATUS_CALLBACK_FAILED
-        return 0x0000
+        return int(status or 0x0000)
 
     contexts, roles = get_contexts()
+    outcomes = []
     with _Open(peer, calling_ae, contexts, timeout=timeout, tls=tls, ext_neg=roles,
                handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
-        responses = assoc.send_c_get(_study_identifier(study_uid),
-                                     sop_class.StudyRootQueryRetrieveInformationModelGet, msg_id=1)
-        return _collect(responses, "C-GET", peer, timeout, QR_GET_SERVICE_CLASS_STATUS)
+        for msg_id, identifier in enumerate(_retrieve_identifiers(study_uid, series_uids), start=1):
+            responses = assoc.send_c_get(identifier, sop_class.StudyRootQueryRetrieveInformationModelGet,
+                                         msg_id=msg_id)
+            outcomes.append(_collect(responses, "C-GET", peer, timeout, QR_GET_SERVICE_CLASS_STATUS))
+    return _combine(outcomes)

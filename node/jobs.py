@@ -103,9 +103,10 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
             notes: list[str] = []
             prior = None
             if Task.LONGITUDINAL_COMPARISON in tasks:
-                prior, note = fetch_prior(ctx, datasets)
-                if note:
-                    notes.append(note)
+                fetched = fetch_prior(ctx, datasets)  # never raises; retryable: the PACS did not answer
+                prior = fetched.datasets
+                if fetched.note:
+                    notes.append(fetched.note)
             options = PipelineOptions(
                 algorithm=ctx.algorithm, tasks=tasks, presentation_states=ctx.settings.presentation_states,
                 burned_in=ctx.settings.burned_in, key_objects=ctx.settings.key_objects,

@@ -304,17 +304,19 @@ def test_prior_query_and_retrieve_use_the_pacs_tls_settings(tmp_path, certs):
         secure = NodeContext(load_settings(None, data_dir=tmp_path / "secure", **{
             "pacs.peer": {"ae_title": "TLSQR", "host": "127.0.0.1", "port": pacs.port, "tls": tls},
             "pacs.retrieve": "get", "pacs.query_timeout_s": 10, "pacs.retrieve_timeout_s": 30}))
-        datasets, note = fetch_prior(secure, current)
+        fetched = fetch_prior(secure, current)
+        datasets, note = fetched.datasets, fetched.note
         assert datasets is not None, note
         assert sorted(str(ds.SOPInstanceUID) for ds in datasets) == sorted(str(ds.SOPInstanceUID) for ds in prior)
-        assert pacs.requests == ["C-FIND", "C-GET"]
+        assert pacs.requests == ["C-FIND", "C-FIND", "C-GET"]  # studies, their series (none: whole study)
 
         plain = NodeContext(load_settings(None, data_dir=tmp_path / "plain", **{
             "pacs.peer": Peer(ae_title="TLSQR", host="127.0.0.1", port=pacs.port).model_dump(),
             "pacs.query_timeout_s": 5}))
-        datasets, note = fetch_prior(plain, current)
+        fetched = fetch_prior(plain, current)
+        datasets, note = fetched.datasets, fetched.note
         assert datasets is None and "prior query failed" in note and "TLS" in note
-        assert pacs.requests == ["C-FIND", "C-GET"]  # the plain try never reached the service
+        assert pacs.requests == ["C-FIND", "C-FIND", "C-GET"]  # the plain try never reached the service
     finally:
         pacs.stop()
     record_case("security", "prior C-FIND and C-GET over DICOM TLS (mutual authentication)",
