@@ -136,6 +136,11 @@ class SCPSettings(BaseModel):
     #: Maximum PDU we accept; 0 = unlimited.
     max_pdu: int = Field(0, ge=0)
     network_timeout_s: float = Field(60.0, gt=0)
+    #: Largest instance (its Part 10 file as spooled) we store, in bytes; a larger one is written no
+    #: further than this and refused with 0xA700 (PS3.4 B.2.3). Also bounds one association's memory.
+    max_instance_bytes: int = Field(1024**3, gt=0)
+    #: Largest total of one study's spooled instances, in bytes; an instance that would pass it: 0xA700.
+    max_study_bytes: int = Field(16 * 1024**3, gt=0)
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
@@ -144,6 +149,13 @@ class SCPSettings(BaseModel):
     @classmethod
     def _check_allowed(cls, values: list[str]) -> list[str]:
         return [check_ae_title(v) for v in values]
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SCPSettings:
+        if self.max_instance_bytes > self.max_study_bytes:
+            raise ValueError(f"max_instance_bytes ({self.max_instance_bytes}) is over max_study_bytes "
+                             f"({self.max_study_bytes}): a study holds at least one instance")
+        return self
 
 
 class PACSSettings(BaseModel):

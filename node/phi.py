@@ -18,6 +18,13 @@ store outlives the logs and is copied for support; ``log_phi`` is a debugging sw
 
 The policy is per process, set once by :func:`configure` (``NodeContext`` does it); until then
 identifiers are hashed with a key that lives only as long as the process: never in clear.
+
+Texts the node does not write itself (exception messages and warnings of pydicom and pynetdicom,
+which quote the value they failed on) may hold an identifier of the data set being handled: the
+SCP reads the data set's identifiers (:func:`identifiers_in_file`, even from a file too broken to
+parse) and handles it inside :func:`identifiers_scope`; :func:`scrub` and the log handler's
+:class:`ScrubFilter` replace each identifier, and each name component of three or more characters,
+with its keyed hash before anything is written.
 """
 
 from __future__ import annotations
@@ -26,10 +33,16 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydicom.datadict import tag_for_keyword
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,3 +121,160 @@ def phi(value: object) -> str:
 def pseudonym(value: object) -> str:
     """The keyed hash of a patient identifier, for rows in the job store (never in clear)."""
     return _policy.pseudonym(value)
+
+
+# --- Identifiers inside texts (exception messages, library warnings) ---------------------------------
+
+#: Attributes whose values identify the patient (PS3.15 Annex E, Table E.1-1), besides every
+#: top-level element of VR PN (person names: the patient's, the referring physician's...).
+IDENTIFYING_KEYWORDS = ("PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthTime", "AccessionNumber",
+                        "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator", "PatientBirthName",
+                        "PatientMotherBirthName", "OtherPatientNames")
+_TAGS = tuple(int(tag_for_keyword(k) or 0) for k in IDENTIFYING_KEYWORDS) + (0x00100010, 0x00080090)
+#: Name components shorter than this are not searched for on their own (they would blank common words).
+MIN_PART = 3
+_SPLIT = re.compile(r"[\^=\\\s]+")
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+_in_scope: ContextVar[tuple[str, ...]] = ContextVar("phi_identifiers", default=())
+
+
+def _texts(value: object) -> list[str]:
+    """A raw or converted value as the strings an error message could show it as."""
+    if value is None:
+        return []
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value).rstrip(b"\x00 ")
+        return list(dict.fromkeys([raw.decode("latin-1"), raw.decode("utf-8", "replace")]))
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [t for v in value for t in _texts(v)]
+    return [str(value)]
+
+
+def _variants(values: list[str]) -> tuple[str, ...]:
+    """Whole values and their name components, longest first (so a whole name goes before its parts)."""
+    found: set[str] = set()
+    for text in values:
+        text = text.strip()
+        if len(text) >= 2:
+            found.add(text)
+            found.update(p for p in _SPLIT.split(text) if len(p) >= MIN_PART)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def identifiers_in(ds: object) -> tuple[str, ...]:
+    """The patient identifiers of a pydicom data set as they could appear in a text; never raises.
+
+    Values are taken as stored (raw bytes where pydicom has not converted them), so a value that
+    cannot be decoded is still found.
+    """
+    values: list[str] = []
+    try:
+        for tag in list(ds.keys()):  # type: ignore[attr-defined]
+            try:
+                elem = ds.get_item(tag)  # type: ignore[attr-defined]
+                if int(tag) in _TAGS or getattr(elem, "VR", None) == "PN":
+                    values.extend(_texts(elem.value))
+                elif int(tag) == 0x00101002:  # Other Patient IDs Sequence
+                    for item in ds[tag].value:  # type: ignore[index]
+                        values.extend(_texts(item.get_item(0x00100020).value) if 0x00100020 in item else [])
+            except Exception:  # noqa: BLE001 - a hostile element: take what the others give
+                continue
+    except Exception:  # noqa: BLE001
+        pass
+    return _variants(values)
+
+
+def identifiers_in_file(path: Path) -> tuple[str, ...]:
+    """The patient identifiers of a Part 10 file; never raises.
+
+    pydicom reads the identifying elements (raw, unconverted); where it cannot parse the file, the
+    elements are looked for in its bytes (explicit and implicit VR little endian), so a file too
+    broken to read still has its identifiers kept out of the logs.
+    """
+    from pydicom import dcmread
+
+    found: list[str] = []
+    try:
+        ds = dcmread(path, force=True, stop_before_pixels=True, specific_tags=list(_TAGS))
+        found.extend(identifiers_in(ds))
+    except Exception:  # noqa: BLE001 - fall back to the bytes
+        pass
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError:
+        head = b""
+    found.extend(_raw_values(head))
+    return _variants(found)
+
+
+def _raw_values(data: bytes) -> list[str]:
+    """Values of the identifying elements found by their tag in encoded little-endian bytes."""
+    out: list[str] = []
+    for tag in _TAGS:
+        key = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+        start = data.find(key)
+        while start >= 0:
+            after = data[start + 4:]
+            if after[:2] in _LONG_VRS:  # explicit VR with a 4-byte length after 2 reserved bytes
+                length, offset = int.from_bytes(after[4:8], "little"), 8
+            elif after[:2].isalpha() and after[:2].isupper():  # explicit VR: VR, then a 2-byte length
+                length, offset = int.from_bytes(after[2:4], "little"), 4
+            else:  # implicit VR: a 4-byte length
+                length, offset = int.from_bytes(after[:4], "little"), 4
+            if 0 < length <= 1024:
+                out.extend(_texts(after[offset:offset + length]))
+            start = data.find(key, start + 4)
+    return out
+
+
+def scrub(text: str, identifiers: tuple[str, ...] | None = None) -> str:
+    """``text`` with each patient identifier replaced by its log form (:func:`phi`).
+
+    ``identifiers`` defaults to those in scope (:func:`identifiers_scope`). With ``log_phi`` the
+    text is returned as it is: the policy allows identifiers in the logs.
+    """
+    ids = _in_scope.get() if identifiers is None else identifiers
+    if not ids or _policy.log_phi or not text:
+        return text
+    for value in ids:
+        if value.lower() in text.lower():
+            text = re.sub(re.escape(value), f"[patient identifier {_policy.pseudonym(value)}]", text,
+                          flags=re.IGNORECASE)
+    return text
+
+
+@contextmanager
+def identifiers_scope(identifiers: tuple[str, ...]) -> Iterator[None]:
+    """While handling one data set: every log record of this thread (and context) is scrubbed of
+    ``identifiers`` by :class:`ScrubFilter`, library warnings included."""
+    token = _in_scope.set(tuple(identifiers))
+    try:
+        yield
+    finally:
+        _in_scope.reset(token)
+
+
+class ScrubFilter(logging.Filter):
+    """A handler filter: the record's message and traceback lose the identifiers in scope.
+
+    The node's own log lines are written with identifiers hashed already (:func:`phi`); this
+    catches texts it does not write itself: exception messages and warnings from pydicom and
+    pynetdicom, which quote the values they fail on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = _in_scope.get()
+        if not ids or _policy.log_phi:
+            return True
+        record.msg, record.args = scrub(record.getMessage(), ids), None
+        if record.exc_info:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), ids)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = scrub(record.exc_text, ids)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info, ids)
+        return True

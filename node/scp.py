@@ -19,33 +19,71 @@ from the request, or an image instance lacks Pixel Data or Rows/Columns/Bits
 Allocated); 0xC000 (Cannot understand) when the data set cannot be parsed, is
 truncated, lacks its identifying UIDs, or its Pixel Data disagrees with the Image
 Pixel module (:func:`medversa.dicom_mapping.pixels.check_pixel_data`: nothing is
-ever allocated from header dimensions); 0xC001 when recording fails.
+ever allocated from header dimensions); 0xC001 when handling fails unexpectedly.
+
+Size limits: an instance over ``scp.max_instance_bytes``, or one that would take its
+study's spooled total over ``scp.max_study_bytes``, gets 0xA700 Refused: Out of
+Resources with an Error Comment naming the limit. PS3.4 B.2.3 puts "the SCP does not
+have the resources to store it" in the Refused category; 0xC000 (Cannot understand)
+would claim the data set cannot be parsed, which is not so. What the study already
+holds is kept and processed.
+
+Memory: data sets are received with pynetdicom's chunked receive
+(``_config.STORE_RECV_CHUNKED_DATASET``): each fragment goes to disk as it arrives, into
+the spool's own ``.incoming`` folder (:class:`medversa.node.spool.IncomingFile`), at most
+``max_instance_bytes`` of it; the rest of an over-size data set is read and dropped. An
+association holds one PDU, plus the one instance being checked once it is complete:
+memory is bounded by ``max_associations x max_instance_bytes``. pynetdicom 3 makes that
+file with ``tempfile.NamedTemporaryFile`` in the system's temporary folder and offers no
+setting for the folder; :func:`route_chunked_receive` points the name its decoder calls
+at a function that gives our listening AE's associations an :class:`IncomingFile` (and
+every other association pynetdicom's own temporary file), so the file lands on the
+spool's disk (a rename, not a copy, makes it a spooled instance; a RAM-backed ``/tmp``
+never fills) and a full disk or the size limit still ends in a C-STORE status.
+
+Rows: the spooled, fsynced file is the durable record; its row is written by the
+:class:`Recorder` thread. When the job store cannot be written (its disk full), the
+rows wait in the recorder and are written when it can be again, without a restart.
+
+Patient identifiers: every log line about a data set is written inside
+:func:`medversa.node.phi.identifiers_scope` with the identifiers read from its file, so
+exception texts and library warnings quoting a value are scrubbed before they are logged
+or audited.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import socket
 import ssl
+import tempfile
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from datetime import datetime
 from io import BytesIO
+from pathlib import Path
 
 from medversa.dicom_mapping import header as h
 from medversa.dicom_mapping.pixels import PixelDataError, check_pixel_data
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom import dimse_messages
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
+from . import phi
 from .config import NodeSettings
 from .dicom_classes import ACCEPTED_SYNTAXES, STORAGE_CLASSES
 from .phi import pseudonym
-from .spool import Spool, SpoolFull
+from .spool import IncomingFile, Spool, SpoolFull, StudyFull
 from .store import Instance, Store, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -110,13 +148,15 @@ def inspect_instance(ds: Dataset, abstract_syntax: str, affected_sop_uid: str) -
     return None
 
 
-def check_received(data: bytes, abstract_syntax: str, affected_sop_uid: str) -> tuple[Dataset | None, int, str]:
-    """Parse a received data set and decide on it; never raises (every failure is a status).
+def check_received(data: bytes | Path, abstract_syntax: str, affected_sop_uid: str
+                   ) -> tuple[Dataset | None, int, str]:
+    """Parse a received data set (its Part 10 bytes or file) and decide on it; never raises (every
+    failure is a status).
 
     Returns the attributes the recorder needs (None when refused), the status and the reason.
     """
     try:
-        full = dcmread(BytesIO(data))
+        full = dcmread(data if isinstance(data, Path) else BytesIO(data))
         problem = inspect_instance(full, abstract_syntax, affected_sop_uid)
         if problem is not None:
             return None, *problem
@@ -147,6 +187,36 @@ def _refused_context(cx: PresentationContext) -> str:
     return f"{_uid_name(cx.abstract_syntax)}: {why}"
 
 
+#: The listening AEs whose associations receive into their spool, and the factory pynetdicom had.
+_RECEIVERS: weakref.WeakKeyDictionary[AE, StorageSCP] = weakref.WeakKeyDictionary()
+_SYSTEM_TEMPORARY_FILE = tempfile.NamedTemporaryFile
+
+
+def _incoming_file(*args: object, **kwargs: object) -> object:
+    """Called by pynetdicom's decoder where it would make its temporary file for a C-STORE data set.
+
+    It runs on the association's DUL thread (the thread that decodes P-DATA): an association of
+    one of our listening AEs gets an :class:`IncomingFile` in that SCP's spool; any other (an
+    SCU's C-GET in the same process) gets pynetdicom's usual temporary file.
+    """
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    receiver = _RECEIVERS.get(getattr(assoc, "ae", None)) if assoc is not None else None
+    if receiver is None:
+        return _SYSTEM_TEMPORARY_FILE(*args, **kwargs)  # type: ignore[call-overload]
+    return receiver.open_incoming(assoc)
+
+
+def route_chunked_receive(receiver: StorageSCP) -> None:
+    """Receive C-STORE data sets in chunks to disk, into ``receiver``'s spool (module docstring).
+
+    ``STORE_RECV_CHUNKED_DATASET`` is pynetdicom's process-wide switch; handlers of other
+    listeners in the process still read ``event.dataset`` as before (pynetdicom reads the file).
+    """
+    _RECEIVERS[receiver.ae] = receiver
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _incoming_file  # type: ignore[attr-defined]
+
+
 def hash_phi(value: str) -> str:
     """A stable, non-reversible reference for a patient identifier in rows: the keyed hash of
     :func:`medversa.node.phi.pseudonym` (a plain hash of a Patient ID can be found by trying IDs)."""
@@ -162,7 +232,10 @@ class StorageSCP:
         self.spool = spool
         self.metrics = metrics
         self._server = None
-        self.recorder = Recorder(store)
+        self.recorder = Recorder(store, rescan=lambda: record_spooled_files(store, spool))
+        #: Data sets being received: file path -> (association, file); the C-STORE handler takes its own.
+        self._incoming: dict[str, tuple[object, IncomingFile]] = {}
+        self._incoming_lock = threading.Lock()
         cfg = settings.scp
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
@@ -183,7 +256,9 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, self._on_close),
         ]
+        route_chunked_receive(self)
         self._server = self.ae.start_server((cfg.bind, cfg.port), block=False, evt_handlers=handlers,
                                             ssl_context=self._ssl_context())
         # No Nagle delay: a small PDU (a C-STORE response) must not wait for a delayed ACK.
@@ -259,16 +334,70 @@ class StorageSCP:
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    # --- receiving into the spool ----------------------------------------------------------------
+    def open_incoming(self, assoc: object) -> IncomingFile:
+        """The file one data set of ``assoc`` is received into (called on its DUL thread)."""
+        incoming = self.spool.open_incoming(self.settings.scp.max_instance_bytes)
+        with self._incoming_lock:
+            self._incoming[incoming.name] = (assoc, incoming)
+        return incoming
+
+    def _take_incoming(self, event: evt.Event) -> IncomingFile | None:
+        with self._incoming_lock:
+            entry = self._incoming.pop(str(event.dataset_path), None)
+        return entry[1] if entry else None
+
+    def _on_close(self, event: evt.Event) -> None:
+        """An association that ended mid-message (aborted, connection lost) leaves nothing behind."""
+        with self._incoming_lock:
+            left = [name for name, (assoc, _) in self._incoming.items() if assoc is event.assoc]
+            files = [self._incoming.pop(name)[1] for name in left]
+        for incoming in files:
+            incoming.discard()
+        if files:
+            LOGGER.warning("association from %s ended during a C-STORE: %d partly received data set(s) dropped",
+                           event.assoc.requestor.ae_title.strip(), len(files))
+
     def _on_store(self, event: evt.Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title.strip()
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
-        data = event.encoded_dataset()
-        ds, status, reason = check_received(data, str(event.context.abstract_syntax), sop_uid)
+        incoming = self._take_incoming(event)
+        if incoming is None:  # the association closed under us; nothing was received into the spool
+            return self._refuse(calling, PROCESSING_FAILURE, "the data set was not received into the spool",
+                                sop_uid, "")
+        try:
+            incoming.finish()  # fsync before anything is decided on it
+            identifiers = phi.identifiers_in_file(incoming.path) if incoming.complete else ()
+            with phi.identifiers_scope(identifiers):
+                try:
+                    return self._store(incoming, calling, sop_uid, str(event.context.abstract_syntax))
+                except Exception as exc:  # noqa: BLE001 - a status, never a dropped association
+                    LOGGER.exception("C-STORE from %s: handling %s failed", calling, phi.scrub(sop_uid))
+                    return self._refuse(calling, PROCESSING_FAILURE, f"internal error: {type(exc).__name__}",
+                                        sop_uid, "")
+        finally:
+            incoming.discard()  # a committed file was renamed away: nothing to delete then
+
+    def _store(self, incoming: IncomingFile, calling: str, sop_uid: str, abstract_syntax: str) -> int | Dataset:
+        cfg = self.settings.scp
+        if incoming.over_limit:
+            return self._refuse(
+                calling, OUT_OF_RESOURCES,
+                f"instance of {incoming.received} bytes is over scp.max_instance_bytes ({cfg.max_instance_bytes})",
+                sop_uid, "", comment=f"instance over the size limit of {cfg.max_instance_bytes} bytes")
+        if incoming.error is not None:
+            if incoming.error.errno in (errno.ENOSPC, errno.EDQUOT):
+                return self._refuse(calling, OUT_OF_RESOURCES, "spool disk full", sop_uid, "")
+            return self._refuse(calling, OUT_OF_RESOURCES, f"cannot write to the spool: {incoming.error}", sop_uid, "")
+        ds, status, reason = check_received(incoming.path, abstract_syntax, sop_uid)
         if ds is None:
             return self._refuse(calling, status, reason, sop_uid, "")
         study_uid = h.text(ds, "StudyInstanceUID")
         try:
-            spooled = self.spool.write(study_uid, sop_uid, data)
+            spooled = self.spool.commit(incoming, study_uid, sop_uid, cfg.max_study_bytes)
+        except StudyFull as exc:
+            return self._refuse(calling, OUT_OF_RESOURCES, f"{exc} (scp.max_study_bytes)", sop_uid, study_uid,
+                                comment=f"study over its size limit of {cfg.max_study_bytes} bytes")
         except SpoolFull:
             return self._refuse(calling, OUT_OF_RESOURCES, "spool disk full", sop_uid, study_uid)
         except ValueError as exc:
@@ -283,9 +412,12 @@ class StorageSCP:
             self.metrics.bytes.inc(spooled.size)
         return SUCCESS
 
-    def _refuse(self, calling: str, status: int, reason: str, sop_uid: str, study_uid: str) -> Dataset:
-        """Log and audit a failed C-STORE; the response carries the reason as Error Comment."""
-        log = LOGGER.error if status == OUT_OF_RESOURCES else LOGGER.warning
+    def _refuse(self, calling: str, status: int, reason: str, sop_uid: str, study_uid: str,
+                comment: str | None = None) -> Dataset:
+        """Log and audit a failed C-STORE; the response carries the reason (or ``comment``, when the
+        reason would not fit) as Error Comment. Identifiers in scope are scrubbed from all three."""
+        reason, sop_uid, study_uid = phi.scrub(reason), phi.scrub(sop_uid), phi.scrub(study_uid)
+        log = LOGGER.error if status in (OUT_OF_RESOURCES, PROCESSING_FAILURE) else LOGGER.warning
         log("C-STORE from %s: %s refused, 0x%04X %s: %s", calling, sop_uid or "(no SOP Instance UID)", status,
             STATUS_NAMES[status], reason)
         try:
@@ -293,17 +425,21 @@ class StorageSCP:
                              sop_instance_uid=sop_uid[:64],
                              detail=f"0x{status:04X} {STATUS_NAMES[status]}: {reason}"[:500])
         except Exception as exc:  # noqa: BLE001 - e.g. the job store's disk is full too: the status still goes back
-            LOGGER.error("cannot audit the refusal of %s: %s", sop_uid, exc)
+            LOGGER.error("cannot audit the refusal of %s: %s", sop_uid, phi.scrub(str(exc)))
         response = Dataset()
         response.Status = status
         # Error Comment is LO: 64 characters of the default repertoire, no backslash (PS3.5 6.2).
-        comment = reason.removeprefix(f"instance {sop_uid}: ")
-        response.ErrorComment = comment.encode("ascii", "replace").decode().replace("\\", "/")[:64]
+        text = phi.scrub(comment) if comment else reason.removeprefix(f"instance {sop_uid}: ")
+        response.ErrorComment = text.encode("ascii", "replace").decode().replace("\\", "/")[:64]
         return response
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every received instance has its row (tests, shutdown)."""
         self.recorder.flush(timeout)
+
+
+#: Errors of a job store that cannot be written for now (disk full, I/O error, connection lost): retried.
+STORE_OUTAGES = (OperationalError, DisconnectionError, OSError)
 
 
 class Recorder:
@@ -315,15 +451,39 @@ class Recorder:
     a study streams in. The spooled file, not the row, is the durable record (a crash
     before the commit is repaired by the start-up rescan), and each row carries the
     time the SCP received its instance, so the study's idle clock is not moved.
+
+    When the job store cannot be written (:data:`STORE_OUTAGES`: its disk full, say), the
+    batch is kept and tried again with backoff (``retry_initial`` doubling to ``retry_max``
+    seconds), new rows joining it, until the store takes it: the rows appear when space
+    returns, without a restart, with their receipt times. Past ``max_waiting`` rows only
+    their files are kept (no header in memory) and ``rescan`` records them from the spool
+    once the store is back. A batch failing for any other reason is recorded row by row,
+    so one bad row holds up no other.
     """
 
-    def __init__(self, store: Store, batch: int = 256, window: float = 0.25) -> None:
+    def __init__(self, store: Store, batch: int = 256, window: float = 0.25, retry_initial: float = 0.5,
+                 retry_max: float = 10.0, max_waiting: int = 20_000,
+                 rescan: Callable[[], int] | None = None) -> None:
         self.store = store
         self.batch = batch
         self.window = window
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.max_waiting = max_waiting
+        self.rescan = rescan
         self._queue: queue.Queue = queue.Queue()
+        #: Rows the store refused for now, oldest first (their queue items are not yet done).
+        self._waiting: list[tuple] = []
+        #: Rows dropped from ``_waiting`` beyond ``max_waiting``: the spool rescan records them.
+        self._dropped = 0
+        self._outage = ""
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """Spooled instances whose rows wait for the job store."""
+        return len(self._waiting) + self._dropped
 
     def put(self, ds, path: str, size: int, calling: str) -> None:
         # Stamped now: a study's idle clock runs from receipt, not from when its row is written.
@@ -334,8 +494,11 @@ class Recorder:
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _gather(self) -> list[tuple]:
-        items = [self._queue.get()]
+    def _gather(self, timeout: float | None) -> list[tuple]:
+        try:
+            items = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
         closes = time.monotonic() + self.window
         while len(items) < self.batch:
             left = closes - time.monotonic()
@@ -348,15 +511,96 @@ class Recorder:
         return items
 
     def _run(self) -> None:
+        delay = self.retry_initial
         while True:
-            items = self._gather()
+            items = self._gather(delay if self.waiting else None)
+            batch = self._waiting + items
+            done = self._record(batch)
+            for _ in done:
+                self._queue.task_done()
+            if len(done) == len(batch):
+                if self.waiting:
+                    self._store_back()
+                delay = self.retry_initial
+                continue
+            if not self.waiting:
+                LOGGER.error("the job store cannot be written (%s): %d spooled instance(s) wait for their rows, "
+                             "tried again every %.1f to %.0f s (no restart needed)", self._outage,
+                             len(batch) - len(done), self.retry_initial, self.retry_max)
+            recorded = {id(item) for item in done}
+            self._waiting = [item for item in batch if id(item) not in recorded]
+            while len(self._waiting) > self.max_waiting:
+                self._waiting.pop(0)
+                self._queue.task_done()  # its file stays in the spool; the rescan records it
+                self._dropped += 1
+            delay = min(delay * 2, self.retry_max)
+
+    def _record(self, batch: list[tuple]) -> list[tuple]:
+        """Record ``batch``; returns the items dealt with (recorded, or given up on as bad)."""
+        if not batch:
+            return []
+        try:
+            record_instances(self.store, batch)
+            return batch
+        except STORE_OUTAGES as exc:
+            self._outage = _first_line(exc)
+            return []
+        except Exception:  # noqa: BLE001 - not an outage: find the bad row(s), record the rest
+            done = []
+            for item in batch:
+                try:
+                    record_instances(self.store, [item])
+                except STORE_OUTAGES as exc:
+                    self._outage = _first_line(exc)
+                    return done
+                except Exception as exc:  # noqa: BLE001 - its file stays spooled; the start-up rescan tries again
+                    with phi.identifiers_scope(phi.identifiers_in(item[0])):
+                        LOGGER.error("recording the instance in %s failed: %s: %s", item[1], type(exc).__name__,
+                                     phi.scrub(str(exc)))
+                done.append(item)
+            return done
+
+    def _store_back(self) -> None:
+        waited = len(self._waiting)
+        self._waiting = []
+        if self._dropped and self.rescan is not None:
             try:
-                record_instances(self.store, items)
-            except Exception:  # noqa: BLE001 - the files are spooled; the start-up rescan records them
-                LOGGER.exception("recording %d instance(s) failed", len(items))
-            finally:
-                for _ in items:
-                    self._queue.task_done()
+                waited += self.rescan()
+                self._dropped = 0
+            except Exception:  # noqa: BLE001 - the start-up rescan is the last resort
+                LOGGER.exception("recording the spooled instances that waited failed")
+                return
+        self._dropped = 0
+        LOGGER.warning("the job store can be written again: recorded %d spooled instance(s) that waited for it",
+                       waited)
+
+
+def record_spooled_files(store: Store, spool: Spool, calling: str = "recovered") -> int:
+    """Record every spooled file that has no row (after a crash, or rows a job-store outage dropped).
+
+    Returns how many were recorded; a file that cannot be read is left in place and logged.
+    """
+    with store.session() as s:
+        known = set(s.scalars(select(Instance.path)))
+    recorded = 0
+    for path in spool.root.rglob("*.dcm"):
+        if str(path) in known:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            size = path.stat().st_size
+        except Exception as exc:  # noqa: BLE001 - a foreign file in the spool: leave it, say so
+            LOGGER.error("spool file %s cannot be recorded: %s", path,
+                         phi.scrub(f"{type(exc).__name__}: {exc}", phi.identifiers_in_file(path)))
+            continue
+        record_instance(store, ds, str(path), size, calling)
+        recorded += 1
+    return recorded
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one scrubbed line (SQLAlchemy appends the statement and its parameters)."""
+    return phi.scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
 def record_instance(store: Store, ds, path: str, size: int, calling: str, is_prior: bool = False) -> bool:

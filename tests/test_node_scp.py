@@ -125,7 +125,7 @@ def test_a_full_disk_answers_out_of_resources_and_leaves_nothing(scp, monkeypatc
     def full(*args, **kwargs):
         raise SpoolFull(28, "no space")
 
-    monkeypatch.setattr(server.spool, "write", full)
+    monkeypatch.setattr(server.spool, "commit", full)
     assert _send(server.port, f.make_cr(32, 32)) == 0xA700
     assert _count(server, Instance) == 0
 
