@@ -216,7 +216,7 @@ def _use(ctx: NodeContext, match: StudyMatch, chosen: list[SeriesMatch] | None, 
         LOGGER.info("prior study %s: %s; retrieving %s (%s)", uid, why,
                     f"{len(series_uids)} series" if series_uids else "the study", ctx.settings.pacs.retrieve)
         try:
-            retrieved = _retrieve(ctx, uid, series_uids)
+            retrieved = f"retrieved, {why}: {_retrieve(ctx, uid, series_uids)}"
         except AssociationFailed as exc:
             return replace(found, note=f"{SKIPPED}: prior retrieve failed ({exc})", retryable=exc.transient)
         have = _present(ctx, uid, series_uids)

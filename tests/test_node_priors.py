@@ -1,0 +1,329 @@
+"""Priors for real: a real Orthanc holds earlier studies the node has never seen (uploaded straight to
+it, never routed through the node), real ``medversa serve`` processes (embedded worker, scripted
+answers) receive the new study with dcmtk's storescu, fetch the prior by C-MOVE or C-GET, and export
+the SR back to Orthanc, where the test reads it: Pertinent Other Evidence cites the prior's
+instances, the comparison text names the prior's date and description.
+
+One Orthanc and one C-MOVE node serve most cases (each case its own patient); the C-GET node and
+the node whose PACS never answers are started by their own tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
+from medversa.node.tools import free_port, wait_port
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from . import dicom_factory as f
+from .node_process import node_config, start_serve, statuses, stop_serve, storescu, wait_for
+from .orthanc import OrthancServer, orthanc_server
+from .reliability import record_case
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/Orthanc").exists(), reason="Orthanc is not installed")
+
+COMPARISON = "The effusion is new since the prior study."
+SCRIPTED = {"chest_pathology_classification": "The main diagnosis is pleural effusion.",
+            "longitudinal_comparison": COMPARISON}
+ROUTING = [{"name": "chest radiograph", "modality": "CR|DX", "body_part": "CHEST|",
+            "tasks": ["chest_pathology_classification", "longitudinal_comparison"]}]
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPARISON_CODE = "18834-2"  # LOINC "Radiology Comparison study"
+CURRENT_DATE = "20240102"
+
+
+@dataclass
+class Node:
+    """A running ``medversa serve`` with its port, log and job store."""
+
+    proc: object
+    port: int
+    log: Path
+    store: Store
+
+    def send(self, datasets: list[Dataset], folder: Path) -> None:
+        result = storescu(self.port, *f.write_datasets(datasets, folder))
+        assert statuses(result) == [0] * len(datasets), result.stdout + result.stderr
+
+    def finished_job(self, study_uid: str, timeout: float = 120) -> Job:
+        found: list[Job] = []
+
+        def done() -> bool:
+            with self.store.session() as s:
+                job = s.scalars(select(Job).join(Study).where(Study.study_instance_uid == study_uid)
+                                .order_by(Job.version.desc())).first()
+                if job is not None and job.state in (JobState.DONE, JobState.FAILED):
+                    s.expunge(job)
+                    found.append(job)
+                    return True
+            return False
+
+        wait_for(done, timeout, f"no finished job for study {study_uid}", self.log)
+        return found[0]
+
+
+def _start_node(tmp: Path, port: int, **extra: object) -> Node:
+    script = tmp / "scripted.yaml"
+    script.write_text(yaml.safe_dump(SCRIPTED))
+    config = node_config(tmp, port, routing=ROUTING, model={"preset": "tiny", "scripted_answers": str(script)},
+                         **extra)
+    log = tmp / "serve.log"
+    proc = start_serve(config, log)
+    try:
+        wait_port(port, 90)
+    except RuntimeError:
+        stop_serve(proc)
+        raise AssertionError(f"serve did not listen; log:\n{log.read_text()[-3000:]}") from None
+    return Node(proc, port, log, Store(f"sqlite:///{tmp / 'node' / 'medversa.db'}"))
+
+
+def _study(patient: str, date: str, description: str = "XR CHEST PA", n: int = 1, *, body_part: str | None = "CHEST",
+           study_uid: str | None = None, series_number: int = 1) -> list[Dataset]:
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    return [f.make_cr(64, 64, study_uid=study_uid, series_uid=series_uid, series_number=series_number,
+                      instance_number=i + 1, body_part=body_part, PatientID=patient, StudyDate=date,
+                      StudyTime="101010", StudyDescription=description, AccessionNumber=f"A{date}")
+            for i in range(n)]
+
+
+def _upload(pacs: OrthancServer, datasets: list[Dataset]) -> None:
+    for ds in datasets:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        pacs.upload(buffer.getvalue())
+
+
+def _sr_from(pacs: OrthancServer, study_uid: str, node: Node, timeout: float = 60) -> Dataset:
+    def sr_id() -> str | None:
+        return next((i["ID"] for i in pacs.study_instances(study_uid) if i.get("SOPClassUID") == SR_CLASS), None)
+
+    wait_for(lambda: sr_id() is not None, timeout, f"no SR of study {study_uid} in Orthanc", node.log)
+    return pydicom.dcmread(BytesIO(pacs.instance_file(str(sr_id()))))
+
+
+def _uids(datasets: list[Dataset]) -> set[str]:
+    return {str(ds.SOPInstanceUID) for ds in datasets}
+
+
+def _evidence(sr: Dataset, keyword: str) -> dict[str, set[str]]:
+    """Study Instance UID -> the SOP Instance UIDs an evidence sequence cites."""
+    return {str(study.StudyInstanceUID): {str(ref.ReferencedSOPInstanceUID) for series in study.ReferencedSeriesSequence
+                                         for ref in series.ReferencedSOPSequence}
+            for study in sr.get(keyword, [])}
+
+
+def _texts(item: Dataset, code: str) -> Iterator[str]:
+    for child in item.get("ContentSequence", []):
+        names = child.get("ConceptNameCodeSequence", [])
+        if names and names[0].CodeValue == code and "TextValue" in child:
+            yield str(child.TextValue)
+        yield from _texts(child, code)
+
+
+def _check_sr_cites_the_prior(sr: Dataset, current: list[Dataset], used: list[Dataset], date: str,
+                              description: str) -> str:
+    """The SR of the current study cites ``used`` (the prior's images) in Pertinent Other Evidence, its
+    own images in Current Requested Procedure Evidence, and says which prior it compared with."""
+    prior_uid = str(used[0].StudyInstanceUID)
+    assert sr.StudyInstanceUID == current[0].StudyInstanceUID
+    assert _evidence(sr, "PertinentOtherEvidenceSequence") == {prior_uid: _uids(used)}
+    assert prior_uid not in _evidence(sr, "CurrentRequestedProcedureEvidenceSequence")
+    assert _uids(current) <= _evidence(sr, "CurrentRequestedProcedureEvidenceSequence")[str(current[0].StudyInstanceUID)]
+    [text] = list(_texts(sr, COMPARISON_CODE))
+    assert text.startswith(COMPARISON), text
+    assert f"{date[:4]}-{date[4:6]}-{date[6:]}" in text and description in text and prior_uid in text, text
+    return text
+
+
+# -- shared parts -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def move_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory, move_port: int) -> Iterator[OrthancServer]:
+    """The PACS: knows the C-MOVE node as AE MEDVERSA."""
+    server = orthanc_server(tmp_path_factory, modalities={"medversa": ("MEDVERSA", "127.0.0.1", move_port)})
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def move_node(tmp_path_factory: pytest.TempPathFactory, pacs: OrthancServer, move_port: int) -> Iterator[Node]:
+    """The node retrieving by C-MOVE; retention removes finished studies' files at once (days: 0)."""
+    node = _start_node(tmp_path_factory.mktemp("move-node"), move_port, retention={"days": 0},
+                       pacs={"peer": str(pacs.peer), "retrieve": "move", "query_timeout_s": 10,
+                             "retrieve_timeout_s": 30},
+                       export={"destinations": [str(pacs.peer)], "backoff_initial_s": 1})
+    yield node
+    stop_serve(node.proc)
+
+
+# -- the cases --------------------------------------------------------------------------------
+
+
+def test_c_move_brings_the_most_recent_compatible_prior_the_node_never_saw(pacs, move_node, tmp_path):
+    """The PACS holds five other studies of the patient; the chosen prior is the most recent earlier
+    chest radiograph: newer ones are a knee radiograph (same modality, other body part), a CT (other
+    modality) and one after the current study. The chosen one has no Body Part Examined but a chest
+    description (compatible); its two instances arrive by C-MOVE and are recorded before use."""
+    patient = "PRIOR-MOVE"
+    older = _study(patient, "20220101", "XR THORAX", body_part="THORAX")
+    prior = _study(patient, "20230101", "XR CHEST PA 2023", n=2, body_part=None)
+    knee = _study(patient, "20230601", "XR KNEE", body_part="KNEE")
+    ct = f.make_ct_series(2, PatientID=patient, StudyDate="20230901", StudyTime="090000")
+    later = _study(patient, "20250101", "XR CHEST PA 2025")
+    _upload(pacs, older + prior + knee + ct + later)
+    current = _study(patient, CURRENT_DATE, "XR CHEST PA 2024", n=2)
+    started = time.monotonic()
+    move_node.send(current, tmp_path / "current")
+
+    job = move_node.finished_job(str(current[0].StudyInstanceUID))
+    seconds = time.monotonic() - started
+    assert job.state is JobState.DONE, job.error
+    note = next(n for n in job.notes if "used for the comparison" in n)
+    assert f"prior study {prior[0].StudyInstanceUID} (2023-01-01, XR CHEST PA 2023)" in note, job.notes
+    assert "2 instance(s)" in note and "C-MOVE to MEDVERSA: 2 completed, 0 failed, 0 warning" in note, note
+    sr = _sr_from(pacs, str(current[0].StudyInstanceUID), move_node)
+    _check_sr_cites_the_prior(sr, current, prior, "20230101", "XR CHEST PA 2023")
+    with move_node.store.session() as s:
+        row = s.scalars(select(Study).where(Study.study_instance_uid == str(prior[0].StudyInstanceUID))).one()
+        assert row.is_prior and not row.jobs  # recorded as a prior, never processed on its own
+        assert {i.sop_instance_uid for i in row.instances} == _uids(prior)
+        for other in (older, knee, later, ct):  # nothing else was retrieved
+            assert s.scalars(select(Study).where(Study.study_instance_uid == str(other[0].StudyInstanceUID))
+                             ).first() is None
+    record_case("fault", "prior by C-MOVE, never seen by the node", "the most recent compatible prior retrieved "
+                "(knee, CT and later studies passed over), recorded before use, cited in the SR",
+                prior_instances=len(prior), job_seconds=round(seconds, 1))
+
+
+def test_a_prior_whose_files_retention_removed_is_fetched_again(pacs, move_node, tmp_path):
+    """The prior went through the node (auto-routed), was processed, delivered and purged by retention
+    (files gone, rows kept). The follow-up study retrieves it again, only its image series: the PACS's
+    copy of that study now also holds the node's own SR/SEG, which the SCP would refuse."""
+    patient = "PRIOR-PURGED"
+    prior = _study(patient, "20230301", "XR CHEST PA")
+    _upload(pacs, prior)
+    move_node.send(prior, tmp_path / "prior")
+    prior_uid = str(prior[0].StudyInstanceUID)
+    assert move_node.finished_job(prior_uid).state is JobState.DONE
+    _sr_from(pacs, prior_uid, move_node)  # its results are on the PACS, in the prior's study
+
+    def purged() -> bool:
+        with move_node.store.session() as s:
+            study = s.scalars(select(Study).where(Study.study_instance_uid == prior_uid)).one()
+            paths = [Path(i.path) for i in study.instances]
+            return study.state is StudyState.PURGED and bool(paths) and not any(p.exists() for p in paths)
+
+    wait_for(purged, 30, "retention did not remove the prior's files", move_node.log)
+    current = _study(patient, CURRENT_DATE, "XR CHEST PA")
+    move_node.send(current, tmp_path / "current")
+
+    job = move_node.finished_job(str(current[0].StudyInstanceUID))
+    assert job.state is JobState.DONE, job.error
+    note = next(n for n in job.notes if "used for the comparison" in n)
+    assert "spooled files gone" in note and "1 completed, 0 failed" in note, note
+    sr = _sr_from(pacs, str(current[0].StudyInstanceUID), move_node)
+    _check_sr_cites_the_prior(sr, current, prior, "20230301", "XR CHEST PA")
+    record_case("fault", "prior whose spooled files retention removed", "retrieved again by C-MOVE (image series "
+                "only), used and cited; the job did not fail", prior_instances=len(prior))
+
+
+def test_failed_sub_operations_use_what_arrived_and_say_so(pacs, move_node, tmp_path):
+    """The prior's second series holds a CR without Pixel Data, which the node's SCP refuses (0xA900):
+    Orthanc's C-MOVE of that series fails. The first series arrived and is used; the note says so."""
+    patient = "PRIOR-PARTIAL"
+    good = _study(patient, "20230401", "XR CHEST")
+    bad = _study(patient, "20230401", "XR CHEST", study_uid=str(good[0].StudyInstanceUID), series_number=2)
+    del bad[0].PixelData
+    _upload(pacs, good + bad)
+    current = _study(patient, CURRENT_DATE, "XR CHEST")
+    move_node.send(current, tmp_path / "current")
+
+    job = move_node.finished_job(str(current[0].StudyInstanceUID))
+    assert job.state is JobState.DONE, job.error
+    note = next(n for n in job.notes if "used for the comparison" in n)
+    assert "C-MOVE failed" in note and "Failure" in note and "using the 1 instance(s) that arrived" in note, note
+    sr = _sr_from(pacs, str(current[0].StudyInstanceUID), move_node)
+    _check_sr_cites_the_prior(sr, current, good, "20230401", "XR CHEST")
+    assert f"{bad[0].SOPInstanceUID} refused, 0xA900" in move_node.log.read_text()
+    with move_node.store.session() as s:
+        assert s.scalars(select(Instance).where(Instance.sop_instance_uid == str(bad[0].SOPInstanceUID))).first() is None
+    record_case("fault", "prior retrieve with a failed sub-operation (an instance the SCP refuses)",
+                "the series that arrived was used and cited; the note names the failure", prior_instances=2,
+                arrived=1)
+
+
+def test_c_get_retrieves_the_prior_over_the_nodes_own_association(pacs, tmp_path):
+    """``pacs.retrieve: get``: the PACS does not know the node as a destination; the prior comes back on
+    the node's association and is recorded before use."""
+    patient = "PRIOR-GET"
+    prior = _study(patient, "20230501", "XR CHEST PA", n=2)
+    _upload(pacs, prior)
+    node = _start_node(tmp_path, free_port(), pacs={"peer": str(pacs.peer), "retrieve": "get",
+                                                    "query_timeout_s": 10, "retrieve_timeout_s": 30},
+                       export={"destinations": [str(pacs.peer)], "backoff_initial_s": 1})
+    try:
+        current = _study(patient, CURRENT_DATE, "XR CHEST PA")
+        node.send(current, tmp_path / "current")
+        job = node.finished_job(str(current[0].StudyInstanceUID))
+        assert job.state is JobState.DONE, job.error
+        note = next(n for n in job.notes if "used for the comparison" in n)
+        assert "C-GET: 2 completed, 0 failed, 0 warning" in note, note
+        sr = _sr_from(pacs, str(current[0].StudyInstanceUID), node)
+        _check_sr_cites_the_prior(sr, current, prior, "20230501", "XR CHEST PA")
+    finally:
+        stop_serve(node.proc)
+    record_case("fault", "prior by C-GET", "retrieved on the node's own association, recorded, used and cited",
+                prior_instances=len(prior))
+
+
+def test_a_pacs_that_never_answers_costs_only_the_comparison(tmp_path_factory, pacs, tmp_path):
+    """The priors' PACS is stopped (SIGSTOP: TCP connects, DICOM never answers). The job ends DONE with
+    the other task's results on the export PACS, the comparison skipped with the reason, in about the
+    configured timeouts."""
+    patient = "PRIOR-SILENT"
+    silent = orthanc_server(tmp_path_factory, aet="SILENT")
+    prior = _study(patient, "20230101", "XR CHEST PA")
+    _upload(silent, prior)
+    assert silent._process is not None
+    os.kill(silent._process.pid, signal.SIGSTOP)
+    node = _start_node(tmp_path, free_port(), pacs={"peer": str(silent.peer), "query_timeout_s": 2,
+                                                    "retrieve_timeout_s": 2},
+                       export={"destinations": [str(pacs.peer)], "backoff_initial_s": 1})
+    try:
+        current = _study(patient, CURRENT_DATE, "XR CHEST PA")
+        node.send(current, tmp_path / "current")
+        job = node.finished_job(str(current[0].StudyInstanceUID))
+        assert job.state is JobState.DONE, job.error
+        reason = "longitudinal comparison skipped: prior query failed (no answer from SILENT@127.0.0.1"
+        assert any(n.startswith(reason) for n in job.notes), job.notes
+        assert any(reason in line and "WARNING" in line for line in node.log.read_text().splitlines())
+        sr = _sr_from(pacs, str(current[0].StudyInstanceUID), node)
+        assert not list(_texts(sr, COMPARISON_CODE)) and "PertinentOtherEvidenceSequence" not in sr
+        seconds = (job.finished_at - job.started_at).total_seconds()
+        assert seconds < 30, seconds
+    finally:
+        stop_serve(node.proc)
+        os.kill(silent._process.pid, signal.SIGCONT)
+        silent.stop(kill=True)
+    record_case("fault", "prior fetch: the PACS process is stopped (TCP connects, DICOM never answers)",
+                "comparison skipped after the configured 2 s; the other task's results exported",
+                job_seconds=round(seconds, 1))
