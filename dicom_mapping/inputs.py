@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from . import header as h
+from .context import clinical_context, projection
 from .pixels import display_frames
 from .references import ImageRef, PreparedImage, PreparedVolume, SeriesKind, Skipped, StudyInputs, View
 from .series import classify
@@ -78,7 +79,8 @@ def _prepare_image(ds: Dataset, kind: SeriesKind, view: View | None) -> list[Pre
             frame_of_reference_uid=h.text(ds, "FrameOfReferenceUID") or None,
             modality=h.upper(ds, "Modality"),
         )
-        prepared.append(PreparedImage(ref=ref, pixels=pixels, kind=kind, view=view))
+        prepared.append(PreparedImage(ref=ref, pixels=pixels, kind=kind, view=view,
+                                      projection=projection(ds) if kind is SeriesKind.CHEST_RADIOGRAPH else None))
     return prepared
 
 
@@ -116,7 +118,9 @@ def prepare_study(datasets: Sequence[Dataset]) -> StudyInputs:
                 f"StudyInstanceUID {other or '(missing)'} of instance {h.sop_instance_uid(ds)} differs from "
                 f"{study_uid or '(missing)'} of the first instance; prepare_study takes one study per call"
             )
-    out = StudyInputs(study_instance_uid=study_uid)
+    first = datasets[0]
+    out = StudyInputs(study_instance_uid=study_uid, clinical=clinical_context(first),
+                      study_date=h.text(first, "StudyDate"), study_description=h.text(first, "StudyDescription"))
     order: dict[str, tuple[float, float]] = {}
     ct_series: dict[str, list[Dataset]] = {}
     ct_kinds: dict[str, set[SeriesKind]] = {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+from medversa.inference.context import ClinicalContext
 
 
 class SeriesKind(str, Enum):
@@ -79,6 +80,8 @@ class PreparedImage:
     pixels: np.ndarray  # uint8 [rows, cols] or [rows, cols, 3]
     kind: SeriesKind
     view: View | None = None
+    #: View Position as training names it ("PA", "AP", "AP supine", "lateral"); None when not stated.
+    projection: str | None = None
 
 
 @dataclass
@@ -105,5 +108,10 @@ class StudyInputs:
 
     study_instance_uid: str
     images: list[PreparedImage] = field(default_factory=list)
+    #: Age, sex and indication from the headers (the view is per request: its images' projections).
+    clinical: ClinicalContext = field(default_factory=ClinicalContext)
+    #: Study Date (YYYYMMDD) and Study Description, as a comparison names its prior study.
+    study_date: str = ""
+    study_description: str = ""
     volumes: list[PreparedVolume] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tasks import TEMPLATES, Modality, Task, fill_template, format_region, join_targets
+from .tasks import TEMPLATES, Modality, Task, comparison_target, fill_template, format_region, join_targets
 from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 
 #: Default targets asked for when a request names none (paper, Methods: datasets).
@@ -95,6 +95,8 @@ class TaskRequest:
     region: tuple[float, float, float, float] | None = None
     num_current: int | None = None
     request_id: str = ""
+    #: Longitudinal comparison: the prior's date and description, for checkpoints trained with them.
+    prior_details: str = ""
 
     def __post_init__(self) -> None:
         self.task = Task(self.task)
@@ -144,7 +146,7 @@ class TaskRequest:
             first = self.images[0]
             return [("", fill_template(template, main, format_region(self.region, first.cols, first.rows)))]
         if task is Task.LONGITUDINAL_COMPARISON:
-            prior = "".join(f"<img{i}>" for i in range(len(main), len(self.images)))
+            prior = comparison_target(list(range(len(main), len(self.images))), self.prior_details)
             return [("", fill_template(template, main, prior))]
         return [("", fill_template(template, main))]
 

@@ -205,6 +205,16 @@ def fill_template(template: str, main_images: list[int], target: str = "") -> st
     return text
 
 
+def comparison_target(prior_images: list[int], details: str = "") -> str:
+    """The ``-*-`` of a comparison template: the prior's image tags, then its date and description.
+
+    ``details`` (e.g. "2024-03-02, CHEST PA") is written only for checkpoints trained with it
+    (their declaration's ``prior_details``); training and the node both build the target here.
+    """
+    tags = "".join(image_tag(i) for i in prior_images)
+    return f"{tags} ({details})" if details else tags
+
+
 def join_targets(names: list[str]) -> str:
     """'a', 'a and b', 'a, b and c' — how several classes are asked for in one request."""
     names = [n for n in names if n]

@@ -53,7 +53,8 @@ def infer(
     options = PipelineOptions(
         algorithm=algorithm_for(analyzer, org_root), tasks=tasks, ask=ask, region=_region(region),
         clinical_context=context, presentation_states=not no_overlays, burned_in=not no_burned_in,
-        key_objects=key_objects,
+        key_objects=key_objects, context_fields=analyzer.declaration.context_fields,
+        declared_tasks=analyzer.declaration.tasks, prior_details=analyzer.declaration.prior_details,
     )
     written, messages = run_infer(list(inputs), out, analyzer, options, list(prior or []))
     for message in messages:

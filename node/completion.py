@@ -13,11 +13,13 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+import pydicom
+from medversa.dicom_mapping.series import classify
 from sqlalchemy import func, select
 
 from .context import NodeContext
 from .jobs import create_job_version
-from .routing import InstanceFacts, tasks_for
+from .routing import InstanceFacts, route
 from .store import Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -26,9 +28,26 @@ LOGGER = logging.getLogger(__name__)
 Enqueue = Callable[[int, str], None]
 
 
+def _series_kind(path: str) -> str:
+    """The classifier's kind of a spooled instance (header only); empty when unreadable or not used."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is routed as "no kind", never a crash
+        LOGGER.warning("could not read the header of %s for routing (%s)", path, type(exc).__name__)
+        return ""
+    kind, _, _ = classify(ds)
+    return kind.value if kind is not None else ""
+
+
 def _facts(s, study: Study) -> list[InstanceFacts]:
-    rows = s.scalars(select(Instance).where(Instance.study_id == study.id))
-    return [InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description) for i in rows]
+    """Routing facts per instance; the series kind is read once per series (its first instance)."""
+    rows = list(s.scalars(select(Instance).where(Instance.study_id == study.id)))
+    kinds: dict[str, str] = {}
+    for i in rows:
+        if i.series_instance_uid not in kinds or not kinds[i.series_instance_uid]:
+            kinds[i.series_instance_uid] = _series_kind(i.path)
+    return [InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description,
+                          kinds[i.series_instance_uid]) for i in rows]
 
 
 def _complete_enough(ctx: NodeContext, study: Study, have: int, now: dt.datetime) -> tuple[bool, str]:
@@ -67,16 +86,20 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
             ok, note = _complete_enough(ctx, study, have, now)
             if not ok:
                 continue
-            tasks, rules = tasks_for(_facts(s, study), ctx.settings.routing)
-            if not tasks:
+            facts = _facts(s, study)
+            routed = route(facts, ctx.settings.routing)
+            if not routed.tasks:
                 study.state = StudyState.DONE
                 study.pending_instances = 0
-                LOGGER.info("study %s: no routing rule matched; nothing to do", study_id)
+                kinds = sorted({f.series_kind for f in facts if f.series_kind})
+                why = (f"no routing rule matched (series kinds: {', '.join(kinds)})" if kinds
+                       else "no routing rule matched (no instance the node can analyse)")
+                LOGGER.info("study %s: %s; nothing to do", study_id, why)
                 ctx.store.audit("routing", "skipped", session=s, study_instance_uid=study.study_instance_uid,
-                                detail="no routing rule matched")
+                                detail=why)
                 continue
-        notes = [f"rules: {', '.join(rules)}"] + ([note] if note else [])
-        created.append(create_job_version(ctx, study_id, tasks, notes))
+        notes = [f"rules: {', '.join(routed.rules)}"] + ([note] if note else [])
+        created.append(create_job_version(ctx, study_id, routed.tasks, notes, routed.questions))
     requeue_waiting_jobs(ctx, enqueue)
     return created
 

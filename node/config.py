@@ -188,16 +188,24 @@ class ExportSettings(BaseModel):
 
 
 class RoutingRule(BaseModel):
-    """When a study matches (all given criteria, case-insensitive regexes), run ``tasks``."""
+    """When a study matches (all given criteria, case-insensitive regexes), run ``tasks``.
+
+    ``series_kind`` matches what the series classifier recognised (``chest_radiograph``,
+    ``dermoscopy``, ``abdominal_ct``, ``ct``): the default rules use it, so every kind the
+    classifier accepts is routed whatever its Modality/Body Part spelling. ``questions`` are
+    asked (VQA) of every matching study and answered in its SR.
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: str
+    series_kind: str | None = None
     modality: str | None = None
     body_part: str | None = None
     sop_class: str | None = None
     calling_ae: str | None = None
     study_description: str | None = None
-    tasks: list[str]
+    tasks: list[str] = Field(default_factory=list)
+    questions: list[str] = Field(default_factory=list)
 
     @field_validator("tasks")
     @classmethod
@@ -210,17 +218,22 @@ class RoutingRule(BaseModel):
             raise ValueError(f"unknown task(s) {unknown}; known: {sorted(known)}")
         return tasks
 
+    @model_validator(mode="after")
+    def _runnable(self) -> RoutingRule:
+        from .routing import rule_problems
+
+        problems = rule_problems(self)
+        if problems:
+            raise ValueError(f"routing rule {self.name!r}: " + "; ".join(problems))
+        return self
+
 
 def default_rules() -> list[RoutingRule]:
-    return [
-        RoutingRule(name="chest radiograph", modality="CR|DX", body_part="CHEST|",
-                    tasks=["report_findings", "report_impression", "chest_pathology_classification",
-                           "chest_organ_segmentation", "pathology_detection", "longitudinal_comparison"]),
-        RoutingRule(name="dermoscopy", modality="XC|DMS|OT", body_part="SKIN|",
-                    tasks=["skin_lesion_classification", "skin_lesion_segmentation"]),
-        RoutingRule(name="abdominal CT", modality="CT", body_part="ABDOMEN|ABDOMENPELVIS|CHESTABDOMEN|CHESTABDPELVIS",
-                    tasks=["abdominal_organ_segmentation"]),
-    ]
+    """One rule per series kind that has default tasks (dicom_mapping's routing table)."""
+    from medversa.dicom_mapping.routing_table import DEFAULT_RULE_NAMES, DEFAULT_TASKS
+
+    return [RoutingRule(name=DEFAULT_RULE_NAMES[kind], series_kind=kind.value, tasks=[t.value for t in tasks])
+            for kind, tasks in DEFAULT_TASKS.items() if tasks]
 
 
 class ModelSettings(BaseModel):
@@ -236,6 +249,28 @@ class ModelSettings(BaseModel):
     #: answer (e.g. ``chest_organ_segmentation: "The segmentation mask of {target} is <2DSEG>."``).
     #: The real vision modules still run on the planted task tokens. Never for clinical use.
     scripted_answers: Path | None = None
+    #: Clinical context fields per modality (``{cxr: [age, sex, view, indication]}``); empty: the
+    #: fields the checkpoint declares it was trained with (what ``medversa model info`` shows).
+    context_fields: dict[str, list[str]] | None = None
+
+    @field_validator("context_fields")
+    @classmethod
+    def _fields(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        if value is not None:
+            from medversa.inference.declaration import context_fields_from
+
+            context_fields_from(value)  # raises with the unknown modality or field
+        return value
+
+
+class JobSettings(BaseModel):
+    """How often a job is tried when something that passes by itself stops it (PACS or database
+    unreachable, disk momentarily full, worker lost); other failures end it at once."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(4, ge=1, le=50)
+    retry_initial_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(900.0, gt=0)
 
 
 class RetentionSettings(BaseModel):
@@ -279,6 +314,7 @@ class NodeSettings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     routing: list[RoutingRule] = Field(default_factory=default_rules)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     http: HTTPSettings = Field(default_factory=HTTPSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

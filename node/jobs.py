@@ -8,17 +8,20 @@ unique per (job, object, destination), so nothing is stored twice.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
 from pathlib import Path
 
 import pydicom
+from medversa.inference.declaration import context_fields_from
 from medversa.inference.tasks import Task
 from sqlalchemy import select
 
 from .context import NodeContext
 from .phi import phi
+from .pipeline import PipelineOptions
 from .store import (
     Export,
     ExportState,
@@ -34,10 +37,37 @@ LOGGER = logging.getLogger(__name__)
 
 
 class TransientJobError(RuntimeError):
-    """A failure worth retrying (network, PACS unavailable): Celery retries with backoff."""
+    """A failure worth another try later (PACS or database unreachable, disk momentarily full, worker
+    lost): the job goes back to QUEUED and the queue runs it again after ``retry_in`` seconds."""
+
+    def __init__(self, message: str, retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
-def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes: list[str]) -> int:
+#: OS errors that pass (disk full, I/O hiccup, a peer or the network not there right now).
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ECONNREFUSED,
+                               errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may pass by itself: retry later. Everything else (unreadable input, a model
+    error on this input, a bug) fails the job at once with its reason."""
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, TransientJobError | TimeoutError | ConnectionError | OperationalError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def retry_delay(ctx: NodeContext, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential from ``jobs.retry_initial_s``, capped."""
+    jobs = ctx.settings.jobs
+    return min(jobs.retry_max_s, jobs.retry_initial_s * 2 ** max(0, attempt - 1))
+
+
+def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes: list[str],
+                       questions: list[str] | None = None) -> int:
     """A new job version for the study; earlier unfinished versions are superseded."""
     with ctx.store.session() as s:
         study = s.get(Study, study_id)
@@ -48,7 +78,7 @@ def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes:
             if job.state in (JobState.RECEIVED, JobState.QUEUED):
                 job.state = JobState.SUPERSEDED
         job = Job(study_id=study.id, version=version, tasks=tasks, queue=ctx.settings.model.queue,
-                  state=JobState.RECEIVED, notes=notes)
+                  state=JobState.RECEIVED, notes=notes, questions=list(questions or []))
         s.add(job)
         study.state = StudyState.QUEUED
         study.pending_instances = 0
@@ -72,80 +102,133 @@ def _write_atomic(ds, path: Path) -> None:
 
 
 def run_job(ctx: NodeContext, job_id: int) -> str:
-    """Run one job version; returns its final state."""
-    from .export import deliver_due
-    from .pipeline import PipelineOptions, analyze_study
-    from .priors import fetch_prior
+    """Run one job version; returns its final state.
 
+    A transient failure (:func:`is_transient`; a PACS that did not answer for the prior) puts the
+    job back to QUEUED and raises :class:`TransientJobError` with the backoff delay, until
+    ``jobs.max_attempts``; the last attempt runs without the prior rather than failing. Any other
+    failure marks the job FAILED at once, with the reason, and re-raises.
+    """
+    from .export import deliver_due
+
+    max_attempts = ctx.settings.jobs.max_attempts
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
-        if job.state in (JobState.DONE, JobState.SUPERSEDED):
+        if job.state in (JobState.DONE, JobState.SUPERSEDED, JobState.FAILED):
             LOGGER.info("job %d is %s: nothing to do (redelivery)", job_id, job.state.value)
             return job.state.value
-        if job.state is JobState.EXPORTING:
-            compute = False
-        else:
-            compute = True
+        compute = job.state is not JobState.EXPORTING
+        if compute and job.attempts >= max_attempts:
+            # Redelivered after every attempt was used: a worker lost each time (killed, out of memory).
+            job.state = JobState.FAILED
+            job.error = (f"gave up after {job.attempts} attempt(s); the last one did not finish "
+                         f"(worker lost?) {job.error}").strip()[:2000]
+            LOGGER.error("job %d: %s", job_id, job.error)
+            return job.state.value
+        if compute:
             job.state = JobState.RUNNING
             job.attempts += 1
             job.started_at = utcnow()
-        study_id, study_uid = job.study_id, job.study.study_instance_uid
-        tasks = tuple(Task(t) for t in job.tasks)
+        attempt = job.attempts
     if compute:
-        started = time.perf_counter()
         try:
-            datasets = [pydicom.dcmread(p) for p in _study_files(ctx, study_id)]
-            if datasets:
-                first = datasets[0]
-                LOGGER.info("job %d: study %s, patient %s %s, accession %s: %d instance(s)", job_id, study_uid,
-                            phi(first.get("PatientID", "")), phi(first.get("PatientName", "")),
-                            phi(first.get("AccessionNumber", "")), len(datasets))
-            notes: list[str] = []
-            prior = None
-            if Task.LONGITUDINAL_COMPARISON in tasks:
-                fetched = fetch_prior(ctx, datasets)  # never raises; retryable: the PACS did not answer
-                prior = fetched.datasets
-                if fetched.note:
-                    notes.append(fetched.note)
-            options = PipelineOptions(
-                algorithm=ctx.algorithm, tasks=tasks, presentation_states=ctx.settings.presentation_states,
-                burned_in=ctx.settings.burned_in, key_objects=ctx.settings.key_objects,
-                # Stable across job versions: a later version's objects replace the earlier ones.
-                job_key=f"{study_uid}:{ctx.algorithm.model_id}",
-            )
-            output = analyze_study(datasets, ctx.analyzer, options, prior, choose_for=ctx.choose_for)
-            notes.extend(output.notes)
-            folder = ctx.settings.results_dir / study_uid
-            folder.mkdir(parents=True, exist_ok=True)
-            with ctx.store.session() as s:
-                job = ctx.store.job(s, job_id)
-                for obj in output.objects:
-                    path = folder / f"{obj.kind}_{obj.dataset.SOPInstanceUID}.dcm"
-                    _write_atomic(obj.dataset, path)
-                    for dest in ctx.settings.export.destinations:
-                        exists = s.scalars(select(Export).where(
-                            Export.job_id == job_id, Export.sop_instance_uid == str(obj.dataset.SOPInstanceUID),
-                            Export.destination == str(dest))).first()
-                        if exists is None:
-                            s.add(Export(job_id=job_id, sop_instance_uid=str(obj.dataset.SOPInstanceUID),
-                                         kind=obj.kind, path=str(path), destination=str(dest)))
-                job.notes = list(job.notes or []) + notes
-                job.state = JobState.EXPORTING
-                job.finished_at = utcnow()
-                job.error = ""
-            ctx.metrics.processing.observe(time.perf_counter() - started)
-            LOGGER.info("job %d: %d object(s) written in %.1f s", job_id, len(output.objects),
-                        time.perf_counter() - started)
+            _compute(ctx, job_id, last_attempt=attempt >= max_attempts)
         except Exception as exc:
+            transient = is_transient(exc) and attempt < max_attempts
             with ctx.store.session() as s:
                 job = ctx.store.job(s, job_id)
-                job.state = JobState.FAILED
-                job.error = f"{type(exc).__name__}: {exc}"[:2000]
+                reason = f"{type(exc).__name__}: {scrubbed(exc)}"
+                if transient:
+                    delay = retry_delay(ctx, attempt)
+                    job.state = JobState.QUEUED
+                    job.error = f"attempt {attempt} of {max_attempts} failed, retry in {delay:.0f} s: {reason}"[:2000]
+                else:
+                    job.state = JobState.FAILED
+                    job.error = reason[:2000] if attempt < max_attempts or not is_transient(exc) else \
+                        f"gave up after {attempt} attempt(s): {reason}"[:2000]
+            if transient:
+                LOGGER.warning("job %d: %s", job_id, job.error)
+                raise TransientJobError(job.error, retry_in=delay) from exc
             ctx.metrics.job_failures.inc()
-            LOGGER.exception("job %d failed", job_id)
+            LOGGER.error("job %d failed: %s", job_id, job.error)
             raise
     deliver_due(ctx, job_id=job_id)
     return finish_if_delivered(ctx, job_id)
+
+
+def scrubbed(exc: BaseException) -> str:
+    """An exception's text fit for logs and the job store (patient identifiers removed)."""
+    from . import phi
+
+    scrub = getattr(phi, "scrub", None)
+    return scrub(str(exc)) if scrub is not None else str(exc)
+
+
+def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple[str, ...],
+                     study_uid: str) -> PipelineOptions:
+    """What the worker runs on a study: the routed tasks, as far as the checkpoint declares them."""
+    declaration = ctx.analyzer.declaration
+    override = ctx.settings.model.context_fields
+    return PipelineOptions(
+        algorithm=ctx.algorithm, tasks=tasks, presentation_states=ctx.settings.presentation_states,
+        burned_in=ctx.settings.burned_in, key_objects=ctx.settings.key_objects,
+        context_fields=context_fields_from(override) if override is not None else declaration.context_fields,
+        declared_tasks=declaration.tasks, prior_details=declaration.prior_details, questions=questions,
+        # Stable across job versions: a later version's objects replace the earlier ones.
+        job_key=f"{study_uid}:{ctx.algorithm.model_id}",
+    )
+
+
+def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
+    """Read the study, fetch its prior, run the model, write the objects and their export rows."""
+    from .pipeline import analyze_study
+    from .priors import fetch_prior
+
+    started = time.perf_counter()
+    with ctx.store.session() as s:
+        job = ctx.store.job(s, job_id)
+        study_id, study_uid = job.study_id, job.study.study_instance_uid
+        tasks = tuple(Task(t) for t in job.tasks)
+        questions = tuple(job.questions or ())
+    datasets = [pydicom.dcmread(p) for p in _study_files(ctx, study_id)]
+    if datasets:
+        first = datasets[0]
+        LOGGER.info("job %d: study %s, patient %s %s, accession %s: %d instance(s)", job_id, study_uid,
+                    phi(first.get("PatientID", "")), phi(first.get("PatientName", "")),
+                    phi(first.get("AccessionNumber", "")), len(datasets))
+    options = pipeline_options(ctx, tasks, questions, study_uid)
+    notes: list[str] = []
+    prior = None
+    if Task.LONGITUDINAL_COMPARISON in tasks and options.declared_tasks is not None \
+            and Task.LONGITUDINAL_COMPARISON in options.declared_tasks:
+        fetched = fetch_prior(ctx, datasets)  # never raises; retryable: the PACS did not answer
+        if fetched.retryable and not last_attempt:
+            raise TransientJobError(f"prior study: {fetched.note}")
+        prior = fetched.datasets
+        if fetched.note:
+            notes.append(fetched.note + (" (last attempt: running without it)" if fetched.retryable else ""))
+    output = analyze_study(datasets, ctx.analyzer, options, prior, choose_for=ctx.choose_for)
+    notes.extend(output.notes)
+    folder = ctx.settings.results_dir / study_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    with ctx.store.session() as s:
+        job = ctx.store.job(s, job_id)
+        for obj in output.objects:
+            path = folder / f"{obj.kind}_{obj.dataset.SOPInstanceUID}.dcm"
+            _write_atomic(obj.dataset, path)
+            for dest in ctx.settings.export.destinations:
+                exists = s.scalars(select(Export).where(
+                    Export.job_id == job_id, Export.sop_instance_uid == str(obj.dataset.SOPInstanceUID),
+                    Export.destination == str(dest))).first()
+                if exists is None:
+                    s.add(Export(job_id=job_id, sop_instance_uid=str(obj.dataset.SOPInstanceUID),
+                                 kind=obj.kind, path=str(path), destination=str(dest)))
+        job.notes = list(job.notes or []) + notes
+        job.state = JobState.EXPORTING
+        job.finished_at = utcnow()
+        job.error = ""
+    ctx.metrics.processing.observe(time.perf_counter() - started)
+    LOGGER.info("job %d: %d object(s) written in %.1f s", job_id, len(output.objects), time.perf_counter() - started)
 
 
 def finish_if_delivered(ctx: NodeContext, job_id: int) -> str:

@@ -10,7 +10,7 @@ UIDs derived from a job key, so re-running the same job yields the same objects.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from medversa.dicom_mapping.identity import AlgorithmInfo, derive_uid
@@ -29,26 +29,17 @@ from medversa.dicom_mapping.references import (
     View,
 )
 from medversa.dicom_mapping.results import TaskResult
+from medversa.dicom_mapping.routing_table import DEFAULT_TASKS, fits
 from medversa.dicom_mapping.sc import build_secondary_capture
 from medversa.dicom_mapping.seg import build_segmentation
 from medversa.dicom_mapping.sr import SegReference, build_sr
 from medversa.inference.analyzer import Analyzer, ChooserFactory
+from medversa.inference.context import ContextFields, render_context
 from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.inference.tasks import Modality, Task
 from pydicom import Dataset
 
 LOGGER = logging.getLogger(__name__)
-
-#: What runs by default on each kind of series (issue 4's default routing).
-DEFAULT_TASKS: dict[SeriesKind, tuple[Task, ...]] = {
-    SeriesKind.CHEST_RADIOGRAPH: (
-        Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.CHEST_PATHOLOGY_CLASSIFICATION,
-        Task.CHEST_ORGAN_SEGMENTATION, Task.PATHOLOGY_DETECTION, Task.LONGITUDINAL_COMPARISON,
-    ),
-    SeriesKind.DERMOSCOPY: (Task.SKIN_LESION_CLASSIFICATION, Task.SKIN_LESION_SEGMENTATION),
-    SeriesKind.ABDOMINAL_CT: (Task.ABDOMINAL_ORGAN_SEGMENTATION,),
-    SeriesKind.CT: (),
-}
 
 _MODALITY = {SeriesKind.CHEST_RADIOGRAPH: Modality.CXR, SeriesKind.DERMOSCOPY: Modality.DERM,
              SeriesKind.ABDOMINAL_CT: Modality.CT, SeriesKind.CT: Modality.CT}
@@ -65,7 +56,16 @@ class PipelineOptions:
     ask: str | None = None
     #: Region-of-interest captioning: (x0, y0, x1, y1) in pixels of the first 2D image.
     region: tuple[float, float, float, float] | None = None
+    #: Clinical context given by hand (``infer --context``); empty: written from the headers.
     clinical_context: str = ""
+    #: Context fields per modality (the checkpoint's declared ones; None: every field).
+    context_fields: ContextFields | None = None
+    #: Tasks the checkpoint declares (None: all); routed tasks outside it are not run (noted once).
+    declared_tasks: tuple[Task, ...] | None = None
+    #: Name the prior's date and description in the comparison prompt (checkpoints trained so).
+    prior_details: bool = False
+    #: Standing questions of the routing rules, asked (VQA) of the study's first frontal/skin image.
+    questions: tuple[str, ...] = ()
     presentation_states: bool = True
     #: Burned-in Secondary Capture per image with results (on by default for radiographs).
     burned_in: bool = True
@@ -99,20 +99,39 @@ class _Planned:
 
 
 def _wanted(kind: SeriesKind, options: PipelineOptions) -> tuple[Task, ...]:
-    defaults = DEFAULT_TASKS[kind]
-    if options.tasks is None:
-        return defaults
-    return tuple(t for t in options.tasks if _fits(t, kind))
+    """The tasks to run on a kind: the routed (else default) ones that fit it and the model declares."""
+    tasks = DEFAULT_TASKS[kind] if options.tasks is None else tuple(t for t in options.tasks if fits(t, kind))
+    return tuple(t for t in tasks if options.declared_tasks is None or t in options.declared_tasks)
 
 
-def _fits(task: Task, kind: SeriesKind) -> bool:
-    if kind is SeriesKind.CHEST_RADIOGRAPH:
-        return task not in (Task.SKIN_LESION_CLASSIFICATION, Task.SKIN_LESION_SEGMENTATION,
-                            Task.ABDOMINAL_ORGAN_SEGMENTATION)
-    if kind is SeriesKind.DERMOSCOPY:
-        return task in (Task.SKIN_LESION_CLASSIFICATION, Task.SKIN_LESION_SEGMENTATION, Task.VQA,
-                        Task.REGION_CAPTIONING)
-    return task in (Task.ABDOMINAL_ORGAN_SEGMENTATION, Task.VQA)
+def _undeclared(inputs: StudyInputs, options: PipelineOptions) -> list[str]:
+    """Notes for routed (or default) tasks the checkpoint was not trained for (said once per study)."""
+    if options.declared_tasks is None:
+        return []
+    kinds = {i.kind for i in inputs.images} | {v.kind for v in inputs.volumes}
+    requested = options.tasks if options.tasks is not None else tuple(
+        dict.fromkeys(t for kind in SeriesKind if kind in kinds for t in DEFAULT_TASKS[kind]))
+    left_out = [t.value for t in requested if t not in options.declared_tasks and t is not Task.VQA]
+    if not left_out:
+        return []
+    return [f"not run: {', '.join(left_out)} (the model does not declare these tasks; it was trained for "
+            f"{', '.join(t.value for t in options.declared_tasks)})"]
+
+
+def _context(inputs: StudyInputs, images: list[PreparedImage], modality: Modality, options: PipelineOptions) -> str:
+    """The request's clinical context: given by hand, else the headers rendered as training wrote them."""
+    if options.clinical_context:
+        return options.clinical_context
+    views = ", ".join(dict.fromkeys(i.projection for i in images if i.projection)) or None
+    return render_context(replace(inputs.clinical, view=views), modality, options.context_fields)
+
+
+def _prior_details(prior: StudyInputs) -> str:
+    """'2024-03-02, CHEST PA' from the prior's Study Date and Study Description."""
+    date = prior.study_date
+    if len(date) == 8 and date.isdigit():
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return ", ".join(p for p in (date, prior.study_description) if p)
 
 
 def _image_input(img: PreparedImage) -> ImageInput:
@@ -122,13 +141,13 @@ def _image_input(img: PreparedImage) -> ImageInput:
 def plan(inputs: StudyInputs, options: PipelineOptions, prior: StudyInputs | None = None) -> tuple[list[_Planned], list[str]]:
     """The task requests for a study, and notes on what was skipped and why."""
     planned: list[_Planned] = []
-    notes: list[str] = []
+    notes: list[str] = _undeclared(inputs, options)
     chest = order_chest_views([i for i in inputs.images if i.kind is SeriesKind.CHEST_RADIOGRAPH])
     frontal = [i for i in chest if i.view is not View.LATERAL] or chest[:1]
     if chest:
         tasks = _wanted(SeriesKind.CHEST_RADIOGRAPH, options)
         views = chest[:4]  # multi-view: all views for language tasks (paper Fig. 1)
-        context = options.clinical_context
+        context = _context(inputs, views, Modality.CXR, options)
         for task in tasks:
             if task in (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL,
                         Task.CHEST_PATHOLOGY_CLASSIFICATION):
@@ -146,14 +165,17 @@ def plan(inputs: StudyInputs, options: PipelineOptions, prior: StudyInputs | Non
                 except ValueError as exc:
                     notes.append(f"longitudinal comparison skipped: {exc}")
                     continue
+                details = _prior_details(prior) if options.prior_details else ""
                 planned.append(_Planned(TaskRequest(task, Modality.CXR, [_image_input(i) for i in images],
-                                                    num_current=n_current), images, None, prior.study_instance_uid))
+                                                    num_current=n_current, prior_details=details),
+                                        images, None, prior.study_instance_uid))
     derm = [i for i in inputs.images if i.kind is SeriesKind.DERMOSCOPY]
     for img in derm:
         for task in _wanted(SeriesKind.DERMOSCOPY, options):
             if task in (Task.SKIN_LESION_CLASSIFICATION, Task.SKIN_LESION_SEGMENTATION):
                 planned.append(_Planned(TaskRequest(task, Modality.DERM, [_image_input(img)],
-                                                    context=options.clinical_context), [img]))
+                                                    context=_context(inputs, [img], Modality.DERM, options)),
+                                        [img]))
     for vol in inputs.volumes:
         tasks = _wanted(vol.kind, options)
         if not tasks and vol.kind is SeriesKind.CT:
@@ -163,13 +185,17 @@ def plan(inputs: StudyInputs, options: PipelineOptions, prior: StudyInputs | Non
                 planned.append(_Planned(TaskRequest(task, Modality.CT, [ImageInput(vol.hu, volume=True,
                                                     source_id=vol.ref.series_instance_uid)]), [], vol))
     first_2d = (frontal or derm)[:1]
-    if options.ask:
-        if first_2d:
-            img = first_2d[0]
-            modality = Modality.CXR if img.kind is SeriesKind.CHEST_RADIOGRAPH else Modality.DERM
-            planned.append(_Planned(TaskRequest(Task.VQA, modality, [_image_input(img)], question=_with_image_tag(options.ask)), [img]))
-        else:
-            notes.append("question skipped: the study has no chest radiograph or dermoscopy image")
+    questions = list(dict.fromkeys(([options.ask] if options.ask else []) + list(options.questions)))
+    if questions and options.declared_tasks is not None and Task.VQA not in options.declared_tasks:
+        notes.append(f"{len(questions)} question(s) not asked: the model does not declare vqa")
+    elif questions and not first_2d:
+        notes.append("question skipped: the study has no chest radiograph or dermoscopy image")
+    elif questions:
+        img = first_2d[0]
+        modality = Modality.CXR if img.kind is SeriesKind.CHEST_RADIOGRAPH else Modality.DERM
+        for question in questions:
+            planned.append(_Planned(TaskRequest(Task.VQA, modality, [_image_input(img)],
+                                                question=_with_image_tag(question)), [img]))
     if options.region:
         if first_2d:
             img = first_2d[0]

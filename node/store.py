@@ -111,6 +111,8 @@ class Job(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     state: Mapped[JobState] = mapped_column(Enum(JobState), default=JobState.RECEIVED, index=True)
     tasks: Mapped[list] = mapped_column(JSON, default=list)
+    #: Standing questions of the routing rules (VQA), answered in the study's SR.
+    questions: Mapped[list | None] = mapped_column(JSON, default=list, nullable=True)
     queue: Mapped[str] = mapped_column(String(64), default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
@@ -183,12 +185,36 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add columns a newer release defines to tables an older one created; returns what was added.
+
+    ``create_all`` creates missing tables but never alters existing ones. New columns are always
+    nullable (or defaulted in Python), so adding them is safe on SQLite and PostgreSQL alike.
+    """
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                    added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class Store:
     """Engine + session factory; ``with store.session() as s:`` commits or rolls back."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -1,6 +1,10 @@
 """Study completion, routing, job versions, exports with backoff and dead-letter, retention."""
 
 import datetime as dt
+import re
+import subprocess
+import sys
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ from medversa.node.context import NodeContext
 from medversa.node.export import backoff_s, deliver_due, retry_job_exports
 from medversa.node.jobs import create_job_version, finish_if_delivered
 from medversa.node.retention import apply_retention
-from medversa.node.routing import InstanceFacts, tasks_for
+from medversa.node.routing import InstanceFacts, route, tasks_for
 from medversa.node.scp import record_instance
 from medversa.node.store import (
     Export,
@@ -35,7 +39,9 @@ def ctx(tmp_path):
 
 def _receive(ctx, datasets, when=None):
     for ds in datasets:
-        path = ctx.spool.write(ds.StudyInstanceUID, ds.SOPInstanceUID, b"x").path
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        path = ctx.spool.write(ds.StudyInstanceUID, ds.SOPInstanceUID, buffer.getvalue()).path
         record_instance(ctx.store, ds, str(path), 1, "PACS")
     if when is not None:
         with ctx.store.session() as s:
@@ -44,25 +50,69 @@ def _receive(ctx, datasets, when=None):
 
 
 def test_default_rules_route_each_kind_of_study():
-    cxr = InstanceFacts("CR", "CHEST", "1.2.840.10008.5.1.4.1.1.1", "PACS", "CHEST PA")
-    derm = InstanceFacts("XC", "SKIN", "1.2.840.10008.5.1.4.1.1.77.1.4", "PACS", "")
-    ct = InstanceFacts("CT", "ABDOMEN", "1.2.840.10008.5.1.4.1.1.2", "PACS", "")
-    mr = InstanceFacts("MR", "BRAIN", "1.2.840.10008.5.1.4.1.1.4", "PACS", "")
+    cxr = InstanceFacts("CR", "CHEST", "1.2.840.10008.5.1.4.1.1.1", "PACS", "CHEST PA", "chest_radiograph")
+    derm = InstanceFacts("XC", "SKIN", "1.2.840.10008.5.1.4.1.1.77.1.4", "PACS", "", "dermoscopy")
+    ct = InstanceFacts("CT", "ABDOMEN", "1.2.840.10008.5.1.4.1.1.2", "PACS", "", "abdominal_ct")
+    mr = InstanceFacts("MR", "BRAIN", "1.2.840.10008.5.1.4.1.1.4", "PACS", "", "")
+    head_ct = InstanceFacts("CT", "HEAD", "1.2.840.10008.5.1.4.1.1.2", "PACS", "", "ct")
     rules = default_rules()
     assert tasks_for([cxr], rules)[0][:2] == ["report_findings", "report_impression"]
     assert "longitudinal_comparison" in tasks_for([cxr], rules)[0]
     assert tasks_for([derm], rules)[0] == ["skin_lesion_classification", "skin_lesion_segmentation"]
     assert tasks_for([ct], rules)[0] == ["abdominal_organ_segmentation"]
     assert tasks_for([mr], rules) == ([], [])
-    missing_body_part = InstanceFacts("DX", "", "1.2.840.10008.5.1.4.1.1.1.1", "PACS", "")
-    assert tasks_for([missing_body_part], rules)[1] == ["chest radiograph"]
+    assert tasks_for([head_ct], rules) == ([], [])  # no MedVersa task for a CT without the abdomen
+
+
+def test_every_kind_the_classifier_accepts_reaches_its_default_rule(ctx):
+    """A CR whose body part is THORAX and a CT without body part whose description says abdomen were
+    accepted by the classifier but matched no rule (issue 11); the rules now route on the kind."""
+    node = ctx()
+    thorax = f.make_cr(16, 16)
+    thorax.BodyPartExamined = "THORAX"
+    ct = f.make_ct_series(3, rows=8, cols=8, body_part=None, StudyDescription="CT ABDOMEN WITH CONTRAST")
+    no_part = f.make_cr(16, 16)
+    del no_part.BodyPartExamined
+    no_part.StudyDescription = "XR CHEST 1 VIEW"
+    _receive(node, [thorax, *ct, no_part], when=utcnow() - dt.timedelta(minutes=1))
+    queue_due_studies(node, lambda j, q: None)
+    with node.store.session() as s:
+        by_study = {j.study.study_instance_uid: j for j in s.scalars(select(Job))}
+        assert "chest_organ_segmentation" in by_study[thorax.StudyInstanceUID].tasks
+        assert by_study[ct[0].StudyInstanceUID].tasks == ["abdominal_organ_segmentation"]
+        assert "report_findings" in by_study[no_part.StudyInstanceUID].tasks
 
 
 def test_rules_match_calling_ae_and_description_patterns():
-    rule = RoutingRule(name="er only", modality="CR", calling_ae="ER_.*", study_description="portable", tasks=["vqa"])
+    rule = RoutingRule(name="er only", modality="CR", calling_ae="ER_.*", study_description="portable",
+                       tasks=["vqa"], questions=["Is there a pneumothorax?"])
     hit = InstanceFacts("CR", "CHEST", "x", "ER_PACS", "CHEST PORTABLE AP")
-    assert tasks_for([hit], [rule])[0] == ["vqa"]
+    assert route([hit], [rule]).tasks == ["vqa"]
+    assert route([hit], [rule]).questions == ["Is there a pneumothorax?"]
     assert tasks_for([InstanceFacts("CR", "CHEST", "x", "OR_PACS", "PORTABLE")], [rule])[0] == []
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ({"name": "ct chest", "modality": "CT", "tasks": ["chest_organ_segmentation"]},
+     "routing rule 'ct chest': task chest_organ_segmentation cannot run on abdominal_ct, ct"),
+    ({"name": "skin seg on cxr", "series_kind": "chest_radiograph", "tasks": ["skin_lesion_segmentation"]},
+     "task skin_lesion_segmentation cannot run on chest_radiograph (it runs on dermoscopy)"),
+    ({"name": "ask", "series_kind": "chest_radiograph", "tasks": ["vqa"]}, "task vqa needs questions"),
+    ({"name": "captions", "modality": "CR", "tasks": ["region_captioning"]}, "region_captioning needs a region"),
+    ({"name": "typo", "series_kind": "chest_xray", "tasks": ["report_findings"]}, "match no series the node accepts"),
+])
+def test_config_refuses_a_rule_whose_task_cannot_run(tmp_path, rule, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_settings(None, data_dir=tmp_path, routing=[rule])
+
+
+def test_config_check_names_the_rule_on_the_command_line(tmp_path):
+    config = tmp_path / "medversa.yaml"
+    config.write_text("routing:\n  - name: lungs on CT\n    modality: CT\n    tasks: [chest_organ_segmentation]\n")
+    result = subprocess.run([sys.executable, "-m", "medversa.cli", "config", "check", str(config)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "routing rule 'lungs on CT': task chest_organ_segmentation cannot run on" in result.stdout + result.stderr
 
 
 def test_a_study_is_queued_only_after_the_idle_time(ctx):
