@@ -310,7 +310,10 @@ class StorageSCP:
         if not reason:
             return
         LOGGER.warning("association from %s@%s rejected: %s", calling, address, reason)
-        self.store.audit("association", "rejected", peer=f"{calling}@{address}", detail=reason)
+        try:
+            self.store.audit("association", "rejected", peer=f"{calling}@{address}", detail=reason)
+        except STORE_OUTAGES as exc:
+            LOGGER.error("cannot audit the rejection of %s@%s: %s", calling, address, _first_line(exc))
         if self.metrics:
             self.metrics.associations.labels("rejected").inc()
         assoc.acse.send_reject(*rejection)
@@ -326,8 +329,11 @@ class StorageSCP:
             shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
             (LOGGER.info if storing else LOGGER.warning)(
                 "association from %s: %d presentation context(s) refused: %s", peer, len(refused), shown)
-        self.store.audit("association", "accepted", peer=peer,
-                         detail=("refused contexts: " + "; ".join(refused))[:500] if refused else "")
+        try:
+            self.store.audit("association", "accepted", peer=peer,
+                             detail=("refused contexts: " + "; ".join(refused))[:500] if refused else "")
+        except STORE_OUTAGES as exc:  # the association goes on: the instances are spooled, their rows wait
+            LOGGER.error("cannot audit the association from %s: %s", peer, _first_line(exc))
         if self.metrics:
             self.metrics.associations.labels("accepted").inc()
 
