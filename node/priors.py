@@ -252,7 +252,9 @@ def _retrieve(ctx: NodeContext, uid: str, series_uids: list[str] | None) -> str:
     Returns what happened, for the note: the PACS's counts, and whether the wait ran out.
     """
     pacs = ctx.settings.pacs
-    assert pacs.peer is not None
+    peer = pacs.peer
+    if peer is None:  # checked by the caller; here for the type checker, never raised in practice
+        raise ValueError("pacs.peer: no PACS configured")
     calling = ctx.settings.scp.ae_title
     before = _spooled(ctx, uid)
     started = utcnow()
@@ -265,13 +267,13 @@ def _retrieve(ctx: NodeContext, uid: str, series_uids: list[str] | None) -> str:
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             spooled = ctx.spool.write(uid, h.sop_instance_uid(ds), buffer.getvalue())
-            record_instance(ctx.store, ds, str(spooled.path), spooled.size, pacs.peer.ae_title, is_prior=True)
+            record_instance(ctx.store, ds, str(spooled.path), spooled.size, peer.ae_title, is_prior=True)
             return None
 
-        outcome = get_study(pacs.peer, calling, uid, store, series_uids=series_uids, timeout=pacs.retrieve_timeout_s)
+        outcome = get_study(peer, calling, uid, store, series_uids=series_uids, timeout=pacs.retrieve_timeout_s)
         service = "C-GET"
     else:
-        outcome = move_study(pacs.peer, calling, uid, calling, series_uids=series_uids,
+        outcome = move_study(peer, calling, uid, calling, series_uids=series_uids,
                              timeout=pacs.retrieve_timeout_s)
         service = "C-MOVE"
     after = _spooled(ctx, uid)

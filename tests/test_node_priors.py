@@ -22,6 +22,10 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
+from medversa.node.config import load_settings
+from medversa.node.context import NodeContext
+from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
+from medversa.node.scp import StorageSCP
 from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
 from medversa.node.tools import free_port, wait_port
 from pydicom import Dataset
@@ -43,6 +47,7 @@ ROUTING = [{"name": "chest radiograph", "modality": "CR|DX", "body_part": "CHEST
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 COMPARISON_CODE = "18834-2"  # LOINC "Radiology Comparison study"
 CURRENT_DATE = "20240102"
+LOCAL_AE = "LOCALNODE"
 
 
 @dataclass
@@ -173,11 +178,32 @@ def move_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory, move_port: int) -> Iterator[OrthancServer]:
-    """The PACS: knows the C-MOVE node as AE MEDVERSA; every node exports its results here."""
-    server = orthanc_server(tmp_path_factory, modalities={"medversa": ("MEDVERSA", "127.0.0.1", move_port)})
+def local_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory, move_port: int, local_port: int) -> Iterator[OrthancServer]:
+    """The PACS: knows the C-MOVE node as AE MEDVERSA (and the in-process SCP of the first tests as
+    LOCALNODE); every node exports its results here."""
+    server = orthanc_server(tmp_path_factory, modalities={"medversa": ("MEDVERSA", "127.0.0.1", move_port),
+                                                          "local": (LOCAL_AE, "127.0.0.1", local_port)})
     yield server
     server.stop(kill=True)
+
+
+@pytest.fixture
+def local(pacs: OrthancServer, local_port: int, tmp_path: Path) -> Iterator[tuple[NodeContext, StorageSCP]]:
+    """The worker's side in this process, with the node's own Storage SCP whose recorder writes rows
+    only after a 1 s batch window (so a fetch that did not wait for them would find none)."""
+    ctx = NodeContext(load_settings(None, data_dir=tmp_path / "node", **{
+        "scp.ae_title": LOCAL_AE, "scp.bind": "127.0.0.1", "scp.port": local_port, "pacs.peer": str(pacs.peer),
+        "pacs.query_timeout_s": 10, "pacs.retrieve_timeout_s": 10}))
+    scp = StorageSCP(ctx.settings, ctx.store, ctx.spool)
+    scp.recorder.window = 1.0
+    scp.start()
+    yield ctx, scp
+    scp.stop()
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +243,72 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, pacs: OrthancServer, silent_
 @pytest.fixture
 def move_node(nodes: dict[str, Node]) -> Node:
     return nodes["move"]
+
+
+# -- the choice and the wait, in this process --------------------------------------------------
+
+
+@pytest.mark.parametrize(("current", "prior", "compatible"), [
+    (("CHEST", ""), ("THORAX", ""), True),
+    (("CHEST", ""), ("", "XR CHEST PA"), True),           # no body part, a chest description
+    (("", "CXR portable"), ("LUNG", ""), True),
+    (("CHEST", ""), ("", ""), True),                      # nothing said: not a contradiction
+    (("CHEST", ""), ("KNEE", "XR CHEST?"), False),         # Body Part Examined wins over the words
+    (("CHEST", ""), ("ABDOMEN", ""), False),
+    (("CHESTABDOMEN", ""), ("ABDOMEN", ""), True),
+    (("KNEE", ""), ("KNEE", ""), True),
+    (("KNEE", ""), ("HAND", ""), False),
+])
+def test_body_parts_are_compatible_when_they_share_a_region_or_one_says_nothing(current, prior, compatible):
+    assert regions_compatible(body_regions(*current), body_regions(*prior)) is compatible
+
+
+def test_cr_and_dx_are_one_modality_for_a_comparison():
+    assert modality_family("DX") == modality_family("cr") == {"CR", "DX"}
+    assert modality_family("CT") == {"CT"} and modality_family("") == frozenset()
+
+
+def test_a_c_move_prior_is_used_only_once_its_rows_are_recorded(pacs, local):
+    """The SCP answers Success before its recorder writes the rows (here after 1 s): the fetch waits
+    for them, bounded, instead of finding the prior empty."""
+    ctx, _scp = local
+    prior = _study("LOCAL-WAIT", "20230101", "XR CHEST PA", n=2)
+    _upload(pacs, prior)
+    started = time.monotonic()
+    fetched = fetch_prior(ctx, _study("LOCAL-WAIT", CURRENT_DATE))
+    seconds = time.monotonic() - started
+    assert fetched.datasets is not None, fetched.note
+    assert _uids(fetched.datasets) == _uids(prior) and not fetched.retryable
+    assert (fetched.study_uid, fetched.study_date, fetched.study_description) == (
+        str(prior[0].StudyInstanceUID), "20230101", "XR CHEST PA")
+    assert 0.9 < seconds < 8, seconds  # waited for the 1 s batch window, not for the 10 s timeout
+    with ctx.store.session() as s:
+        rows = s.scalars(select(Instance).join(Study).where(Study.study_instance_uid == fetched.study_uid)).all()
+        assert {r.sop_instance_uid for r in rows} == _uids(prior) and rows[0].study.is_prior
+
+
+def test_prior_problems_never_raise_and_say_whether_a_retry_may_help(pacs, local, tmp_path):
+    ctx, _scp = local
+    prior = _study("LOCAL-DAMAGED", "20230101", "XR CHEST PA", n=2)
+    _upload(pacs, prior)
+    current = _study("LOCAL-DAMAGED", CURRENT_DATE)
+    assert fetch_prior(ctx, current).datasets is not None
+    damaged = ctx.spool.path_for(str(prior[0].StudyInstanceUID), str(prior[0].SOPInstanceUID))
+    damaged.write_bytes(b"not DICOM")  # damaged on disk since: the rest is used
+    fetched = fetch_prior(ctx, current)
+    assert fetched.datasets is not None and _uids(fetched.datasets) == _uids(prior[1:])
+    assert "1 unreadable file(s) left out" in fetched.note
+
+    closed = NodeContext(load_settings(None, data_dir=tmp_path / "closed", **{
+        "pacs.peer": f"NOBODY@127.0.0.1:{free_port()}", "pacs.query_timeout_s": 2}))
+    refused = fetch_prior(closed, current)
+    assert refused.datasets is None and refused.retryable and "connection refused" in refused.note, refused.note
+
+    unknown = NodeContext(load_settings(None, data_dir=tmp_path / "unknown", **{
+        "scp.ae_title": "NOT-KNOWN", "pacs.peer": str(pacs.peer), "pacs.query_timeout_s": 10}))
+    moved = fetch_prior(unknown, current)  # the PACS answers, but does not know our AE as a destination
+    assert moved.datasets is None and not moved.retryable, moved
+    assert "not available" in moved.note and "C-MOVE failed" in moved.note and "nothing arrived" in moved.note
 
 
 # -- the cases --------------------------------------------------------------------------------
