@@ -1,9 +1,10 @@
 """The Celery application: one task per job, ``analyze_study(job_id)``.
 
 Acks late with reject-on-worker-lost, so a job whose worker dies is redelivered; the
-task re-reads the job and checks its state (idempotent). Transient errors retry with
-exponential backoff. Queues are per model, so a GPU host consumes only the models it
-holds. Embedded default broker: Kombu's SQLAlchemy transport on an SQLite file in the
+task re-reads the job and checks its state (idempotent). Transient errors
+(:func:`medversa.node.jobs.is_transient`) put the job back to QUEUED and retry it with
+exponential backoff up to ``jobs.max_attempts``; other errors fail the job at once. Queues
+are per model, so a GPU host consumes only the models it holds. Embedded default broker: Kombu's SQLAlchemy transport on an SQLite file in the
 data folder (no Redis); production: a Redis URL.
 """
 
@@ -44,7 +45,9 @@ def make_celery(settings: NodeSettings) -> Celery:
         accept_content=["json"],
     )
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=5, acks_late=True)
+    # Retries are counted in the job store (jobs.max_attempts), not by Celery: a redelivered task
+    # after a lost worker counts as an attempt too.
+    @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)
     def analyze_study(self, job_id: int) -> str:
         from .context import NodeContext
         from .jobs import TransientJobError, run_job
@@ -55,7 +58,8 @@ def make_celery(settings: NodeSettings) -> Celery:
         try:
             return run_job(ctx, job_id)  # type: ignore[arg-type]
         except TransientJobError as exc:
-            raise self.retry(exc=exc, countdown=min(600, 5 * 2 ** self.request.retries))
+            LOGGER.warning("job %s will be tried again in %.0f s", job_id, exc.retry_in)
+            raise self.retry(exc=exc, countdown=exc.retry_in)
 
     return app
 
