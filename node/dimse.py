@@ -16,6 +16,10 @@ Security: an association speaks DICOM TLS (PS3.15 B.1) when the peer's own setti
 plain connection to a TLS-only peer fails as :class:`AssociationFailed` with a reason that
 says so.
 
+Query/retrieve: C-FIND at STUDY level (completeness, a patient's earlier studies) and SERIES
+level (a study's series with Modality and Body Part Examined); C-MOVE and C-GET of a whole study
+or of chosen series, one SERIES level request per series on one association.
+
 References: Verification PS3.4 Annex A; Storage PS3.4 Annex B; Query/Retrieve PS3.4 Annex C
 (C.4.1 C-FIND, C.4.2 C-MOVE, C.4.3 C-GET, C.6.2 Study Root); DIMSE services and statuses PS3.7
 9.1, 9.3 and Annex C; SCP/SCU role selection PS3.7 D.3.3.4; DICOM TLS PS3.15 B.1.

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from medversa.node.config import load_settings
 from medversa.node.context import NodeContext
+from medversa.node.dimse import find_study_series
 from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
 from medversa.node.scp import StorageSCP
 from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
@@ -266,6 +267,21 @@ def test_body_parts_are_compatible_when_they_share_a_region_or_one_says_nothing(
 def test_cr_and_dx_are_one_modality_for_a_comparison():
     assert modality_family("DX") == modality_family("cr") == {"CR", "DX"}
     assert modality_family("CT") == {"CT"} and modality_family("") == frozenset()
+
+
+def test_series_level_c_find_gives_what_the_choice_needs(pacs):
+    chest = _study("LOCAL-SERIES", "20230101", "XR", n=2)
+    knee = _study("LOCAL-SERIES", "20230101", "XR", study_uid=str(chest[0].StudyInstanceUID), series_number=2,
+                  body_part="KNEE")
+    knee[0].SeriesDescription = "knee lat"
+    _upload(pacs, knee + chest)
+    unknown = generate_uid()
+    found = find_study_series(pacs.peer, LOCAL_AE, [str(chest[0].StudyInstanceUID), unknown])
+    assert [(m.series_instance_uid, m.series_number, m.modality, m.body_part_examined, m.series_description,
+             m.number_of_instances) for m in found[str(chest[0].StudyInstanceUID)]] == [
+        (str(chest[0].SeriesInstanceUID), 1, "CR", "CHEST", "", 2),
+        (str(knee[0].SeriesInstanceUID), 2, "CR", "KNEE", "knee lat", 1)]
+    assert found[unknown] == []
 
 
 def test_a_c_move_prior_is_used_only_once_its_rows_are_recorded(pacs, local):
