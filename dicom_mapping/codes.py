@@ -162,10 +162,23 @@ PROCESSING_EQUIPMENT = CodedConcept(codes.DCM.ProcessingEquipment.value, DCM, co
 #: CID 7162 algorithm family of the SEG's Segment Algorithm Identification.
 ALGORITHM_FAMILY_AI = CodedConcept(codes.cid7162.ArtificialIntelligence.value, DCM,
                                    codes.cid7162.ArtificialIntelligence.meaning)
-#: Procedure reported (the imaging procedure, not the algorithm).
-PROCEDURE_CHEST_XRAY = CodedConcept("399208008", SCT, "Plain chest X-ray")
-PROCEDURE_CT_ABDOMEN = CodedConcept("169070004", SCT, "CT of abdomen")
-IMAGING_PROCEDURE = CodedConcept("363679005", SCT, "Imaging")
+#: Procedure reported (TID 1500 row 4: the imaging procedure, not the algorithm), from CID 100
+#: "Quantitative Diagnostic Imaging Procedure". Only codes that both the current CID 100 and the
+#: 2019 edition in Debian's PixelMed build (the IHE Connectathon SR validator) list: that edition
+#: has no radiograph or dermoscopy procedure, so radiographs and dermoscopy report the generic
+#: "Imaging procedure" and CT reports "CT unspecified body region". CID 100 is extensible, but a
+#: code outside it fails PixelMed's DicomSRValidator (e.g. SCT 399208008 "Plain chest X-ray").
+IMAGING_PROCEDURE = CodedConcept("363679005", SCT, "Imaging procedure")
+PROCEDURE_CT = CodedConcept("25045-6", LN, "CT unspecified body region")
+PROCEDURE_CHEST_XRAY = IMAGING_PROCEDURE
+PROCEDURE_CT_ABDOMEN = PROCEDURE_CT
+#: CID 100 as Debian's PixelMed 20220618 lists it (cid 100, version 20190121): the codes above must be in it.
+CID_100_PIXELMED_2022 = frozenset({
+    ("SCT", "363679005"), ("SCT", "258177008"), ("DCM", "126020"), ("DCM", "126021"), ("DCM", "126022"),
+    ("SCT", "433139009"), ("SCT", "446315002"), ("LN", "25045-6"), ("LN", "25056-3"), ("LN", "49118-3"),
+    ("LN", "44136-0"), ("LN", "44139-4"), ("SCT", "443271005"), ("SCT", "443844003"), ("LN", "39142-5"),
+    ("LN", "39632-5"), ("RADLEX", "RPID5427"),
+})
 
 
 def finding_code(label: str) -> CodedConcept:

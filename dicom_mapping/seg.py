@@ -130,15 +130,26 @@ def build_segmentation(
         # General Image, Type 2C without a frame of reference: copy it, or leave it empty.
         seg.PatientOrientation = sources[0].get("PatientOrientation", "")
     if isinstance(ref, ImageRef):
-        # A projection image has no slice geometry: SEG frames align pixel for pixel with the
-        # source, whose own spacing viewers use. highdicom writes 2D pixel measures without
-        # SliceThickness that its reader then rejects, and an uncalibrated source would give a
-        # spacing of zero; so 2D SEGs carry no Pixel Measures (allowed without a frame of reference).
-        for item in seg.get("SharedFunctionalGroupsSequence", []):
-            if "PixelMeasuresSequence" in item:
-                del item.PixelMeasuresSequence
+        _image_pixel_measures(seg, ref)
     drop_invalid_copied_attributes(seg)
     return SegmentationResult(seg, _segments_of(seg, labels))
+
+
+def _image_pixel_measures(seg: Dataset, ref: ImageRef) -> None:
+    """A SEG on a 2D image carries no Pixel Measures and no plane geometry.
+
+    A projection image has no Frame of Reference, so the SEG has none either: Plane Position and
+    Plane Orientation (Patient) are defined only in a patient coordinate system and must not be
+    invented, and Pixel Measures is optional (PS3.3 A.51-2). The frames align pixel for pixel with
+    the source, whose own spacing applies. highdicom writes 2D Pixel Measures without Slice
+    Thickness, which its reader rejects (as it would a zero spacing from an uncalibrated source), so
+    none is written. OHIF 3.13 cannot show such a SEG (it requires both); the SR's outlines carry
+    the masks there (docs/conformance-statement.md, viewers).
+    """
+    del ref
+    for item in seg.get("SharedFunctionalGroupsSequence", []):
+        if "PixelMeasuresSequence" in item:
+            del item.PixelMeasuresSequence
 
 
 def _pixel_measures(ref: ImageRef | VolumeRef) -> hd.PixelMeasuresSequence | None:

@@ -5,12 +5,18 @@ Content, following IHE Radiology AI Results (AIR):
 - Observation context with the algorithm as device observer (TID 1004: UID,
   name, manufacturer, model name); Procedure Reported names the imaging
   procedure, not the algorithm.
-- Imaging measurements (TID 1501/1410/1411): each detection as a planar region
+- Imaging measurements (TID 1410/1411): each detection as a planar region
   (SCOORD closed POLYLINE rectangle on its source image) whose finding type is
-  the class found; each segmentation as a region referencing its SEG segment,
-  with its area (mm2, 2D) or volume (ml, 3D); each classification result as a
-  finding with its presence (present / absent for classes answered ``<N/A>``).
-- Qualitative evaluations (TID 1500 row 12): the generated report as Findings
+  the class found, with its area; each segmentation as a region referencing its
+  SEG segment, with its area (mm2, 2D) or volume (ml, 3D), and beside it, under
+  the same tracking identifier and UID (one tracked finding, two representations),
+  a planar region with the mask's outline (SCOORD closed POLYLINE; for a volume,
+  on the slice where the organ is largest, with that cross-section's area), its
+  finding site the structure. Every measurement group thus has spatial coordinates, which web
+  viewers need to draw it (OHIF 3 draws SCOORD groups only, and fails on a tracked
+  finding without coordinates); the SEG reference stays the standard's link to the mask.
+- Qualitative evaluations (TID 1500 row 12): each classification result and each
+  class answered ``<N/A>`` as a CODE item (the finding: present / absent), the generated report as Findings
   (LOINC 59776-5) and Impression (LOINC 19005-8) text, the longitudinal
   comparison text (the prior study is referenced in the evidence), question /
   answer pairs from VQA and region captioning, and a statement that the document
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from skimage.measure import approximate_polygon, find_contours
 
 from medversa.inference.tasks import Task
 
@@ -58,6 +65,54 @@ class SegReference:
 def _rectangle(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     """A closed POLYLINE rectangle in image coordinates (column, row), PS3.3 C.18.6.1.2."""
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+
+
+def outline(mask: np.ndarray, tolerance: float = 0.5) -> np.ndarray | None:
+    """The outer boundary of a 2D mask's largest region as a closed POLYLINE (column, row), or None.
+
+    Image coordinates as PS3.3 C.18.6.1.1 defines them: (0, 0) is the top left corner of the
+    top left pixel, so a pixel's centre is at +0.5. The contour runs along the pixel edges'
+    midpoints (marching squares at 0.5 on the padded mask, closed at the image border) and is
+    simplified to within ``tolerance`` pixels.
+    """
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = [c for c in find_contours(padded, 0.5) if len(c) >= 4]
+    if not contours:
+        return None
+    contour = max(contours, key=lambda c: _shoelace(c))
+    contour = approximate_polygon(contour, tolerance)
+    if not np.array_equal(contour[0], contour[-1]):
+        contour = np.vstack([contour, contour[:1]])
+    rows, cols = mask.shape
+    points = np.stack([contour[:, 1] - 1 + 0.5, contour[:, 0] - 1 + 0.5], axis=1)
+    return np.clip(points, 0, [cols, rows]).astype(float)
+
+
+def _shoelace(contour: np.ndarray) -> float:
+    y, x = contour[:, 0], contour[:, 1]
+    return abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))) / 2
+
+
+def _area_mm2(mask: np.ndarray, ref: ImageRef) -> float | None:
+    """A 2D mask's area; None without a usable (known, non-zero) pixel spacing."""
+    if ref.pixel_spacing is None or min(ref.pixel_spacing) <= 0:
+        return None
+    return pixel_area_mm2(mask, ref)
+
+
+def _box_area_mm2(width: float, height: float, ref: ImageRef) -> float | None:
+    if ref.pixel_spacing is None or min(ref.pixel_spacing) <= 0:
+        return None
+    return abs(width * height) * ref.pixel_spacing[0] * ref.pixel_spacing[1]
+
+
+def _largest_slice(mask: np.ndarray, volume: VolumeRef) -> tuple[int, ImageRef]:
+    """The slice of a 3D mask where the structure is largest, as a reference to its source image."""
+    k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+    frame = volume.frames[k] if volume.frames else None
+    uid = volume.sop_instance_uids[k] if not volume.frames else volume.sop_instance_uids[0]
+    return k, ImageRef(volume.study_instance_uid, volume.series_instance_uid, volume.sop_class_uid, uid,
+                       volume.rows, volume.cols, frame, volume.pixel_spacing, volume.frame_of_reference_uid, "CT")
 
 
 def _source_image(ref: ImageRef) -> hd.sr.SourceImageForRegion:
@@ -98,12 +153,37 @@ class _Builder:
         self.key = key
         self.groups: list = []
         self.texts: list[hd.sr.ContentItem] = []
+        self.evaluations: list[hd.sr.ContentItem] = []
         self.count = 0
 
     def tracking(self, label: str) -> hd.sr.TrackingIdentifier:
         self.count += 1
         return hd.sr.TrackingIdentifier(uid=derive_uid(self.algorithm.org_root, self.key, "track", str(self.count)),
                                         identifier=f"{label} #{self.count}"[:64])
+
+    def evaluation(self, finding: hd.sr.CodedConcept, presence: hd.sr.CodedConcept) -> None:
+        """A finding of the whole study (classification, a class answered absent): TID 1500 row 13."""
+        self.evaluations.append(hd.sr.CodeContentItem(name=finding, value=presence,
+                                                      relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+
+    def outline_group(self, tracking: hd.sr.TrackingIdentifier, label: str, mask: np.ndarray, ref: ImageRef,
+                      area: float | None) -> None:
+        """The mask's outline as a planar ROI (TID 1410), tracked as the same finding as its SEG segment."""
+        points = outline(mask)
+        if points is None:
+            return
+        code = mv.segment_codes(label)
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points,
+                                   source_image=_source_image(ref))
+        self.groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=code.type,
+            finding_sites=[hd.sr.FindingSite(code.type)] if code.anatomic else None,
+            algorithm_id=self.algorithm.sr_algorithm_id(),
+            measurements=[hd.sr.Measurement(name=mv.AREA, value=round(area, 2), unit=_MM2)]
+            if area is not None else None,
+        ))
 
     def text(self, name: hd.sr.CodedConcept, value: str) -> None:
         value = clean_text(value)
@@ -117,33 +197,26 @@ class _Builder:
             region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                                        graphic_data=_rectangle(box.x0, box.y0, box.x1, box.y1),
                                        source_image=_source_image(ref))
+            area = _box_area_mm2(box.x1 - box.x0, box.y1 - box.y0, ref)
+            # The finding type says what was found; a detection box is a finding present.
             self.groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=self.tracking(box.label),
                 referenced_region=region,
                 finding_type=mv.finding_code(box.label),
                 algorithm_id=self.algorithm.sr_algorithm_id(),
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(mv.finding_code(box.label), mv.PRESENT)],
+                measurements=[hd.sr.Measurement(name=mv.AREA, value=round(area, 2), unit=_MM2)]
+                if area is not None else None,
             ))
         self.absent(result)
 
     def absent(self, result: TaskResult) -> None:
         for label in result.answer.absent:
-            self.groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=self.tracking(label),
-                finding_type=mv.finding_code(label),
-                algorithm_id=self.algorithm.sr_algorithm_id(),
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(mv.finding_code(label), mv.ABSENT)],
-            ))
+            self.evaluation(mv.finding_code(label), mv.ABSENT)
 
     def classification(self, result: TaskResult) -> None:
         table = mv.SKIN_LESION_CLASSES if result.task is Task.SKIN_LESION_CLASSIFICATION else mv.CHEST_PATHOLOGIES
         for name in classes_in_text(result.answer.plain_text, table):
-            self.groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=self.tracking(name),
-                finding_type=table[name],
-                algorithm_id=self.algorithm.sr_algorithm_id(),
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(table[name], mv.PRESENT)],
-            ))
+            self.evaluation(table[name], mv.PRESENT)
         self.absent(result)
         self.text(mv.FINDING, result.answer.plain_text)
 
@@ -156,10 +229,11 @@ class _Builder:
             info = next(s for s in ref.seg.segments if s.label == label)
             seg_ds = ref.seg.dataset
             code = mv.segment_codes(label).type
+            tracking = self.tracking(label)
             if isinstance(ref.source, VolumeRef):
                 measurement = hd.sr.Measurement(name=mv.VOLUME, value=round(volume_ml(mask, ref.source), 3), unit=_ML)
                 self.groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=self.tracking(label),
+                    tracking_identifier=tracking,
                     referenced_segment=hd.sr.ReferencedSegment(
                         sop_class_uid=seg_ds.SOPClassUID, sop_instance_uid=seg_ds.SOPInstanceUID,
                         segment_number=info.segment_number,
@@ -167,10 +241,12 @@ class _Builder:
                     finding_type=code, algorithm_id=self.algorithm.sr_algorithm_id(),
                     measurements=[measurement],
                 ))
+                k, slice_ref = _largest_slice(mask, ref.source)
+                self.outline_group(tracking, label, mask[k], slice_ref, _area_mm2(mask[k], slice_ref))
             else:
-                area = pixel_area_mm2(mask, ref.source)
+                area = _area_mm2(mask, ref.source)
                 self.groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=self.tracking(label),
+                    tracking_identifier=tracking,
                     referenced_segment=hd.sr.ReferencedSegmentationFrame(
                         sop_class_uid=seg_ds.SOPClassUID, sop_instance_uid=seg_ds.SOPInstanceUID,
                         frame_number=info.frame_numbers[0], segment_number=info.segment_number,
@@ -181,6 +257,9 @@ class _Builder:
                     measurements=[hd.sr.Measurement(name=mv.AREA, value=round(area, 2), unit=_MM2)]
                     if area is not None else None,
                 ))
+                # The area stays with the SEG reference only: viewers that merge the two groups of one
+                # tracked finding (OHIF) would otherwise list it twice.
+                self.outline_group(tracking, label, mask, ref.source, None)
         missing = [label for label, mask in masks if label not in segs]
         for label in missing:
             self.text(mv.FINDING, f"{label}: not found (empty segmentation)")
@@ -214,13 +293,9 @@ class _Builder:
 
 
 def procedure_for(results: list[TaskResult]) -> hd.sr.CodedConcept:
-    tasks = {r.task for r in results}
-    if tasks & {Task.ABDOMINAL_ORGAN_SEGMENTATION}:
-        return mv.PROCEDURE_CT_ABDOMEN
-    if tasks & {Task.SKIN_LESION_CLASSIFICATION, Task.SKIN_LESION_SEGMENTATION}:
-        return mv.IMAGING_PROCEDURE  # no sourced SNOMED CT code for dermoscopy yet
-    if any(r.images for r in results):
-        return mv.PROCEDURE_CHEST_XRAY
+    """Procedure Reported from CID 100 (see :data:`codes.IMAGING_PROCEDURE` for the choice)."""
+    if any(r.volume is not None for r in results) or {r.task for r in results} & {Task.ABDOMINAL_ORGAN_SEGMENTATION}:
+        return mv.PROCEDURE_CT
     return mv.IMAGING_PROCEDURE
 
 
@@ -260,13 +335,14 @@ def build_sr(
             builder.comparison(result, next((ds for ds in evidence
                                              if str(ds.get("StudyInstanceUID", "")) == result.prior_study_uid), None))
     builder.text(_AI_NOTICE, AI_STATEMENT.format(name=algorithm.name, version=algorithm.version))
-    if not builder.groups:
-        # TID 1500 (as highdicom builds it) needs one measurement group: a text-only result
-        # gets a group that identifies the algorithm which wrote the text.
+    placeholder = not builder.groups
+    if placeholder:
+        # highdicom builds TID 1500 with at least one measurement group; a result without any
+        # (text and study-level findings only) keeps the Imaging Measurements container empty
+        # (its groups are optional, TID 1500 rows 7-9), see _without_measurement_groups.
         builder.groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=builder.tracking(f"{algorithm.name} analysis"),
             finding_type=mv.CLINICAL_FINDING,
-            algorithm_id=algorithm.sr_algorithm_id(),
         ))
 
     report = hd.sr.MeasurementReport(
@@ -276,10 +352,12 @@ def build_sr(
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
             hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")),
     )
-    if builder.texts:
+    if placeholder:
+        _without_measurement_groups(report[0])
+    if builder.evaluations or builder.texts:
         container = hd.sr.ContainerContentItem(name=mv.QUALITATIVE_EVALUATIONS,
                                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        container.ContentSequence = builder.texts
+        container.ContentSequence = builder.evaluations + builder.texts
         report[0].ContentSequence.append(container)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
@@ -299,8 +377,31 @@ def build_sr(
     sr.ManufacturerModelName = algorithm.model_name
     sr.SoftwareVersions = list(algorithm.software_versions)
     _frame_references_without_segment_number(sr)
+    _template_code_meanings(sr)
     drop_invalid_copied_attributes(sr)
     return sr
+
+
+def _without_measurement_groups(root: Dataset) -> None:
+    """Empty the Imaging Measurements container (no Content Sequence: PS3.3 C.17.3, Type 1C)."""
+    for item in root.ContentSequence:
+        name = item.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == "126010" and name[0].CodingSchemeDesignator == "DCM":
+            del item.ContentSequence
+
+
+#: Concept names whose code meaning highdicom writes in another case than the template (PS3.16 TID 1410
+#: row 8 says "Source image for segmentation"); PixelMed's validator warns on the difference.
+_TEMPLATE_MEANINGS = {("121233", "DCM"): "Source image for segmentation"}
+
+
+def _template_code_meanings(item: Dataset) -> None:
+    for child in item.get("ContentSequence", []):
+        for name in child.get("ConceptNameCodeSequence", []):
+            meaning = _TEMPLATE_MEANINGS.get((name.CodeValue, name.CodingSchemeDesignator))
+            if meaning:
+                name.CodeMeaning = meaning
+        _template_code_meanings(child)
 
 
 def _frame_references_without_segment_number(item: Dataset) -> None:
@@ -310,3 +411,112 @@ def _frame_references_without_segment_number(item: Dataset) -> None:
             if "ReferencedFrameNumber" in ref and "ReferencedSegmentNumber" in ref:
                 del ref.ReferencedSegmentNumber
         _frame_references_without_segment_number(child)
+
+
+# -- the same results as a text report (TID 2000), for viewers that show SR text ------------------
+
+TEXT_SERIES_DESCRIPTION = "MedVersa report text (AI-generated, unverified)"
+_REPORT_TITLE = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic Imaging Report")
+_FINDINGS_SECTION = hd.sr.CodedConcept("121070", "DCM", "Findings")
+_IMPRESSIONS_SECTION = hd.sr.CodedConcept("121072", "DCM", "Impressions")
+_IMPRESSION = hd.sr.CodedConcept("121073", "DCM", "Impression")
+_PROCEDURE_REPORTED = hd.sr.CodedConcept("121058", "DCM", "Procedure reported")
+_LANGUAGE = hd.sr.CodedConcept("121049", "DCM", "Language of Content Item and Descendants")
+
+
+def _text_lines(sr: Dataset) -> tuple[list[str], list[str]]:
+    """(findings, impressions) as sentences, read back from a TID 1500 document built above."""
+    findings: list[str] = []
+    impressions: list[str] = []
+    for item in sr.ContentSequence:
+        name = item.ConceptNameCodeSequence[0]
+        if name.CodeValue == "126010":  # Imaging Measurements: one line per tracked finding
+            seen: dict[str, list[str]] = {}
+            for group in item.get("ContentSequence", []):
+                what, values = "", []
+                for child in group.ContentSequence:
+                    concept = child.ConceptNameCodeSequence[0]
+                    if concept.CodeValue == "112039":
+                        what = child.TextValue.rsplit(" #", 1)[0]
+                    elif child.ValueType == "NUM":
+                        value = child.MeasuredValueSequence[0]
+                        unit = value.MeasurementUnitsCodeSequence[0].CodeValue
+                        values.append(f"{concept.CodeMeaning.lower()} {value.NumericValue} {unit}")
+                    elif child.ValueType == "SCOORD" and not values:
+                        values.append("outlined" if len(child.GraphicData) > 10 else "boxed")
+                uid = next(c.UID for c in group.ContentSequence if c.ValueType == "UIDREF")
+                seen.setdefault(uid, [what]).extend(v for v in values if v not in seen.get(uid, []))
+            for what, *values in seen.values():
+                findings.append(f"{what}: {', '.join(dict.fromkeys(values)) or 'found'} (AI result, see the images).")
+        elif name.CodeValue == "C0034375":  # Qualitative Evaluations
+            for child in item.ContentSequence:
+                concept = child.ConceptNameCodeSequence[0]
+                if child.ValueType == "CODE":
+                    findings.append(f"{concept.CodeMeaning}: {child.ConceptCodeSequence[0].CodeMeaning.lower()}.")
+                elif concept.CodeValue == mv.IMPRESSION.value:
+                    impressions.append(child.TextValue)
+                else:
+                    prefix = "" if concept.CodeValue in (mv.FINDINGS.value, mv.FINDING.value) else f"{concept.CodeMeaning}: "
+                    findings.append(prefix + child.TextValue)
+    return findings, impressions
+
+
+def build_text_report(
+    measurement_report: Dataset,
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 9704,
+    instance_number: int = 1,
+) -> hd.sr.EnhancedSR:
+    """The TID 1500 document's content as a Basic Diagnostic Imaging Report (TID 2000) in an Enhanced SR.
+
+    Why: the report text, the study-level findings and the measurements are all in the TID 1500
+    document, but web viewers such as OHIF 3 show a TID 1500 document only as its measurement
+    groups drawn on the images and never show its text. They do show other SR documents as text.
+    This document says the same, in sentences (Findings and Impressions sections, TID 2001), and is
+    likewise AI-generated, unverified and partial. It lives in a series of its own, as a viewer
+    shows one document per SR series.
+    """
+    findings, impressions = _text_lines(measurement_report)
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    root = hd.sr.ContainerContentItem(name=_REPORT_TITLE, is_content_continuous=False, template_id="2000")
+    items: list[hd.sr.ContentItem] = [hd.sr.CodeContentItem(
+        name=_LANGUAGE, value=hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)"),
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)]
+    items += list(hd.sr.ObservationContext(observer_device_context=algorithm.observer_context()))
+    procedure = next(i for i in measurement_report.ContentSequence
+                     if i.ConceptNameCodeSequence[0].CodeValue == "121058").ConceptCodeSequence[0]
+    items.append(hd.sr.CodeContentItem(
+        name=_PROCEDURE_REPORTED, value=hd.sr.CodedConcept(procedure.CodeValue, procedure.CodingSchemeDesignator,
+                                                            procedure.CodeMeaning),
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD))
+    for section, name, lines in ((_FINDINGS_SECTION, mv.FINDING, findings),
+                                 (_IMPRESSIONS_SECTION, _IMPRESSION, impressions)):
+        if not lines:
+            continue
+        container = hd.sr.ContainerContentItem(name=section, relationship_type=contains)
+        container.ContentSequence = [hd.sr.TextContentItem(name=name, value=clean_text(line), relationship_type=contains)
+                                     for line in lines if clean_text(line)]
+        items.append(container)
+    root.ContentSequence = items
+    source = measurement_report
+    sr = hd.sr.EnhancedSR(
+        evidence=[source],
+        content=root,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=TEXT_SERIES_DESCRIPTION,
+        contributing_equipment=[algorithm.contributing_equipment()],
+        specific_character_set=CHARACTER_SET,
+    )
+    sr.ManufacturerModelName = algorithm.model_name
+    sr.SoftwareVersions = list(algorithm.software_versions)
+    drop_invalid_copied_attributes(sr)
+    return sr

@@ -116,17 +116,27 @@ def test_sr_is_valid_readable_and_carries_every_result(cxr, tmp_path):
     assert region.GraphicType == "POLYLINE"
     assert np.allclose(region.value, [[10.5, 20.0], [60.25, 20.0], [60.25, 70.0], [10.5, 70.0], [10.5, 20.0]])
     assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
-    seg_group = next(g for g in groups if g.finding_type.value == "44029006")
+    lung_groups = [g for g in groups if g.finding_type.value == "44029006"]
+    seg_group = next(g for g in lung_groups if g.reference_type.value in ("121214", "121233"))  # a SEG reference
     area = seg_group.get_measurements()[0]
     assert area.value == pytest.approx(lung.sum() * 0.5 * 0.4, rel=1e-3)
-    assert seg_group.reference_type.value in ("121214", "121233")  # a SEG reference
+    # Beside it, the same tracked finding as an outline (SCOORD closed POLYLINE) on the source image.
+    outline_group = next(g for g in lung_groups if g.reference_type.value == "111030")
+    assert outline_group.tracking_uid == seg_group.tracking_uid
+    assert outline_group.roi.GraphicType == "POLYLINE" and np.allclose(outline_group.roi.value[0],
+                                                                        outline_group.roi.value[-1])
+    xs, ys = outline_group.roi.value[:, 0], outline_group.roi.value[:, 1]
+    # The disc (centre row 40, column 30, radius 15) covers columns 15-45 and rows 25-55: pixel edges
+    # 15..46 and 25..56 in SCOORD image coordinates (origin at the top left pixel's top left corner).
+    assert np.allclose([xs.min(), xs.max(), ys.min(), ys.max()], [15, 46, 25, 56], atol=0.5)
     texts = {item.ConceptNameCodeSequence[0].CodeValue: item.TextValue
-             for item in back.ContentSequence[-1].ContentSequence}
+             for item in back.ContentSequence[-1].ContentSequence if item.ValueType == "TEXT"}
     assert texts["59776-5"] == "The lungs are clear. No effusion."
     assert texts["19005-8"] == "No acute cardiopulmonary process."
     assert "AI algorithm" in texts["ai-notice"] and texts["question"].startswith("Is there")
     procedure = next(i for i in back.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058")
-    assert procedure.ConceptCodeSequence[0].CodeValue == "399208008"  # the imaging procedure
+    # The imaging procedure, from CID 100 as both the current standard and PixelMed's 2019 edition list it.
+    assert procedure.ConceptCodeSequence[0].CodeValue == "363679005"
 
 
 def _all_items(item):
@@ -144,7 +154,8 @@ def test_sr_codes_classification_findings_with_their_presence(cxr, tmp_path):
     assert ("46621007", "52101004") in evaluations   # atelectasis: present
     assert ("233604007", "52101004") in evaluations  # pneumonia: present
     assert ("36118008", "272519000") in evaluations  # pneumothorax: absent (<N/A>)
-    assert ("60046008", "52101004") in evaluations   # pleural effusion box: present
+    # The pleural effusion box is a planar ROI group whose finding type says what was found.
+    assert ("121071", "60046008") in evaluations
 
 
 def test_device_uid_changes_with_the_model():
