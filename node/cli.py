@@ -161,13 +161,18 @@ def status(config: Annotated[Optional[Path], typer.Option("--config", help="YAML
 def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)")],
           config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
           data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None) -> None:
-    """Send a job's dead-lettered (or pending) exports again, now."""
+    """Send a job's dead-lettered (or pending) exports again, now; a FAILED job is queued again."""
     from .context import NodeContext
     from .export import deliver_claimed, retry_job_exports
+    from .jobs import requeue_failed_job
 
     settings = _settings(config, data_dir=data_dir)
     ctx = NodeContext(settings)
     try:
+        if requeue_failed_job(ctx, job):
+            typer.echo(f"job {job}: FAILED job queued again with {settings.jobs.max_attempts} fresh attempt(s); "
+                       "a running `medversa serve` picks it up")
+            return
         revived = retry_job_exports(ctx, job)
     except LookupError as exc:
         typer.echo(str(exc), err=True)

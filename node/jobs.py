@@ -231,6 +231,21 @@ def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
     LOGGER.info("job %d: %d object(s) written in %.1f s", job_id, len(output.objects), time.perf_counter() - started)
 
 
+def requeue_failed_job(ctx: NodeContext, job_id: int) -> bool:
+    """Give a FAILED job a fresh set of attempts (after the cause was fixed); False if it is not FAILED.
+
+    The job goes back to RECEIVED; ``serve``'s scheduler queues it on its next round.
+    """
+    with ctx.store.session() as s:
+        job = ctx.store.job(s, job_id)
+        if job.state is not JobState.FAILED:
+            return False
+        job.notes = list(job.notes or []) + [f"re-queued by an operator after: {job.error}"[:500]]
+        job.state, job.attempts, job.error = JobState.RECEIVED, 0, ""
+    LOGGER.info("job %d re-queued by an operator", job_id)
+    return True
+
+
 def finish_if_delivered(ctx: NodeContext, job_id: int) -> str:
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
