@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from medversa.inference.declaration import Declaration
+from medversa.inference.tasks import Modality
 from safetensors.torch import load_file
 
 from .training_fixtures import write_medinterp_mini
@@ -24,6 +26,7 @@ def _config(tmp: Path, data: Path, out: str, strategy: str) -> Path:
         "batch_size": {"cxr": 2, "derm": 2, "ct": 1}, "max_length": 96, "train_llm_base": True,
         "modality_weights": {"cxr": 1.0, "derm": 1.0, "ct": 0.5},
         "optimizer": {"warmup_steps": 2}, "checkpoint_dtype": None, "threads": 1,
+        "context_fields": {"cxr": ["age", "sex", "view"], "derm": [], "ct": []},
         "datasets": [{"name": "medinterp-mini", "root": str(data), "split": "train"}],
         "output_dir": str(tmp / out)}))
     return path
@@ -67,4 +70,9 @@ def test_two_process_run_resumes_exactly(tmp_path, strategy):
     assert not differing, differing[:5]
     meta = json.loads((tmp_path / "straight" / "checkpoint" / "medversa-checkpoint.json").read_text())
     assert meta["training"]["steps"] == STEPS
+    # The checkpoint declares what it was trained for and with, for the node (issue 11).
+    declared = Declaration.from_meta(meta)
+    trained = {key.split("/")[1] for key in meta["training"]["data"]["pools"]}
+    assert {t.value for t in declared.tasks} == trained
+    assert declared.context_fields == {Modality.CXR: ("age", "sex", "view"), Modality.DERM: (), Modality.CT: ()}
     assert (tmp_path / "straight" / "plots" / "loss.png").stat().st_size > 1000
