@@ -390,9 +390,10 @@ def _without_measurement_groups(root: Dataset) -> None:
             del item.ContentSequence
 
 
-#: Concept names whose code meaning highdicom writes in another case than the template (PS3.16 TID 1410
-#: row 8 says "Source image for segmentation"); PixelMed's validator warns on the difference.
-_TEMPLATE_MEANINGS = {("121233", "DCM"): "Source image for segmentation"}
+#: Concept names whose code meaning highdicom writes in another case than the templates (PS3.16 TID 1410
+#: and TID 1411 say "Source image/series for segmentation"); PixelMed's validator warns on the difference.
+_TEMPLATE_MEANINGS = {("121233", "DCM"): "Source image for segmentation",
+                      ("121232", "DCM"): "Source series for segmentation"}
 
 
 def _template_code_meanings(item: Dataset) -> None:

@@ -1,0 +1,64 @@
+"""OHIF Viewer (npm ``@ohif/app`` 3.13.2) served by a throwaway Orthanc, and a headless browser on it.
+
+Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``) serves DICOMweb at ``/dicom-web`` and, with
+its ServeFolders plugin, the viewer prepared by ``deploy/ohif/prepare_ohif.py`` at ``/ohif``:
+one origin, as in ``deploy/``. The prepared viewer is looked for in ``$MEDVERSA_OHIF_DIR`` and
+then ``build/ohif/served`` (where ``.ci/install`` puts it).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = Path("/usr/share/orthanc/plugins")
+DICOMWEB_PLUGIN = PLUGINS / "libOrthancDicomWeb.so"
+SERVE_FOLDERS_PLUGIN = PLUGINS / "libServeFolders.so"
+
+
+def ohif_dir() -> Path | None:
+    for candidate in (os.environ.get("MEDVERSA_OHIF_DIR"), REPO / "build" / "ohif" / "served"):
+        if candidate and (Path(candidate) / "viewer").is_file():
+            return Path(candidate)
+    return None
+
+
+def orthanc_viewer_config(viewer: Path) -> dict:
+    """Orthanc options that add DICOMweb and the viewer (merged into a test Orthanc's configuration)."""
+    return {
+        "Plugins": [str(DICOMWEB_PLUGIN), str(SERVE_FOLDERS_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+        # The empty extension maps to HTML: OHIF's route files (viewer, segmentation, ...).
+        "ServeFolders": {"Folders": {"/ohif": str(viewer)}, "Extensions": {"": "text/html"}},
+    }
+
+
+def viewer_url(base: str, study_uid: str, route: str = "viewer", **params: str) -> str:
+    query = urllib.parse.urlencode({"StudyInstanceUIDs": study_uid, **params})
+    return f"{base}/ohif/{route}?{query}"
+
+
+#: Marks OHIF's onboarding tour as shown, so that its pop-up does not cover the viewport.
+SKIP_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); true"
+
+#: The centre (x, y) of the study browser's thumbnail of the series of a modality whose description
+#: contains a text, or null.
+SERIES_THUMBNAIL = """(() => {{
+  for (const label of document.querySelectorAll('[data-cy="series-modality-label"]')) {{
+    if (label.textContent.trim() !== {modality}) continue;
+    let item = label;
+    while (item && !(item.textContent || '').includes({description})) item = item.parentElement;
+    if (!item) continue;
+    const box = label.getBoundingClientRect();
+    return [box.x + box.width / 2, box.y + box.height / 2];
+  }}
+  return null;
+}})()"""
+
+
+def thumbnail_script(modality: str, description: str = "") -> str:
+    import json
+
+    return SERIES_THUMBNAIL.format(modality=json.dumps(modality), description=json.dumps(description))
