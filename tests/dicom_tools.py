@@ -37,3 +37,20 @@ def assert_valid(ds: Dataset, folder: Path, name: str) -> Path:
     errors = dciodvfy_errors(path)
     assert not errors, "\n".join(errors)
     return path
+
+
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+
+
+def pixelmed_sr_report(path: Path) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of PixelMed's DicomSRValidator, the IHE Connectathon SR validator (Debian libpixelmed-java)."""
+    java = shutil.which("java")
+    if java is None or not PIXELMED_JAR.exists():
+        pytest.skip("PixelMed is not installed (bash .ci/install installs libpixelmed-java)")
+    limits = [f"-Djdk.xml.{name}=0" for name in ("xpathExprOpLimit", "xpathExprGrpLimit", "xpathTotalOpLimit")]
+    result = subprocess.run([java, *limits, "-cp", str(PIXELMED_JAR), "com.pixelmed.validate.DicomSRValidator",
+                             str(path)], capture_output=True, text=True, timeout=300)
+    lines = (result.stdout + result.stderr).splitlines()
+    if "IOD validation complete" not in lines:
+        raise AssertionError(f"DicomSRValidator did not finish on {path}:\n" + "\n".join(lines[-20:]))
+    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
