@@ -100,6 +100,10 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
                 continue
         notes = [f"rules: {', '.join(routed.rules)}"] + ([note] if note else [])
         created.append(create_job_version(ctx, study_id, routed.tasks, notes, routed.questions))
+    # A reader's annotations (SR, GSPS) start ask jobs at once, without waiting for the study (node/ask.py).
+    from .ask import queue_annotations
+
+    created += queue_annotations(ctx)
     requeue_waiting_jobs(ctx, enqueue)
     return created
 

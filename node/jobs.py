@@ -75,7 +75,7 @@ def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes:
         version = 1
         for job in study.jobs:
             version = max(version, job.version + 1)
-            if job.state in (JobState.RECEIVED, JobState.QUEUED):
+            if job.state in (JobState.RECEIVED, JobState.QUEUED) and job.ask is None:  # asks stay (node/ask.py)
                 job.state = JobState.SUPERSEDED
         job = Job(study_id=study.id, version=version, tasks=tasks, queue=ctx.settings.model.queue,
                   state=JobState.RECEIVED, notes=notes, questions=list(questions or []))
@@ -190,6 +190,11 @@ def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
         study_id, study_uid = job.study_id, job.study.study_instance_uid
         tasks = tuple(Task(t) for t in job.tasks)
         questions = tuple(job.questions or ())
+        is_ask = job.ask is not None
+    if is_ask:  # a reader's question or a region (node/ask.py): answered on its own image only
+        from .ask import compute_ask
+
+        return compute_ask(ctx, job_id, last_attempt)
     datasets = [pydicom.dcmread(p) for p in _study_files(ctx, study_id)]
     if datasets:
         first = datasets[0]
@@ -252,6 +257,6 @@ def finish_if_delivered(ctx: NodeContext, job_id: int) -> str:
         states = [e.state for e in job.exports]
         if job.state is JobState.EXPORTING and all(st is ExportState.DELIVERED for st in states):
             job.state = JobState.DONE
-            if job.study.state is StudyState.QUEUED:
+            if job.study.state is StudyState.QUEUED and job.ask is None:
                 job.study.state = StudyState.DONE
         return job.state.value

@@ -68,6 +68,7 @@ from io import BytesIO
 from pathlib import Path
 
 from medversa.dicom_mapping import header as h
+from medversa.dicom_mapping.annotations import ANNOTATION_CLASSES
 from medversa.dicom_mapping.pixels import PixelDataError, check_pixel_data
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
@@ -245,6 +246,8 @@ class StorageSCP:
         ae.dimse_timeout = cfg.network_timeout_s
         ae.add_supported_context(Verification)
         for uid in STORAGE_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        for uid in ANNOTATION_CLASSES:  # a reader's annotations (SR, GSPS): they start an ask (node/ask.py)
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         self.ae = ae
 
@@ -663,12 +666,17 @@ def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str,
         )
         s.add(instance)
         instances[sop_uid] = instance  # a second copy in the same batch is a duplicate
-        study.pending_instances += 1
-        if study.state in (StudyState.DONE, StudyState.QUEUED) and not is_prior:
+        # Maybe a reader's annotation (SR, GSPS): it starts an ask job (node/ask.py), never a re-analysis.
+        annotation = instance.sop_class_uid in ANNOTATION_CLASSES
+        if annotation:
+            instance.annotation = "new"
+        else:
+            study.pending_instances += 1
+        if study.state in (StudyState.DONE, StudyState.QUEUED) and not is_prior and not annotation:
             study.state = StudyState.RECEIVING  # reopened: a new job version will follow
     else:
         instance.received_at = now
-    if not is_prior:
+    if not is_prior and instance.annotation is None:
         study.last_received = now
     store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,
                 sop_instance_uid=sop_uid, detail="new" if new else "duplicate (idempotent)")

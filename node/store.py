@@ -100,6 +100,9 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    #: SR / presentation state that may be a reader's annotation (node/ask.py): "new" until looked at,
+    #: then what became of it ("asked", "ignored: why"); None for every other instance.
+    annotation: Mapped[str | None] = mapped_column(String(256), nullable=True)
     study: Mapped[Study] = relationship(back_populates="instances")
 
 
@@ -118,6 +121,9 @@ class Job(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     notes: Mapped[list] = mapped_column(JSON, default=list)
     prior_study_uid: Mapped[str] = mapped_column(String(64), default="")
+    #: An ask job (node/ask.py: a reader's annotation object or `medversa ask`): what is asked; None for
+    #: the study's own analysis. Ask jobs never supersede, nor are superseded by, the study's jobs.
+    ask: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
