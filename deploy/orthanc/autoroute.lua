@@ -10,7 +10,14 @@
 --   * skipped: result object types, whoever sent them: every Structured Report and Key Object
 --     Selection (SOP classes 1.2.840.10008.5.1.4.1.1.88.*), every presentation state (GSPS,
 --     CSPS and the other 1.2.840.10008.5.1.4.1.1.11.*), Segmentation (1.2.840.10008.5.1.4.1.1.66.4
---     and the other 66.*), and series whose Modality is SR, SEG, PR, KO;
+--     and the other 66.*), and series whose Modality is SR, SEG, PR, KO; except a reader's
+--     annotation object (below);
+--   * a reader's annotation object: an Enhanced / Comprehensive / Comprehensive 3D SR (a TID 1500
+--     measurement report, e.g. OHIF's "Create report") or a Grayscale Softcopy Presentation State
+--     that the node did not make (not from the node's AE title, Manufacturer, series marker), is
+--     forwarded AT ONCE when it is stored (OnStoredInstance), without waiting for the study to be
+--     stable: the node answers the reader's question about it (its own answer SR comes back marked
+--     as the node's, and is never forwarded). "ForwardAnnotations": false turns this off;
 --   * skipped: instances already forwarded. A study becomes stable again whenever something new
 --     arrives, in particular the node's results; its originals are then not sent a second time.
 --     Only instances never forwarded (a late image) go out. The mark is the instance metadata
@@ -31,6 +38,7 @@
 --     "SeriesDescriptionMarker" : "MedVersa",  // results series carry this in Series Description
 --     "NodeManufacturer" : "medversa-node",    // Manufacturer of the node's result objects ("" : off)
 --     "ForwardedMetadata" : "MedversaForwarded", // user metadata marking forwarded instances
+--     "ForwardAnnotations" : true,             // forward readers' annotation objects (SR, GSPS) at once
 --     "LocalAet" : "",                         // calling AE for the C-STORE ("" : Orthanc's DicomAet)
 --     "MaxRetries" : 3                         // resubmissions of a failed forwarding job
 --   }
@@ -47,6 +55,7 @@ local DEFAULTS = {
    SeriesDescriptionMarker = 'MedVersa',
    NodeManufacturer = 'medversa-node',
    ForwardedMetadata = 'MedversaForwarded',
+   ForwardAnnotations = true,
    LocalAet = '',
    MaxRetries = 3,
 }
@@ -61,6 +70,14 @@ local RESULT_SOP_CLASS_PREFIXES = {
 
 -- Modalities of result objects (PS3.3 C.7.3.1.1.1).
 local RESULT_MODALITIES = { SR = true, SEG = true, PR = true, KO = true }
+
+-- SOP classes of a reader's annotation objects (PS3.4 Table B.5-1): the node reads their regions.
+local ANNOTATION_SOP_CLASSES = {
+   ['1.2.840.10008.5.1.4.1.1.88.22'] = true,  -- Enhanced SR (OHIF / dcmjs measurement reports)
+   ['1.2.840.10008.5.1.4.1.1.88.33'] = true,  -- Comprehensive SR
+   ['1.2.840.10008.5.1.4.1.1.88.34'] = true,  -- Comprehensive 3D SR
+   ['1.2.840.10008.5.1.4.1.1.11.1'] = true,   -- Grayscale Softcopy Presentation State
+}
 
 
 local function Trim(s)
@@ -164,12 +181,8 @@ local function SopClassOf(instanceId, metadata)
 end
 
 
--- Why a series holds results (nil: it may hold originals).
-local function ResultSeriesReason(mainTags)
-   local modality = string.upper(Trim(mainTags['Modality']))
-   if RESULT_MODALITIES[modality] then
-      return 'modality ' .. modality
-   end
+-- Why a series was made by the node (nil: by someone else): its marker or its Manufacturer.
+local function NodeSeriesReason(mainTags)
    if ContainsIgnoringCase(mainTags['SeriesDescription'], SETTINGS.SeriesDescriptionMarker) then
       return 'series description marked ' .. SETTINGS.SeriesDescriptionMarker
    end
@@ -178,6 +191,29 @@ local function ResultSeriesReason(mainTags)
       return 'manufacturer ' .. SETTINGS.NodeManufacturer
    end
    return nil
+end
+
+
+-- Why a series holds results (nil: it may hold originals).
+local function ResultSeriesReason(mainTags)
+   local modality = string.upper(Trim(mainTags['Modality']))
+   if RESULT_MODALITIES[modality] then
+      return 'modality ' .. modality
+   end
+   return NodeSeriesReason(mainTags)
+end
+
+
+-- Whether an instance is a reader's annotation object to forward (never one of the node's).
+local function IsReaderAnnotation(instanceId, metadata, seriesTags)
+   if not SETTINGS.ForwardAnnotations then
+      return false
+   end
+   local remoteAet = string.upper(Trim(metadata['RemoteAET']))
+   if (remoteAet ~= '' and remoteAet == SETTINGS.NodeAet) or NodeSeriesReason(seriesTags) ~= nil then
+      return false
+   end
+   return ANNOTATION_SOP_CLASSES[SopClassOf(instanceId, metadata)] == true
 end
 
 
@@ -249,10 +285,14 @@ function OnStableStudy(studyId, tags, metadata)
    local results = 0
    local already = 0
    for _, oneSeries in ipairs(series) do
-      local seriesReason = ResultSeriesReason(oneSeries['MainDicomTags'] or {})
+      local seriesTags = oneSeries['MainDicomTags'] or {}
+      local seriesReason = ResultSeriesReason(seriesTags)
       for _, instanceId in ipairs(oneSeries['Instances'] or {}) do
          local instanceMetadata = InstanceMetadata(instanceId)
-         local reason = seriesReason or ResultInstanceReason(instanceId, instanceMetadata)
+         local reason = nil
+         if not IsReaderAnnotation(instanceId, instanceMetadata, seriesTags) then
+            reason = seriesReason or ResultInstanceReason(instanceId, instanceMetadata)
+         end
          if reason ~= nil then
             results = results + 1
          elseif AlreadyForwarded(instanceId, instanceMetadata) then
@@ -276,6 +316,39 @@ function OnStableStudy(studyId, tags, metadata)
    end
    Log('study ' .. studyId .. ': ' .. sent .. ', ' .. results .. ' result object(s) skipped, ' ..
        already .. ' already forwarded')
+end
+
+
+-- A reader's annotation object goes to the node as soon as it is stored: the reader waits for the answer.
+function OnStoredInstance(instanceId, tags, metadata, origin)
+   if not SETTINGS.Enabled or not SETTINGS.ForwardAnnotations then
+      return
+   end
+   local instanceMetadata = InstanceMetadata(instanceId)
+   if not ANNOTATION_SOP_CLASSES[SopClassOf(instanceId, instanceMetadata)] then
+      return
+   end
+   local series = GetJson('/instances/' .. instanceId .. '/series')
+   if series == nil then
+      return
+   end
+   local studyId = series['ParentStudy'] or '?'
+   if not IsReaderAnnotation(instanceId, instanceMetadata, series['MainDicomTags'] or {}) then
+      Log('study ' .. studyId .. ': ' .. instanceId .. ' is the node\'s own result, not forwarded')
+      return
+   end
+   if AlreadyForwarded(instanceId, instanceMetadata) then
+      return
+   end
+   local jobId = Forward(studyId, { instanceId })
+   if jobId == nil then
+      Log('study ' .. studyId .. ': ERROR: could not forward annotation ' .. instanceId ..
+          '; it goes with the stable study')
+      return
+   end
+   MarkForwarded({ instanceId }, jobId)
+   Log('study ' .. studyId .. ': annotation ' .. instanceId .. ' forwarded to ' .. SETTINGS.Modality ..
+       ' at once (job ' .. jobId .. ')')
 end
 
 
