@@ -9,7 +9,7 @@ import warnings
 import typer
 
 from medversa.inference.cli import bench_app, model_app
-from medversa.node.cli import bench_load, config_app, infer, retry, serve, status, worker
+from medversa.node.cli import ask, bench_load, config_app, infer, retry, serve, status, worker
 from medversa.training.cli import bench_train, train
 from medversa.training.eval_cli import eval_command
 
@@ -22,6 +22,7 @@ app.add_typer(model_app, name="model")
 bench_app.command("load")(bench_load)
 app.add_typer(bench_app, name="bench")
 app.command("infer")(infer)
+app.command("ask")(ask)
 app.command("serve")(serve)
 app.command("worker")(worker)
 app.command("status")(status)

@@ -173,9 +173,9 @@ def compute_ask(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
         if retryable and not last_attempt:
             raise TransientJobError(f"image {ref.sop_instance_uid}: {note}")
         if note:
-            notes.append(f"image {ref.sop_instance_uid}: {note}")
+            notes.append(f"image {ref.sop_instance_uid or '(the study first image the model reads)'}: {note}")
         if image is not None:
-            images[ref.sop_instance_uid] = image
+            images[str(image.dataset.SOPInstanceUID)] = image
     if source is None:  # `medversa ask`: one region (or the whole image) on the chosen image
         if not images:
             return _unanswered(ctx, job_id, "; ".join(notes) or "no image to ask about", notes)
@@ -237,7 +237,8 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
     for k, region in enumerate(regions):
         image = images[region.image.sop_instance_uid]
         region = regions[k] = in_pixels(region, image.rows, image.cols)
-        entry = {"region": region, "question": region.question, "note": []}
+        question = region.question if ask.get("source") == "annotation" else str(ask.get("question") or "")
+        entry = {"region": region, "question": question, "note": []}
         pending.append(entry)
         modality = _MODALITIES.get(image.kind)
         if modality is None:
@@ -245,7 +246,7 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
             continue
         pixels = ImageInput(image.pixels, source_id=region.image.sop_instance_uid)
         wants_caption = ask.get("source") == "annotation" or ask.get("region") is not None
-        for task, build in ((Task.REGION_CAPTIONING, wants_caption), (Task.VQA, bool(region.question))):
+        for task, build in ((Task.REGION_CAPTIONING, wants_caption), (Task.VQA, bool(question))):
             if not build:
                 continue
             if declared is not None and task not in declared:
@@ -259,8 +260,8 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
                     continue
                 requests.append(TaskRequest(task, modality, [pixels], region=box))
             else:
-                question = region.question if "<img" in region.question else f"{region.question.rstrip()} <img0>"
-                requests.append(TaskRequest(task, modality, [pixels], question=question))
+                asked = question if "<img" in question else f"{question.rstrip()} <img0>"
+                requests.append(TaskRequest(task, modality, [pixels], question=asked))
             slots.append((k, task.value))
     answers = ctx.analyzer.run(requests, choose_for=ctx.choose_for) if requests else []
     for (k, task), answer in zip(slots, answers):
@@ -393,3 +394,64 @@ def _retrieve_held(ctx: NodeContext, study_uid: str, series_uids: list[str] | No
             study.state = state if not others else StudyState.RECEIVING
             study.pending_instances = pending + others
             study.last_received = last if not others else study.last_received
+
+
+# -- `medversa ask` ------------------------------------------------------------------------------
+
+
+@dataclass
+class AskOutcome:
+    """What `medversa ask` did: its job, the job's final state, the answer SR (if any) and its groups."""
+
+    job_id: int
+    state: str
+    error: str
+    notes: list[str]
+    sr_path: Path | None
+    answers: list[dict]
+
+
+def ask_command(ctx: NodeContext, study_uid: str, question: str, region: tuple[float, float, float, float] | None,
+                image_uid: str | None) -> AskOutcome:
+    """Ask about a study on the node or on the PACS, now, in this process (the model loads here).
+
+    The study's image (``image_uid``, else its first chest radiograph or skin image) comes from the
+    spool or is retrieved from the PACS (C-GET works without a running node; C-MOVE needs `medversa
+    serve` listening to receive it). The answer SR is exported to the configured destinations.
+    """
+    from medversa.dicom_mapping.answer_sr import read_answers
+
+    from .jobs import TransientJobError, run_job
+
+    if not question.strip() and region is None:
+        raise ValueError("ask: give a question, a region (--region X0,Y0,X1,Y1) or both")
+    if region is not None and not (region[0] < region[2] and region[1] < region[3]):
+        raise ValueError(f"--region {region}: expected X0 < X1 and Y0 < Y1 in pixels")
+    with ctx.store.session() as s:
+        study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
+        if study is None:  # on the PACS only: a row for what will be retrieved, never analysed for it
+            study = Study(study_instance_uid=study_uid, state=StudyState.DONE)
+            s.add(study)
+            s.flush()
+        study_id = study.id
+    tasks = ([Task.VQA.value] if question.strip() else []) + ([Task.REGION_CAPTIONING.value] if region else [])
+    ask = {"source": "command", "question": question.strip(), "region": list(region) if region else None,
+           "image_uid": image_uid or ""}
+    job_id = _create_ask_job(ctx, 0, tasks, [question.strip()] if question.strip() else [], ask,
+                             ["asked by medversa ask"], study_id=study_id, state=JobState.QUEUED)
+    try:
+        state = run_job(ctx, job_id)
+    except TransientJobError as exc:
+        state = JobState.QUEUED.value
+        LOGGER.warning("ask job %d: %s", job_id, exc)
+    with ctx.store.session() as s:
+        job = ctx.store.job(s, job_id)
+        paths = {e.path for e in job.exports}
+        error, notes = job.error, list(job.notes or [])
+    if not paths and not error:
+        folder = ctx.settings.results_dir / study_uid
+        uid = derive_uid(ctx.algorithm.org_root, ask_key(study_uid, ask, ctx.algorithm.model_id), "SR")
+        paths = {str(p) for p in folder.glob(f"SR_{uid}.dcm")}
+    sr_path = Path(next(iter(paths))) if paths else None
+    answers = read_answers(pydicom.dcmread(sr_path)) if sr_path is not None else []
+    return AskOutcome(job_id, state, error, notes, sr_path, answers)

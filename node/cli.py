@@ -121,6 +121,56 @@ def serve(
     Node(settings, config).run()
 
 
+def ask(
+    study: Annotated[str, typer.Argument(help="Study Instance UID (on the node, or on the configured PACS)")],
+    question: Annotated[str, typer.Argument(help='The question, e.g. "Is there a pneumothorax?" ("" with --region: '
+                                                 "describe the region)")],
+    region: Annotated[Optional[str], typer.Option("--region", help="X0,Y0,X1,Y1 in pixels of the image: describe "
+                                                                    "this region (region captioning)")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="SOP Instance UID of the image (default: the "
+                                                                  "study's first chest radiograph or skin image)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The node's data folder")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Ask the model about a study's image now (VQA, region captioning); the answer SR goes to the PACS.
+
+    Runs in this process on the node's configuration and job store: the image is read from the spool
+    or retrieved from the PACS, the answer printed and exported like a reader's annotation's answer.
+    Exit status 1 when nothing was answered.
+    """
+    import json
+
+    from .ask import ask_command
+    from .context import NodeContext
+    from .logs import configure
+
+    settings = _settings(config, data_dir=data_dir)
+    configure(settings.logging.level, settings.logging.json_format)
+    try:
+        outcome = ask_command(NodeContext(settings), study, question, _region(region), image)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps({"job": outcome.job_id, "state": outcome.state, "error": outcome.error,
+                               "notes": outcome.notes, "sr": str(outcome.sr_path or ""),
+                               "answers": outcome.answers}, indent=2))
+    else:
+        for entry in outcome.answers:
+            if entry.get("question"):
+                typer.echo(f"question: {entry['question']}")
+                typer.echo(f"answer: {entry.get('answer', '')}")
+            if entry.get("caption"):
+                xs, ys = entry["graphic_data"][0::2], entry["graphic_data"][1::2]
+                typer.echo(f"region {min(xs):g},{min(ys):g},{max(xs):g},{max(ys):g}: {entry['caption']}")
+            if not entry.get("answer") and not entry.get("caption"):
+                typer.echo(f"not answered: {entry.get('comment', '')}")
+        typer.echo(f"job {outcome.job_id} {outcome.state}" + (f": {outcome.error}" if outcome.error else "")
+                   + (f"; answer SR {outcome.sr_path}" if outcome.sr_path else ""))
+    if outcome.sr_path is None:
+        raise typer.Exit(1)
+
+
 def worker(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
     queues: Annotated[Optional[str], typer.Option("--queues", help="Comma-separated queues to consume")] = None,
