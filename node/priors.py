@@ -207,6 +207,15 @@ def _use(ctx: NodeContext, match: StudyMatch, chosen: list[SeriesMatch] | None, 
     expected = sum(n for n in known if n is not None) if None not in known else None
     found = PriorFetch(None, "", False, uid, match.study_date, match.study_description)
     _mark_prior(ctx, uid, patient_id)
+    try:
+        return _read(ctx, match, series_uids, expected, found)
+    finally:
+        _settle(ctx, uid)
+
+
+def _read(ctx: NodeContext, match: StudyMatch, series_uids: list[str] | None, expected: int | None,
+          found: PriorFetch) -> PriorFetch:
+    uid = match.study_instance_uid
     have = _present(ctx, uid, series_uids)
     retrieved = ""
     if not have or (expected is not None and len(have) < expected):
@@ -229,7 +238,6 @@ def _use(ctx: NodeContext, match: StudyMatch, chosen: list[SeriesMatch] | None, 
             datasets.append(pydicom.dcmread(path))
         except Exception:  # noqa: BLE001 - vanished or damaged since: use the rest
             unreadable += 1
-    _settle(ctx, uid)
     if not datasets:
         return replace(found, note=f"{SKIPPED}: prior study {uid}: none of its {len(have)} file(s) is readable")
     note = f"prior study {uid} ({_when(match)}) used for the comparison: {len(datasets)} instance(s)"
@@ -349,21 +357,26 @@ def _rows(ctx: NodeContext, study_uid: str, series_uids: list[str] | None) -> in
 
 def _mark_prior(ctx: NodeContext, study_uid: str, patient_id: str) -> None:
     """A study row before the first instance arrives, so the recorder files the retrieved
-    instances under a prior (never queued for processing of its own)."""
+    instances under a prior (never queued for processing of its own). While the prior is in use
+    it has an instance pending, which keeps retention (by age or emergency clean-up) from removing
+    its files under the retrieve or the read; a purged study is left alone by retention anyway."""
     with ctx.store.session() as s:
         study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
         if study is None:
-            s.add(Study(study_instance_uid=study_uid, is_prior=True, patient_ref=hash_phi(patient_id)))
+            s.add(Study(study_instance_uid=study_uid, is_prior=True, patient_ref=hash_phi(patient_id),
+                        pending_instances=1))
+        elif study.is_prior:
+            study.pending_instances = max(study.pending_instances, 1)
 
 
 def _settle(ctx: NodeContext, study_uid: str) -> None:
-    """After the prior was read: retention may remove its files again (a purged study whose files
-    came back is DONE once more; a prior has nothing pending)."""
+    """After the prior was read (or not): retention may remove its files again. A prior has
+    nothing pending any more; a purged study whose files came back is DONE once more."""
     with ctx.store.session() as s:
         study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
         if study is None:
             return
         if study.is_prior:
             study.pending_instances = 0
-        if study.state is StudyState.PURGED:
+        if study.state is StudyState.PURGED and any(Path(i.path).is_file() for i in study.instances):
             study.state = StudyState.DONE

@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from . import dicom_factory as f
-from .node_process import node_config, start_serve, statuses, stop_serve, storescu, wait_for
+from .node_process import node_config, start_serve, statuses, storescu, wait_for
 from .orthanc import OrthancServer, orthanc_server
 from .reliability import record_case
 
@@ -99,16 +99,23 @@ def _listening(node: Node) -> Node:
     return node
 
 
-def _stop_all(nodes: list[Node]) -> None:
-    """Stop the nodes together (SIGTERM to every process group first), as :func:`stop_serve` does one."""
+def _stop_all(nodes: list[Node], grace: float = 5) -> None:
+    """Stop the nodes together: SIGTERM to every process group, SIGKILL to those still running after
+    ``grace`` seconds (a Celery worker's warm shutdown can take longer; nothing here needs it)."""
     running = [n.proc for n in nodes if n.proc.poll() is None]
     for proc in running:
         os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for proc in running:
         try:
-            proc.wait(30)
+            proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            stop_serve(proc)
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: the worker too, if serve ended first
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
 
 
 def _study(patient: str, date: str, description: str = "XR CHEST PA", n: int = 1, *, body_part: str | None = "CHEST",
