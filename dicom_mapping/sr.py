@@ -467,7 +467,7 @@ def build_text_report(
     algorithm: AlgorithmInfo,
     series_instance_uid: str,
     sop_instance_uid: str,
-    series_number: int = 9704,
+    series_number: int = 9705,
     instance_number: int = 1,
 ) -> hd.sr.EnhancedSR:
     """The TID 1500 document's content as a Basic Diagnostic Imaging Report (TID 2000) in an Enhanced SR.

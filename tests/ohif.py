@@ -46,11 +46,13 @@ SKIP_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour
 #: The centre (x, y) of the study browser's thumbnail of the series of a modality whose description
 #: contains a text, or null.
 SERIES_THUMBNAIL = """(() => {{
-  for (const label of document.querySelectorAll('[data-cy="series-modality-label"]')) {{
+  const labels = [...document.querySelectorAll('[data-cy="series-modality-label"]')];
+  for (const label of labels) {{
     if (label.textContent.trim() !== {modality}) continue;
-    let item = label;
-    while (item && !(item.textContent || '').includes({description})) item = item.parentElement;
-    if (!item) continue;
+    let item = label;  // the series' own entry: the largest ancestor holding no other series
+    while (item.parentElement &&
+           item.parentElement.querySelectorAll('[data-cy="series-modality-label"]').length === 1) item = item.parentElement;
+    if (!(item.textContent || '').includes({description})) continue;
     const box = label.getBoundingClientRect();
     return [box.x + box.width / 2, box.y + box.height / 2];
   }}
@@ -62,3 +64,34 @@ def thumbnail_script(modality: str, description: str = "") -> str:
     import json
 
     return SERIES_THUMBNAIL.format(modality=json.dumps(modality), description=json.dumps(description))
+
+
+#: The bounding box (x, y, width, height) of the largest canvas: the active viewport's rendering.
+VIEWPORT_BOX = """(() => {
+  let best = null;
+  for (const c of document.querySelectorAll('canvas')) {
+    const r = c.getBoundingClientRect();
+    if (r.width * r.height > 40000 && (!best || r.width * r.height > best[2] * best[3]))
+      best = [r.x, r.y, r.width, r.height];
+  }
+  return best;
+})()"""
+
+
+def annotation_pixels(png: "Path", box: list[float], inset: int = 6) -> int:
+    """Pixels inside ``box`` of a screenshot that are coloured where a grayscale image has none.
+
+    Radiographs and CT display as gray (red = green = blue). SR outlines and labels (yellow, green
+    when selected) and SEG overlays (a segment colour blended over the image) are not gray; OHIF's
+    own chrome over the viewport (border, icons, prompts) is blue or cyan and is not counted (blue
+    is its strongest channel).
+    """
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    x, y, w, h = (int(round(v)) for v in box)
+    region = rgb[max(y + inset, 0):y + h - inset, max(x + inset, 0):x + w - inset]
+    r, g, b = region[..., 0], region[..., 1], region[..., 2]
+    chroma = region.max(axis=2) - region.min(axis=2)
+    return int(((chroma > 12) & (b < np.maximum(r, g))).sum())

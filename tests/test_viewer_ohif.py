@@ -1,0 +1,168 @@
+"""OHIF Viewer 3.13.2 in headless Chromium shows every result of a study the node processed.
+
+Orthanc (with its DICOMweb and ServeFolders plugins) holds the study and serves the viewer at
+``/ohif`` of the same origin; Chromium (software WebGL) opens each result series as a reader would
+(double-click in the study browser) and the test asserts from the screenshot's pixels that
+annotation colours are drawn in the viewport where the source image has none, and from the
+browser console that OHIF's SR and SEG handling logged no error. The same check on a study without
+our results finds nothing, so the check can fail. Screenshots are kept in build/viewer-screenshots.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+
+from . import viewer_study
+from .browser import Chromium, find_chromium
+from .conftest import SHARED
+from .ohif import (DICOMWEB_PLUGIN, SKIP_TOUR, VIEWPORT_BOX, annotation_pixels, ohif_dir, orthanc_viewer_config,
+                   thumbnail_script, viewer_url)
+from .orthanc import orthanc_server
+from .viewer_results import REPO, record
+
+VIEWER = "OHIF 3.13.2 (browser)"
+SHOTS = REPO / "build" / "viewer-screenshots"
+RG1 = SHARED / "data" / "medinterp-mini" / "dicom" / "inputs" / "RG1_J2KI.dcm"
+#: Console errors that are not OHIF's SR/SEG handling: a favicon/manifest icon the build does not ship.
+HARMLESS = ("Failed to load resource",)
+#: Fewest annotation-coloured pixels that count as "drawn" (a 1-pixel outline round a lung is ~1,000).
+DRAWN = 300
+
+
+@pytest.fixture(scope="module")
+def viewer():
+    folder = ohif_dir()
+    if folder is None:
+        pytest.skip("OHIF is not prepared (bash .ci/install puts @ohif/app 3.13.2 in build/ohif/served)")
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (bash .ci/install installs it)")
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip("orthanc-dicomweb is not installed (bash .ci/install installs it)")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pacs(viewer, tiny_analyzer, tmp_path_factory):
+    """Orthanc with the processed studies (and a control study without results), serving the viewer."""
+    server = orthanc_server(tmp_path_factory, extra_config=orthanc_viewer_config(viewer))
+    studies = {"chest": viewer_study.chest_study(tiny_analyzer), "ct": viewer_study.ct_study(tiny_analyzer)}
+    if RG1.exists():
+        studies["rg1"] = viewer_study.shared_radiograph_study(tiny_analyzer, RG1)
+    control = copy.deepcopy(studies["chest"].sources[0])
+    control.StudyInstanceUID, control.SeriesInstanceUID, control.SOPInstanceUID = hd.UID(), hd.UID(), hd.UID()
+    control.file_meta.MediaStorageSOPInstanceUID = control.SOPInstanceUID
+    studies["control"] = viewer_study.ProcessedStudy("control", [control], [])
+    folder = tmp_path_factory.mktemp("studies")
+    for study in studies.values():
+        for path in study.write(folder / study.name):
+            server.upload(path)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield server, studies
+    server.stop(kill=True)
+
+
+def _open(server, study_uid: str, modality: str, description: str, name: str) -> tuple[Path | None, int, list]:
+    """Open a study, double-click a series; return (screenshot, annotation pixels, console errors)."""
+    with Chromium() as browser:
+        browser.navigate(server.url + "/system")
+        browser.wait_for("document.readyState === 'complete'", 20)
+        browser.evaluate(SKIP_TOUR)
+        browser.navigate(viewer_url(server.url, study_uid))
+        browser.wait_for("document.querySelectorAll('[data-cy=\"series-modality-label\"]').length > 0", 90)
+        browser.wait_for(VIEWPORT_BOX, 60)
+        time.sleep(3)
+        where = browser.evaluate(thumbnail_script(modality, description))
+        if where is not None:
+            browser.double_click(*where)
+            time.sleep(12)
+        shot = browser.screenshot(SHOTS / f"{name}.png")
+        box = browser.evaluate(VIEWPORT_BOX)
+        drawn = annotation_pixels(shot, box) if box else 0
+        errors = [e for e in browser.console if e.level == "error" and not any(h in e.text for h in HARMLESS)]
+        text = browser.evaluate("document.body.innerText")
+    return shot, drawn, errors, text
+
+
+def _assert_no_errors(errors) -> None:
+    assert not errors, "\n".join(f"{e.source}: {e.text[:400]}" for e in errors)
+
+
+def test_chest_sr_outlines_boxes_and_labels_are_drawn(pacs):
+    server, studies = pacs
+    study = studies["chest"]
+    _, drawn, errors, text = _open(server, study.study_uid, "SR", "MedVersa report (", "chest-sr")
+    _assert_no_errors(errors)
+    assert drawn > DRAWN, f"only {drawn} annotation pixels in the viewport"
+    # The measurement labels: each organ with its area, the detection box with its area.
+    for label in ("Left lung", "Right lung", "Heart", "mm2"):
+        assert label in text, label
+    record("SR TID 1500", VIEWER, "pass", f"outlines, boxes and labels drawn ({drawn} annotation pixels), no error")
+
+
+def test_chest_text_report_is_readable(pacs):
+    server, studies = pacs
+    _, _, errors, text = _open(server, studies["chest"].study_uid, "SR", "report text", "chest-text-sr")
+    _assert_no_errors(errors)
+    for sentence in ("Small left pleural effusion.", "Pleural effusion: present.", "Pneumothorax: absent.",
+                     "left lung: area"):
+        assert sentence in text, sentence
+    record("SR TID 2000 (text)", VIEWER, "pass", "report text and classification findings shown as text")
+
+
+def test_ct_seg_overlay_is_drawn(pacs):
+    server, studies = pacs
+    _, drawn, errors, _ = _open(server, studies["ct"].study_uid, "SEG", "MedVersa", "ct-seg")
+    _assert_no_errors(errors)
+    assert drawn > DRAWN, f"only {drawn} segment-coloured pixels in the viewport"
+    record("SEG (CT)", VIEWER, "pass", f"segments drawn as overlay ({drawn} coloured pixels), no error")
+
+
+def test_ct_sr_loads_and_draws_the_organ_outlines(pacs):
+    server, studies = pacs
+    _, drawn, errors, _ = _open(server, studies["ct"].study_uid, "SR", "MedVersa report (", "ct-sr")
+    _assert_no_errors(errors)
+    assert drawn > DRAWN, f"only {drawn} annotation pixels in the viewport"
+
+
+def test_shared_radiograph_sr_is_drawn(pacs):
+    server, studies = pacs
+    if "rg1" not in studies:
+        pytest.skip(f"{RG1} is not available in this checkout")
+    _, drawn, errors, _ = _open(server, studies["rg1"].study_uid, "SR", "MedVersa report (", "rg1-sr")
+    _assert_no_errors(errors)
+    assert drawn > DRAWN, f"only {drawn} annotation pixels in the viewport"
+
+
+def test_the_check_finds_nothing_on_a_study_without_results(pacs):
+    server, studies = pacs
+    _, drawn, errors, _ = _open(server, studies["control"].study_uid, "SR", "MedVersa report (", "control")
+    _assert_no_errors(errors)
+    assert drawn < DRAWN, f"{drawn} annotation pixels on a study without results: the check cannot tell"
+
+
+def test_burned_in_secondary_capture_shows_the_results(pacs):
+    server, studies = pacs
+    _, drawn, errors, _ = _open(server, studies["chest"].study_uid, "OT", "MedVersa results image", "chest-sc")
+    _assert_no_errors(errors)
+    assert drawn > DRAWN, f"only {drawn} coloured pixels in the burned-in image"
+    record("Secondary Capture", VIEWER, "pass", f"burned-in results shown ({drawn} coloured pixels)")
+
+
+def test_radiograph_seg_is_a_known_ohif_limit(pacs):
+    """OHIF 3.13 needs Pixel Measures and plane geometry that a SEG on a projection image does not have.
+
+    Asserted, so that the matrix says what OHIF does and a future OHIF that shows it makes this fail
+    (then the SR outlines are no longer the only view of the masks there).
+    """
+    server, studies = pacs
+    _, _, errors, _ = _open(server, studies["chest"].study_uid, "SEG", "MedVersa", "chest-seg")
+    reasons = [e.text for e in errors if "PixelMeasuresSequence" in e.text or "ImageOrientationPatient" in e.text]
+    assert reasons, "OHIF no longer fails on a SEG without a Frame of Reference: update the conformance statement"
+    record("SEG (radiograph)", VIEWER, "fails in viewer",
+           "OHIF requires Pixel Measures and Plane Orientation (undefined without a Frame of Reference): "
+           f"`{reasons[0].splitlines()[0][:90]}`; the SR's outlines show the masks")
