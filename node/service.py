@@ -11,7 +11,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pydicom
 import yaml
 from sqlalchemy import func, select
 
@@ -22,8 +21,8 @@ from .export import deliver_due
 from .metrics import start_http
 from .queue import enqueue_with, make_celery
 from .retention import apply_retention
-from .scp import StorageSCP, record_instance
-from .store import Instance, Job, JobState
+from .scp import StorageSCP, record_spooled_files
+from .store import Job, JobState
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,18 +32,7 @@ def recover_spool(ctx: NodeContext) -> int:
     removed = ctx.spool.remove_partials()
     if removed:
         LOGGER.warning("removed %d partial spool file(s) left by a crash", removed)
-    with ctx.store.session() as s:
-        known = set(s.scalars(select(Instance.path)))
-    recovered = 0
-    for path in ctx.spool.root.rglob("*.dcm"):
-        if str(path) in known:
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            record_instance(ctx.store, ds, str(path), path.stat().st_size, "recovered")
-            recovered += 1
-        except Exception as exc:  # noqa: BLE001 - a foreign file in the spool: leave it, say so
-            LOGGER.error("spool file %s cannot be recorded: %s", path, exc)
+    recovered = record_spooled_files(ctx.store, ctx.spool)
     if recovered:
         LOGGER.warning("recorded %d spooled instance(s) that had no row (crash after the write)", recovered)
     return recovered
@@ -71,7 +59,10 @@ class Node:
             report["database"] = False
         if self.settings.embedded:
             report["worker"] = self.worker is not None and self.worker.poll() is None
-        report["ok"] = all(v for k, v in report.items() if k != "disk_fill")
+        # Spooled instances whose job-store rows wait for the store (its disk full): nonzero is not ok.
+        waiting = self.scp.recorder.waiting
+        report["ok"] = all(v for k, v in report.items() if k != "disk_fill") and not waiting
+        report["rows_waiting"] = waiting
         return report
 
     def requeue_interrupted_jobs(self, why: str) -> int:

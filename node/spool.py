@@ -72,8 +72,11 @@ class IncomingFile:
         #: The write error that stopped writing (e.g. ENOSPC), if any.
         self.error: OSError | None = None
         self.file = self  # pynetdicom flushes ``file`` after each fragment
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+        self._fh: BinaryIO | None = None
+        try:
+            self._fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), "wb")
+        except OSError as exc:  # no inode left, folder gone: the data set is counted, refused at its end
+            self.error = exc
 
     @property
     def over_limit(self) -> bool:

@@ -5,13 +5,18 @@ while instances keep arriving."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pydicom
+import pytest
+import yaml
 from medversa.node.store import AuditEvent, Instance, Job, JobState, Store, Study
 from medversa.node.tools import free_port, wait_port
 from pydicom.dataelem import RawDataElement
@@ -41,6 +46,16 @@ def _hostile(folder: Path) -> list[Path]:
     value = HOSTILE_ID.encode()
     by_id[0x00280008] = RawDataElement(Tag(0x00280008), "IS", len(value), value, 0, False, True)
     return f.write_datasets([by_name, by_id], folder)
+
+
+def _health(config: Path) -> dict:
+    """The node's /healthz report (its HTTP port is in the test configuration)."""
+    port = yaml.safe_load(config.read_text())["http"]["port"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as unhealthy:  # 503 carries the report too
+        return json.loads(unhealthy.read())
 
 
 def test_patient_identifiers_in_exception_texts_never_reach_the_log(tmp_path):
@@ -123,12 +138,15 @@ def test_instances_received_while_the_job_store_disk_is_full_get_their_rows_when
         time.sleep(3)  # longer than the idle time: nothing may be decided on rows that are not there
         missing = {p.stem for p in paths} - recorded()
         assert missing, "every row was written although the job store's disk was full"
+        health = _health(config)
+        assert health["rows_waiting"] == len(missing) and health["ok"] is False, health
         spooled = {p.stem for p in (tmp_path / "node" / "spool" / study).glob("*.dcm")}
         assert spooled == {p.stem for p in paths}  # acknowledged = durably spooled
 
         filler.unlink()  # space returns; the node is not restarted
         wait_for(lambda: {p.stem for p in paths} <= recorded(), 60, "rows not written after space returned", log)
         assert "the job store can be written again: recorded" in log.read_text()
+        assert _health(config)["rows_waiting"] == 0
 
         def study_done() -> bool:
             with store.session() as s:
@@ -150,3 +168,34 @@ def test_instances_received_while_the_job_store_disk_is_full_get_their_rows_when
                 "all acknowledged 0x0000 (spooled); rows written when space returned, without a restart; "
                 "study processed once", instances_sent=len(paths) + 1, acknowledged=len(paths) + 1,
                 rows_waiting=len(missing), processed=len(paths), lost=0, status="0x0000")
+
+
+def test_identifiers_are_found_and_scrubbed_even_in_a_file_pydicom_cannot_read(tmp_path):
+    """A file whose File Meta Information says Deflated while its data set is not (pydicom fails in
+    zlib) still yields its patient's name and ID from the bytes, explicit and implicit VR alike,
+    and a text quoting them is scrubbed."""
+    from io import BytesIO
+
+    from medversa.node import phi
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    for implicit in (False, True):
+        ds = f.make_cr(16, 16, PatientName=HOSTILE_NAME, PatientID=HOSTILE_ID)
+        meta = ds.file_meta
+        meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+        head = BytesIO()
+        head.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(head, meta)
+        body = DicomBytesIO()
+        body.is_little_endian, body.is_implicit_VR = True, implicit
+        del ds.file_meta
+        write_dataset(body, ds)
+        path = tmp_path / f"broken-{implicit}.dcm"
+        path.write_bytes(head.getvalue() + body.getvalue())
+        with pytest.raises(Exception):  # noqa: B017 - any parse failure: the point is that there is one
+            pydicom.dcmread(path)
+        found = phi.identifiers_in_file(path)
+        assert HOSTILE_NAME in found and HOSTILE_ID in found and "Hostilewarden" in found, found
+        text = phi.scrub(f"cannot parse: value '{HOSTILE_NAME.upper()}' near {HOSTILE_ID}", found)
+        assert not [t for t in TRACES if t.lower() in text.lower()] and "[patient identifier " in text, text
