@@ -335,7 +335,8 @@ def test_a_prior_fetch_that_finds_nothing_or_gets_no_answer_skips_only_the_compa
     pacs_port = orthanc.dicom_port
     port = free_port()
     config = _config(tmp_path, port, routing=PRIOR_ROUTING,
-                     pacs={"peer": str(orthanc.peer), "query_timeout_s": 3, "retrieve_timeout_s": 5})
+                     pacs={"peer": str(orthanc.peer), "query_timeout_s": 3, "retrieve_timeout_s": 5},
+                     jobs={"max_attempts": 2, "retry_initial_s": 1})  # a silent PACS is retried once
     log = tmp_path / "serve.log"
     node = _serve(config, log)
     store = Store(f"sqlite:///{tmp_path / 'node' / 'medversa.db'}")
