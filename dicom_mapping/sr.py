@@ -457,7 +457,8 @@ def _text_lines(sr: Dataset) -> tuple[list[str], list[str]]:
                 elif concept.CodeValue == mv.IMPRESSION.value:
                     impressions.append(child.TextValue)
                 else:
-                    prefix = "" if concept.CodeValue in (mv.FINDINGS.value, mv.FINDING.value) else f"{concept.CodeMeaning}: "
+                    plain = concept.CodeValue in (mv.FINDINGS.value, mv.FINDING.value)
+                    prefix = "" if plain else f"{concept.CodeMeaning}: "
                     findings.append(prefix + child.TextValue)
     return findings, impressions
 
@@ -497,7 +498,8 @@ def build_text_report(
         if not lines:
             continue
         container = hd.sr.ContainerContentItem(name=section, relationship_type=contains)
-        container.ContentSequence = [hd.sr.TextContentItem(name=name, value=clean_text(line), relationship_type=contains)
+        container.ContentSequence = [hd.sr.TextContentItem(name=name, value=clean_text(line),
+                                                           relationship_type=contains)
                                      for line in lines if clean_text(line)]
         items.append(container)
     root.ContentSequence = items

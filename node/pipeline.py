@@ -32,7 +32,7 @@ from medversa.dicom_mapping.results import TaskResult
 from medversa.dicom_mapping.routing_table import DEFAULT_TASKS, fits
 from medversa.dicom_mapping.sc import build_secondary_capture
 from medversa.dicom_mapping.seg import build_segmentation
-from medversa.dicom_mapping.sr import SegReference, build_sr
+from medversa.dicom_mapping.sr import SegReference, build_sr, build_text_report
 from medversa.inference.analyzer import Analyzer, ChooserFactory
 from medversa.inference.context import ContextFields, render_context
 from medversa.inference.schema import ImageInput, TaskRequest
@@ -77,7 +77,7 @@ class PipelineOptions:
 
 @dataclass
 class WrittenObject:
-    kind: str  # "SR", "SEG", "PR", "SC", "KO"
+    kind: str  # "SR", "SR-TEXT" (the SR's text report, TID 2000), "SEG", "PR", "SC", "KO"
     dataset: Dataset
 
 
@@ -285,6 +285,10 @@ def _build_objects(datasets: list[Dataset], prior: list[Dataset], planned: list[
     uid, number = next_uid("SR")
     sr = build_sr(results, evidence, alg, series["SR"], uid, seg_refs, instance_number=number)
     objects.insert(0, WrittenObject("SR", sr))
+    # The same results as a text report (TID 2000), in a series of its own: viewers show text SRs.
+    uid, number = next_uid("SR-text")
+    text_series = derive_uid(alg.org_root, key, "series", "SR-text")
+    objects.insert(1, WrittenObject("SR-TEXT", build_text_report(sr, alg, text_series, uid, instance_number=number)))
 
     # Overlays per 2D source image of the current study that has boxes or masks.
     drawn: dict[str, tuple[PreparedImage, list]] = {}

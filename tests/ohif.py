@@ -50,8 +50,8 @@ SERIES_THUMBNAIL = """(() => {{
   for (const label of labels) {{
     if (label.textContent.trim() !== {modality}) continue;
     let item = label;  // the series' own entry: the largest ancestor holding no other series
-    while (item.parentElement &&
-           item.parentElement.querySelectorAll('[data-cy="series-modality-label"]').length === 1) item = item.parentElement;
+    const others = el => el.querySelectorAll('[data-cy="series-modality-label"]').length;
+    while (item.parentElement && others(item.parentElement) === 1) item = item.parentElement;
     if (!(item.textContent || '').includes({description})) continue;
     const box = label.getBoundingClientRect();
     return [box.x + box.width / 2, box.y + box.height / 2];

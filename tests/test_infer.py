@@ -59,7 +59,7 @@ def test_chest_study_gives_sr_seg_gsps_and_burned_in_capture(tiny_analyzer, tmp_
     frontal = datasets[1]
     out = analyze_study(datasets, tiny_analyzer, _options(tiny_analyzer), choose_for=scripted(tiny_analyzer.tokenizer))
     kinds = [o.kind for o in out.objects]
-    assert kinds[0] == "SR" and {"SEG", "PR", "SC"} <= set(kinds)
+    assert kinds[:2] == ["SR", "SR-TEXT"] and {"SEG", "PR", "SC"} <= set(kinds)
     assert "longitudinal comparison skipped: no prior study" in out.notes
     for obj in out.objects:
         assert obj.dataset.StudyInstanceUID == frontal.StudyInstanceUID
@@ -116,7 +116,7 @@ def test_longitudinal_comparison_references_the_prior_study(tiny_analyzer, tmp_p
     out = analyze_study([current], tiny_analyzer, _options(tiny_analyzer, tasks=(Task.LONGITUDINAL_COMPARISON,)),
                         prior_datasets=[prior], choose_for=scripted(tiny_analyzer.tokenizer))
     sr = out.objects[0].dataset
-    assert [o.kind for o in out.objects] == ["SR"]
+    assert [o.kind for o in out.objects] == ["SR", "SR-TEXT"]  # the SR and its text report
     assert prior.StudyInstanceUID in {s.StudyInstanceUID for s in sr.PertinentOtherEvidenceSequence}
     assert "new since the prior study" in str(sr.ContentSequence[-1].ContentSequence[0].TextValue)
     _assert_all_valid(out.objects, tmp_path)
@@ -150,7 +150,7 @@ def test_medversa_infer_on_files_from_a_plain_checkout(tmp_path):
                   "--ask", "Is the heart enlarged?")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert lines and all(line.split("\t")[0] in {"SR", "SEG", "PR", "SC", "KO"} for line in lines)
+    assert lines and all(line.split("\t")[0] in {"SR", "SR-TEXT", "SEG", "PR", "SC", "KO"} for line in lines)
     written = sorted((tmp_path / "out").glob("*.dcm"))
     assert len(written) == len(lines)
     assert "notes.txt: not a readable DICOM file" in result.stderr
@@ -158,6 +158,7 @@ def test_medversa_infer_on_files_from_a_plain_checkout(tmp_path):
         assert not dciodvfy_errors(path), path
     srs = [pydicom.dcmread(p) for p in written if p.name.startswith("SR_")]
     assert len(srs) == 2  # one per study
+    assert len([p for p in written if p.name.startswith("SR-TEXT_")]) == 2  # and its text report
     texts = [item.TextValue for sr in srs for item in sr.ContentSequence[-1].ContentSequence]
     assert any(t.startswith("Is the heart enlarged?") for t in texts)
 

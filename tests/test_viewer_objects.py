@@ -59,7 +59,7 @@ def test_every_object_is_valid_for_dciodvfy(studies, tmp_path):
 def test_every_sr_has_no_pixelmed_error_and_only_explained_warnings(studies, tmp_path):
     checked = set()
     for study in studies:
-        for i, ds in enumerate(study.of_kind("SR")):
+        for i, ds in enumerate(study.of_kind("SR") + study.of_kind("SR-TEXT")):
             path = tmp_path / f"{study.name}_sr{i}.dcm"
             ds.save_as(path, enforce_file_format=True)
             errors, warnings = pixelmed_sr_report(path)
@@ -82,16 +82,17 @@ def test_sr_and_seg_read_back_with_highdicom(studies, tmp_path):
             if kind == "SEG":
                 seg = hd.seg.segread(path)
                 assert seg.number_of_segments >= 1
-                assert "PixelSpacing" not in str(ds.get("SharedFunctionalGroupsSequence", "")) or \
-                    min(float(v) for v in ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing) > 0
-            elif kind == "SR":
+                for item in ds.get("SharedFunctionalGroupsSequence", []):  # never a zero spacing
+                    for measures in item.get("PixelMeasuresSequence", []):
+                        assert min(float(v) for v in measures.PixelSpacing) > 0
+            elif kind in ("SR", "SR-TEXT"):
                 sr = hd.sr.srread(path)
                 assert sr.VerificationFlag == "UNVERIFIED"
                 if _kind(ds) == "SR TID 1500":
                     groups = sr.content.get_planar_roi_measurement_groups()
                     # Every planar group a viewer draws has coordinates (an outline or a box).
                     assert any(g.reference_type.value == "111030" for g in groups)
-    for kind in sorted({_kind(ds) for s in studies for k, ds in s.results if k in ("SR", "SEG")}):
+    for kind in sorted({_kind(ds) for s in studies for k, ds in s.results if k in ("SR", "SR-TEXT", "SEG")}):
         record(kind, "highdicom read-back", "pass", "reads back (segread / srread)")
 
 
