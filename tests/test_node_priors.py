@@ -30,6 +30,8 @@ from medversa.node.scp import StorageSCP
 from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
 from medversa.node.tools import free_port, wait_port
 from pydicom import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -332,6 +334,24 @@ def test_prior_problems_never_raise_and_say_whether_a_retry_may_help(pacs, local
     moved = fetch_prior(unknown, current)  # the PACS answers, but does not know our AE as a destination
     assert moved.datasets is None and not moved.retryable, moved
     assert "not available" in moved.note and "C-MOVE failed" in moved.note and "nothing arrived" in moved.note
+
+
+def test_a_permanent_rejection_is_not_worth_a_retry(tmp_path):
+    """A PACS that does not know the node's calling AE title rejects it permanently (A-ASSOCIATE-RJ
+    result 1, reason 3): retrying the job would not help, unlike a PACS that does not answer."""
+    port = free_port()
+    strict = AE("STRICT")
+    strict.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    strict.require_calling_aet = ["SOMEONE-ELSE"]
+    server = strict.start_server(("127.0.0.1", port), block=False)
+    try:
+        ctx = NodeContext(load_settings(None, data_dir=tmp_path / "node", **{
+            "pacs.peer": f"STRICT@127.0.0.1:{port}", "pacs.query_timeout_s": 5}))
+        fetched = fetch_prior(ctx, _study("LOCAL-REJECTED", CURRENT_DATE))
+    finally:
+        server.shutdown()
+    assert fetched.datasets is None and not fetched.retryable, fetched
+    assert "prior query failed (association rejected by STRICT" in fetched.note and "Permanent" in fetched.note
 
 
 # -- the cases --------------------------------------------------------------------------------
