@@ -227,7 +227,9 @@ def test_results_go_to_a_tls_destination_and_a_plain_try_of_a_tls_only_peer_stay
     finally:
         stop_serve(node)
     received = [pydicom.dcmread(p) for p in secure_out.iterdir()]
-    assert len(received) == 1 and received[0].Modality == "SR" and received[0].StudyInstanceUID == uid
+    # The SR (TID 1500) and its text report (TID 2000), both SR documents of the study.
+    assert {r.Modality for r in received} == {"SR"} and {r.StudyInstanceUID for r in received} == {uid}
+    assert len([r for r in received if r.ConceptNameCodeSequence[0].CodeValue == "126000"]) == 1
     state, attempts, status = exports()[plain_port]
     assert state is ExportState.PENDING and attempts == 1, (state, attempts, status)  # tried once, not twice
     assert "TLS" in status and "without an A-ASSOCIATE response" in status, status
