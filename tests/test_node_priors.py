@@ -30,9 +30,9 @@ from medversa.node.scp import StorageSCP
 from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
 from medversa.node.tools import free_port, wait_port
 from pydicom import Dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from . import dicom_factory as f
@@ -101,7 +101,7 @@ def _listening(node: Node) -> Node:
     return node
 
 
-def _stop_all(nodes: list[Node], grace: float = 5) -> None:
+def _stop_all(nodes: list[Node], grace: float = 2) -> None:
     """Stop the nodes together: SIGTERM to every process group, SIGKILL to those still running after
     ``grace`` seconds (a Celery worker's warm shutdown can take longer; nothing here needs it)."""
     running = [n.proc for n in nodes if n.proc.poll() is None]
@@ -172,7 +172,8 @@ def _check_sr_cites_the_prior(sr: Dataset, current: list[Dataset], used: list[Da
     assert sr.StudyInstanceUID == current[0].StudyInstanceUID
     assert _evidence(sr, "PertinentOtherEvidenceSequence") == {prior_uid: _uids(used)}
     assert prior_uid not in _evidence(sr, "CurrentRequestedProcedureEvidenceSequence")
-    assert _uids(current) <= _evidence(sr, "CurrentRequestedProcedureEvidenceSequence")[str(current[0].StudyInstanceUID)]
+    own = _evidence(sr, "CurrentRequestedProcedureEvidenceSequence")
+    assert _uids(current) <= own[str(current[0].StudyInstanceUID)]
     [text] = list(_texts(sr, COMPARISON_CODE))
     assert text.startswith(COMPARISON), text
     assert f"{date[:4]}-{date[4:6]}-{date[6:]}" in text and description in text and prior_uid in text, text
@@ -444,7 +445,8 @@ def test_failed_sub_operations_use_what_arrived_and_say_so(pacs, move_node, tmp_
     _check_sr_cites_the_prior(sr, current, good, "20230401", "XR CHEST")
     assert f"{bad[0].SOPInstanceUID} refused, 0xA900" in move_node.log.read_text()
     with move_node.store.session() as s:
-        assert s.scalars(select(Instance).where(Instance.sop_instance_uid == str(bad[0].SOPInstanceUID))).first() is None
+        refused = s.scalars(select(Instance).where(Instance.sop_instance_uid == str(bad[0].SOPInstanceUID)))
+        assert refused.first() is None
     record_case("fault", "prior retrieve with a failed sub-operation (an instance the SCP refuses)",
                 "the series that arrived was used and cited; the note names the failure", prior_instances=2,
                 arrived=1)
@@ -488,7 +490,8 @@ def test_a_pacs_that_never_answers_costs_only_the_comparison(pacs, silent_pacs, 
     assert any(reason in line and "WARNING" in line for line in node.log.read_text().splitlines())
     sr = _sr_from(pacs, str(current[0].StudyInstanceUID), node)
     assert not list(_texts(sr, COMPARISON_CODE)) and "PertinentOtherEvidenceSequence" not in sr
-    assert _evidence(sr, "CurrentRequestedProcedureEvidenceSequence") == {str(current[0].StudyInstanceUID): _uids(current)}
+    own = _evidence(sr, "CurrentRequestedProcedureEvidenceSequence")
+    assert own == {str(current[0].StudyInstanceUID): _uids(current)}
     record_case("fault", "prior fetch: the PACS process is stopped (TCP connects, DICOM never answers)",
                 "each try gave up after the configured 2 s; comparison skipped with the reason; the other "
                 "task's results exported", attempts=job.attempts)
