@@ -25,6 +25,7 @@ from medversa.node.config import load_settings
 from medversa.node.context import NodeContext
 from medversa.node.jobs import create_job_version, run_job
 from medversa.node.scp import record_instance
+from medversa.inference.tasks import Task
 from medversa.node.store import Instance, Job, JobState, Study, StudyState
 from sqlalchemy import select
 
@@ -246,3 +247,27 @@ def test_an_image_the_model_does_not_read_gets_a_reason_at_the_region(ctx):
     with ctx.store.session() as s:
         job = s.get(Job, job_id)
         assert "the model does not read it" in job.error, job.error
+
+
+def test_the_bundled_model_answers_in_the_form_of_each_task(tmp_path):
+    """A region gets a caption and a question an answer: plain text, no task tokens, not the prompt echoed.
+    Only where the bundled checkpoint declares both tasks (an undeclared task is never run: the answer SR
+    says so at the region, see test_the_answer_sr_is_valid_and_holds_question_answer_and_reference)."""
+    from medversa.inference.bundled import BUNDLED_CHECKPOINT
+
+    if not (BUNDLED_CHECKPOINT / "medversa-checkpoint.json").is_file():
+        pytest.skip("no bundled model in this checkout")
+    ctx = NodeContext(load_settings(None, data_dir=tmp_path / "node"))
+    declared = ctx.analyzer.declaration.tasks
+    if declared is not None and not {Task.VQA, Task.REGION_CAPTIONING} <= set(declared):
+        pytest.skip(f"the bundled checkpoint does not declare vqa and region_captioning (it declares "
+                    f"{', '.join(t.value for t in declared)})")
+    image = f.make_cr(224, 224, body_part="CHEST", ViewPosition="PA")
+    _spool(ctx, image)
+    _spool(ctx, ohif_measurement_report(image, [rectangle_group(image, (40, 50, 120, 150), "Is there an effusion?")]))
+    [job_id] = queue_annotations(ctx)
+    assert run_job(ctx, job_id) == "DONE"
+    [sr_path] = list((ctx.settings.results_dir / str(image.StudyInstanceUID)).glob("SR_*.dcm"))
+    [group] = read_answers(pydicom.dcmread(sr_path))
+    for text in (group["caption"], group["answer"]):
+        assert text.strip() and "<" not in text and "Is there an effusion" not in text, group
