@@ -213,6 +213,9 @@ def route_chunked_receive(receiver: StorageSCP) -> None:
     ``STORE_RECV_CHUNKED_DATASET`` is pynetdicom's process-wide switch; handlers of other
     listeners in the process still read ``event.dataset`` as before (pynetdicom reads the file).
     """
+    if not callable(getattr(dimse_messages, "NamedTemporaryFile", None)):
+        raise RuntimeError("this pynetdicom no longer makes its chunked-receive file with "
+                           "dimse_messages.NamedTemporaryFile: the SCP cannot receive into its spool")
     _RECEIVERS[receiver.ae] = receiver
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = _incoming_file  # type: ignore[attr-defined]
