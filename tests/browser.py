@@ -78,13 +78,15 @@ class Chromium:
         self._pending: dict[int, _Pending] = {}
         self.events: queue.Queue[dict] = queue.Queue()
         self.console: list[ConsoleEntry] = []
+        #: (status, URL) of every response with an HTTP error status.
+        self.failed: list[tuple[int, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._stderr = threading.Thread(target=self.process.stderr.read, daemon=True)  # keep it drained
         self._stderr.start()
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
+        for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session=True)
         self.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
                   deviceScaleFactor=1, mobile=False)
@@ -121,6 +123,12 @@ class Chromium:
         elif method == "Log.entryAdded":
             entry = params.get("entry", {})
             self.console.append(ConsoleEntry(entry.get("level", "info"), entry.get("text", ""), "log"))
+        elif method == "Network.responseReceived":
+            response = params.get("response", {})
+            if int(response.get("status", 0)) >= 400:
+                self.failed.append((int(response["status"]), str(response.get("url", ""))))
+        if method.startswith("Network."):
+            return  # many, and only failures matter
         self.events.put(message)
 
     def call(self, method: str, session: bool = False, timeout: float = 60, **params: Any) -> dict:

@@ -34,6 +34,7 @@ def _fake_package(tmp_path: Path) -> Path:
     (dist / "app.bundle.1.js").write_text('__webpack_require__.p = "/";\nconsole.log(1);')
     (dist / "manifest.json").write_text('{"icons": [{"src": "/assets/icon.png"}]}')
     (dist / "app.bundle.1.js.map").write_text("{}")
+    (dist / "app.bundle.css").write_text("@font-face{src:url(/a1.woff2)}")
     tgz = tmp_path / "ohif-app.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(tmp_path / "package", arcname="package")
@@ -50,6 +51,7 @@ def test_prepare_ohif_moves_the_build_under_the_prefix_and_points_it_at_dicomweb
     assert not re.search(r'(src|href)="/(?!ohif/)', index)
     assert '__webpack_require__.p = "/ohif/";' in (out / "app.bundle.1.js").read_text()
     assert '"/ohif/assets/icon.png"' in (out / "manifest.json").read_text()
+    assert "url(/ohif/a1.woff2)" in (out / "app.bundle.css").read_text()
     config = (out / "app-config.js").read_text()
     assert "routerBasename: \"/ohif\"" in config and "window.location.origin + \"/dicom-web\"" in config
     assert (out / "viewer").read_text() == index and not (out / "app.bundle.1.js.map").exists()

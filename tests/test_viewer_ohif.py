@@ -18,7 +18,7 @@ import highdicom as hd
 import pytest
 
 from . import viewer_study
-from .browser import Chromium, find_chromium
+from .browser import Chromium, ConsoleEntry, find_chromium
 from .conftest import SHARED
 from .ohif import (DICOMWEB_PLUGIN, SKIP_TOUR, VIEWPORT_BOX, annotation_pixels, ohif_dir, orthanc_viewer_config,
                    thumbnail_script, viewer_url)
@@ -28,8 +28,6 @@ from .viewer_results import REPO, record
 VIEWER = "OHIF 3.13.2 (browser)"
 SHOTS = REPO / "build" / "viewer-screenshots"
 RG1 = SHARED / "data" / "medinterp-mini" / "dicom" / "inputs" / "RG1_J2KI.dcm"
-#: Console errors that are not OHIF's SR/SEG handling: a favicon/manifest icon the build does not ship.
-HARMLESS = ("Failed to load resource",)
 #: Fewest annotation-coloured pixels that count as "drawn" (a 1-pixel outline round a lung is ~1,000).
 DRAWN = 300
 
@@ -83,7 +81,9 @@ def _open(server, study_uid: str, modality: str, description: str, name: str) ->
         shot = browser.screenshot(SHOTS / f"{name}.png")
         box = browser.evaluate(VIEWPORT_BOX)
         drawn = annotation_pixels(shot, box) if box else 0
-        errors = [e for e in browser.console if e.level == "error" and not any(h in e.text for h in HARMLESS)]
+        # Every console error counts, and every failed request (DICOMweb or the viewer's own files).
+        errors = [e for e in browser.console if e.level == "error"]
+        errors += [ConsoleEntry("error", f"HTTP {status} {url}", "network") for status, url in browser.failed]
         text = browser.evaluate("document.body.innerText")
     return shot, drawn, errors, text
 

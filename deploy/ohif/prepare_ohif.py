@@ -6,8 +6,8 @@ DICOMweb plugin (no CORS needed), but not at the origin's root (1.10.1 refuses a
 not a folder's ``index.html``. The published build assumes it lives at ``/``, so this script
 copies it and:
 
-- points every root-relative link of ``index.html`` and the webpack public path of each bundle
-  at the prefix (``/ohif/``), and sets ``window.PUBLIC_URL``;
+- points every root-relative link of ``index.html``, the style sheets and the manifest, and the
+  webpack public path of each bundle at the prefix (``/ohif/``), and sets ``window.PUBLIC_URL``;
 - writes ``app-config.js``: router base name = the prefix, one DICOMweb data source at
   ``<origin>/dicom-web`` (the Orthanc DICOMweb plugin), no investigational-use dialog;
 - copies ``index.html`` to extension-less files named after OHIF's routes (``viewer``,
@@ -100,6 +100,8 @@ def prepare(source: Path, out: Path, prefix: str = "/ohif", dicomweb: str = "/di
     index = index.replace('window.PUBLIC_URL="/"', f'window.PUBLIC_URL="{prefix}/"')
     index = re.sub(r'(href|src)="/(?!/)', rf'\1="{prefix}/', index)
     (out / "index.html").write_text(index)
+    for css in out.glob("*.css"):  # fonts and images the style sheets name from the root
+        css.write_text(re.sub(r"url\((['\"]?)/(?!/)", rf"url(\1{prefix}/", css.read_text()))
     manifest = out / "manifest.json"
     if manifest.is_file():
         manifest.write_text(re.sub(r'"/(?!/)', f'"{prefix}/', manifest.read_text()))
