@@ -206,19 +206,21 @@ def _use(ctx: NodeContext, match: StudyMatch, chosen: list[SeriesMatch] | None, 
     known = [s.number_of_instances for s in chosen] if chosen is not None else [match.number_of_instances]
     expected = sum(n for n in known if n is not None) if None not in known else None
     found = PriorFetch(None, "", False, uid, match.study_date, match.study_description)
-    _mark_prior(ctx, uid, patient_id)
+    processed = _mark_prior(ctx, uid, patient_id)
     try:
-        return _read(ctx, match, series_uids, expected, found)
+        return _read(ctx, match, series_uids, expected, found, top_up=not processed)
     finally:
         _settle(ctx, uid)
 
 
 def _read(ctx: NodeContext, match: StudyMatch, series_uids: list[str] | None, expected: int | None,
-          found: PriorFetch) -> PriorFetch:
+          found: PriorFetch, top_up: bool) -> PriorFetch:
+    """``top_up``: retrieve also when some of the prior is on the node (false for a study the node
+    processed itself and still holds: new instances would reopen it for processing)."""
     uid = match.study_instance_uid
     have = _present(ctx, uid, series_uids)
     retrieved = ""
-    if not have or (expected is not None and len(have) < expected):
+    if not have or (top_up and expected is not None and len(have) < expected):
         why = "not on the node" if not have else f"{len(have)} of {expected} instance(s) on the node"
         if _rows(ctx, uid, series_uids) > len(have):
             why += " (spooled files gone)"
@@ -355,18 +357,23 @@ def _rows(ctx: NodeContext, study_uid: str, series_uids: list[str] | None) -> in
             *_of(study_uid, series_uids))) or 0
 
 
-def _mark_prior(ctx: NodeContext, study_uid: str, patient_id: str) -> None:
+def _mark_prior(ctx: NodeContext, study_uid: str, patient_id: str) -> bool:
     """A study row before the first instance arrives, so the recorder files the retrieved
     instances under a prior (never queued for processing of its own). While the prior is in use
     it has an instance pending, which keeps retention (by age or emergency clean-up) from removing
-    its files under the retrieve or the read; a purged study is left alone by retention anyway."""
+    its files under the retrieve or the read; a purged study is left alone by retention anyway.
+
+    Returns whether the study is one the node received and processed itself and still holds.
+    """
     with ctx.store.session() as s:
         study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
         if study is None:
             s.add(Study(study_instance_uid=study_uid, is_prior=True, patient_ref=hash_phi(patient_id),
                         pending_instances=1))
-        elif study.is_prior:
+            return False
+        if study.is_prior:
             study.pending_instances = max(study.pending_instances, 1)
+        return not study.is_prior and study.state is not StudyState.PURGED
 
 
 def _settle(ctx: NodeContext, study_uid: str) -> None:
@@ -379,4 +386,5 @@ def _settle(ctx: NodeContext, study_uid: str) -> None:
         if study.is_prior:
             study.pending_instances = 0
         if study.state is StudyState.PURGED and any(Path(i.path).is_file() for i in study.instances):
-            study.state = StudyState.DONE
+            study.state = StudyState.DONE  # purged: nothing was pending, whatever the retrieve added
+            study.pending_instances = 0
