@@ -74,7 +74,10 @@ def queue_annotations(ctx: NodeContext) -> list[int]:
                s.scalars(select(Instance).where(Instance.annotation == "new").order_by(Instance.id).limit(_BATCH))]
     created = []
     for instance_id, path, sop_uid in new:
-        outcome, job_id = _look_at(ctx, instance_id, Path(path), sop_uid)
+        if _in_a_prior(ctx, instance_id):
+            outcome, job_id = "ignored: retrieved with a prior study, not sent to the node", None
+        else:
+            outcome, job_id = _look_at(ctx, instance_id, Path(path), sop_uid)
         with ctx.store.session() as s:
             row = s.get(Instance, instance_id)
             if row is not None:
@@ -82,6 +85,17 @@ def queue_annotations(ctx: NodeContext) -> list[int]:
         if job_id is not None:
             created.append(job_id)
     return created
+
+
+def _in_a_prior(ctx: NodeContext, instance_id: int) -> bool:
+    """Whether the instance came with a prior study's retrieve (its study is a prior, and no ask of
+    its own is running: an ask holds its study as a prior while it retrieves, see :func:`_retrieve_held`)."""
+    with ctx.store.session() as s:
+        instance = s.get(Instance, instance_id)
+        if instance is None or not instance.study.is_prior:
+            return False
+        return not any(j.ask is not None and j.state in (JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING)
+                       for j in instance.study.jobs)
 
 
 def _look_at(ctx: NodeContext, instance_id: int, path: Path, sop_uid: str) -> tuple[str, int | None]:

@@ -127,8 +127,9 @@ def ask(
                                                  "describe the region)")],
     region: Annotated[Optional[str], typer.Option("--region", help="X0,Y0,X1,Y1 in pixels of the image: describe "
                                                                     "this region (region captioning)")] = None,
-    image: Annotated[Optional[str], typer.Option("--image", help="SOP Instance UID of the image (default: the "
-                                                                  "study's first chest radiograph or skin image)")] = None,
+    image: Annotated[Optional[str], typer.Option(
+        "--image", help="SOP Instance UID of the image (default: the study's first chest radiograph or skin image)")
+    ] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The node's data folder")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,

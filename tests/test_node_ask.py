@@ -29,7 +29,6 @@ from medversa.dicom_mapping.answer_sr import SERIES_DESCRIPTION, read_answers
 from medversa.node.store import Instance, Job, JobState, Store, Study
 from medversa.node.tools import free_port, wait_port
 from pydicom import Dataset
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from . import dicom_factory as f
@@ -57,9 +56,9 @@ class Setup:
     def to_pacs(self, datasets: list[Dataset], folder: Path) -> None:
         """storescu from the reader's workstation (AE READER) into Orthanc."""
         paths = f.write_datasets(datasets, folder)
-        result = subprocess.run([need_tool("storescu"), "-d", "-R", "-aet", "READER", "-aec", self.pacs.aet, "127.0.0.1",
-                                 str(self.pacs.dicom_port), *map(str, paths)], capture_output=True, text=True,
-                                timeout=60, check=False, env=dict(os.environ, TCP_NODELAY="1"))
+        result = subprocess.run([need_tool("storescu"), "-d", "-R", "-aet", "READER", "-aec", self.pacs.aet,
+                                 "127.0.0.1", str(self.pacs.dicom_port), *map(str, paths)], capture_output=True,
+                                text=True, timeout=60, check=False, env=dict(os.environ, TCP_NODELAY="1"))
         assert statuses(result) == [0] * len(paths), result.stdout + result.stderr
 
     def jobs(self, study_uid: str) -> list[Job]:

@@ -150,9 +150,10 @@ def test_the_answer_sr_is_valid_and_holds_question_answer_and_reference(image, t
     report = ohif_measurement_report(image, [rectangle_group(image, (10, 12, 30, 40), "Is there a pneumothorax?"),
                                              arrow_group(image, (40, 20), (50, 30), "?")])
     rect, arrow = read_annotation(report)[0].regions
-    sr = build_answer_sr([RegionAnswer(rect, "A region.", rect.question, "No."),
-                          RegionAnswer(arrow, "", "", "", "not answered: the model does not declare region_captioning")],
-                         report, [image], AlgorithmInfo(), "1.2.826.0.1.3680043.10.1462.1", "1.2.826.0.1.3680043.10.1462.2")
+    undeclared = "not answered: the model does not declare region_captioning"
+    sr = build_answer_sr([RegionAnswer(rect, "A region.", rect.question, "No."), RegionAnswer(arrow, note=undeclared)],
+                         report, [image], AlgorithmInfo(), "1.2.826.0.1.3680043.10.1462.1",
+                         "1.2.826.0.1.3680043.10.1462.2")
     path = tmp_path / "answer.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
@@ -271,3 +272,14 @@ def test_the_bundled_model_answers_in_the_form_of_each_task(tmp_path):
     [group] = read_answers(pydicom.dcmread(sr_path))
     for text in (group["caption"], group["answer"]):
         assert text.strip() and "<" not in text and "Is there an effusion" not in text, group
+
+
+def test_a_reader_sr_that_came_with_a_prior_study_starts_no_ask(ctx, image):
+    _spool(ctx, image)
+    _spool(ctx, ohif_measurement_report(image, [rectangle_group(image, (1, 1, 9, 9), "old question?")]))
+    with ctx.store.session() as s:
+        s.scalars(select(Study)).one().is_prior = True
+    assert queue_annotations(ctx) == []
+    with ctx.store.session() as s:
+        assert [r.annotation for r in s.scalars(select(Instance)) if r.annotation] == [
+            "ignored: retrieved with a prior study, not sent to the node"]
