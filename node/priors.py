@@ -167,7 +167,9 @@ def _fetch_prior(ctx: NodeContext, current: list[Dataset]) -> PriorFetch:
     wanted = [ds for ds in current if h.upper(ds, "Modality") in family] or current
     here = frozenset().union(*(body_regions(h.text(ds, "BodyPartExamined"),
                                             *(h.text(ds, k) for k in _DESCRIPTION_KEYWORDS)) for ds in wanted))
-    before = f"{h.text(first, 'StudyDate')}{h.text(first, 'StudyTime')}".split(".")[0] or None
+    if not h.text(first, "StudyDate"):
+        return PriorFetch(None, f"{SKIPPED}: the study has no Study Date, so no study can be told earlier")
+    before = f"{h.text(first, 'StudyDate')}{h.text(first, 'StudyTime')}".split(".")[0]
     calling = ctx.settings.scp.ae_title
     LOGGER.info("study %s: asking %s for earlier studies of patient %s", h.text(first, "StudyInstanceUID"),
                 pacs.peer, phi(patient_id))

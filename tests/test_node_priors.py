@@ -325,6 +325,9 @@ def test_prior_problems_never_raise_and_say_whether_a_retry_may_help(pacs, local
     assert fetched.datasets is not None and _uids(fetched.datasets) == _uids(prior[1:])
     assert "1 unreadable file(s) left out" in fetched.note
 
+    undated = _study("LOCAL-DAMAGED", "")
+    assert "no Study Date" in fetch_prior(ctx, undated).note and fetch_prior(ctx, undated).datasets is None
+
     closed = NodeContext(load_settings(None, data_dir=tmp_path / "closed", **{
         "pacs.peer": f"NOBODY@127.0.0.1:{free_port()}", "pacs.query_timeout_s": 2}))
     refused = fetch_prior(closed, current)
