@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from medversa.inference.declaration import context_fields_from
@@ -21,7 +22,6 @@ from sqlalchemy import select
 
 from .context import NodeContext
 from .phi import phi
-from .pipeline import PipelineOptions
 from .store import (
     Export,
     ExportState,
@@ -32,6 +32,9 @@ from .store import (
     StudyState,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineOptions
 
 LOGGER = logging.getLogger(__name__)
 
@@ -167,6 +170,8 @@ def scrubbed(exc: BaseException) -> str:
 def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple[str, ...],
                      study_uid: str) -> PipelineOptions:
     """What the worker runs on a study: the routed tasks, as far as the checkpoint declares them."""
+    from .pipeline import PipelineOptions  # torch and the model code: the worker's, not serve's start-up
+
     declaration = ctx.analyzer.declaration
     override = ctx.settings.model.context_fields
     return PipelineOptions(
