@@ -74,6 +74,26 @@ def test_every_sr_has_no_pixelmed_error_and_only_explained_warnings(studies, tmp
                "0 errors" + (f"; {explained} explained warnings (TID 4019 items)" if explained else ", 0 warnings"))
 
 
+def test_every_sr_variant_has_no_pixelmed_or_dciodvfy_error(tiny_analyzer, tmp_path):
+    """Dermoscopy, answers without any measurement group, a comparison with a prior: every SR path."""
+    need_tool("dciodvfy")
+    variants = viewer_study.sr_variant_studies(tiny_analyzer)
+    for study in variants:
+        srs = study.of_kind("SR") + study.of_kind("SR-TEXT")
+        assert len(srs) == 2, (study.name, [k for k, _ in study.results])
+        for i, ds in enumerate(srs):
+            path = tmp_path / f"{study.name}_sr{i}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            assert not dciodvfy_errors(path), study.name
+            errors, warnings = pixelmed_sr_report(path)
+            assert not errors, (study.name, errors)
+            assert not [w for w in warnings if not EXPLAINED_WARNINGS.search(w)], (study.name, warnings)
+    # The answers-only SR has an empty Imaging Measurements container (no group without coordinates).
+    asked = next(s for s in variants if s.name == "asked").of_kind("SR")[0]
+    measurements = next(i for i in asked.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    assert "ContentSequence" not in measurements
+
+
 def test_sr_and_seg_read_back_with_highdicom(studies, tmp_path):
     for study in studies:
         for i, (kind, ds) in enumerate(study.results):

@@ -32,6 +32,11 @@ SCRIPT = {
     Task.PATHOLOGY_DETECTION: "pleural effusion <DET>, pneumothorax <N/A>.###",
     Task.CHEST_ORGAN_SEGMENTATION: "The segmentation mask of {target} is <2DSEG>.###",
     Task.ABDOMINAL_ORGAN_SEGMENTATION: "The segmentation mask of {target} is <3DSEG>.###",
+    Task.SKIN_LESION_CLASSIFICATION: "The main diagnosis is melanoma.###",
+    Task.SKIN_LESION_SEGMENTATION: "The segmentation mask of {target} is <2DSEG>.###",
+    Task.VQA: "Yes, there is a small effusion.###",
+    Task.REGION_CAPTIONING: "Blunting of the costophrenic angle.###",
+    Task.LONGITUDINAL_COMPARISON: "The effusion is new since the prior study.###",
 }
 
 
@@ -61,10 +66,11 @@ class ProcessedStudy:
         return paths
 
 
-def _process(name: str, sources: list[Dataset], analyzer, tasks: tuple[Task, ...] | None = None) -> ProcessedStudy:
-    options = PipelineOptions(algorithm=algorithm_for(analyzer), tasks=tasks)
+def _process(name: str, sources: list[Dataset], analyzer, tasks: tuple[Task, ...] | None = None,
+             prior: list[Dataset] | None = None, **options) -> ProcessedStudy:
+    settings = PipelineOptions(algorithm=algorithm_for(analyzer), tasks=tasks, **options)
     chooser = scripted_chooser(analyzer.tokenizer, {task.value: text for task, text in SCRIPT.items()})
-    out = analyze_study(sources, analyzer, options, choose_for=chooser)
+    out = analyze_study(sources, analyzer, settings, prior_datasets=prior, choose_for=chooser)
     return ProcessedStudy(name, sources, [(o.kind, o.dataset) for o in out.objects])
 
 
@@ -98,3 +104,16 @@ def shared_radiograph_study(analyzer, path: Path) -> ProcessedStudy:
         del ds.PixelSpacing
     ds.BodyPartExamined = ds.get("BodyPartExamined") or "CHEST"
     return _process("rg1", [ds], analyzer)
+
+
+def sr_variant_studies(analyzer) -> list[ProcessedStudy]:
+    """Studies whose SRs take the other paths of the SR builder: dermoscopy (skin classification and
+    lesion mask), question and region answers only (no measurement group at all), and a
+    longitudinal comparison with a prior study (Pertinent Other Evidence)."""
+    derm = _process("derm", [f.make_vl_photo(64, 64, study_uid=hd.UID())], analyzer)
+    asked = _process("asked", [f.make_cr(96, 96, study_uid=hd.UID())], analyzer, tasks=(),
+                     ask="Is there an effusion?", region=(10, 10, 60, 70))
+    prior = f.make_cr(96, 96, study_uid=hd.UID(), StudyDate="20230101")
+    compared = _process("compared", [f.make_cr(96, 96, study_uid=hd.UID())], analyzer,
+                        tasks=(Task.LONGITUDINAL_COMPARISON,), prior=[prior])
+    return [derm, asked, compared]
