@@ -446,6 +446,8 @@ def _text_lines(sr: Dataset) -> tuple[list[str], list[str]]:
                     elif child.ValueType == "SCOORD" and not values:
                         values.append("outlined" if len(child.GraphicData) > 10 else "boxed")
                 uid = next(c.UID for c in group.ContentSequence if c.ValueType == "UIDREF")
+                if any(v.startswith("volume") for v in seen.get(uid, [])):  # a volume's outline: one slice
+                    values = [v.replace("area", "largest cross-section area", 1) for v in values]
                 seen.setdefault(uid, [what]).extend(v for v in values if v not in seen.get(uid, []))
             for what, *values in seen.values():
                 findings.append(f"{what}: {', '.join(dict.fromkeys(values)) or 'found'} (AI result, see the images).")
