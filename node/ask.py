@@ -19,7 +19,9 @@ SOP Instance UID, or the command's question, region and image), never the study'
 
 A retrieve for an ask must not start the study's analysis either: while it runs the study is held
 (``is_prior``, which the completion check skips) and afterwards its pending count and state are put
-back, less what arrived from the retrieve.
+back, less what arrived from the retrieve. What arrived is marked (calling AE ``ask-retrieve``): when
+the PACS sends the same image for analysis later (a reader who annotates a study before it is stable
+and routed), it counts as new then, and the study is analysed as usual.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pydicom import Dataset
 from sqlalchemy import func, select
 
 from .context import NodeContext
+from .scp import RETRIEVED_FOR_ASK
 from .store import Export, Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -402,6 +405,8 @@ def _retrieve_held(ctx: NodeContext, study_uid: str, series_uids: list[str] | No
             for row in retrieved:
                 if row.annotation == "new":
                     row.annotation = "ignored: retrieved for an ask, not sent by the PACS"
+                elif row.annotation is None:
+                    row.calling_ae = RETRIEVED_FOR_ASK  # sent for analysis later: counted then (scp._record_one)
             was_prior, state, pending, last = before
             others = len([i for i in arrived if i not in retrieved and i.annotation is None])
             study.is_prior = was_prior

@@ -450,6 +450,10 @@ class StorageSCP:
         self.recorder.flush(timeout)
 
 
+#: Calling AE recorded for an image retrieved only to answer an ask (node/ask.py): when the PACS later sends
+#: it for analysis, it counts as new for the study's analysis.
+RETRIEVED_FOR_ASK = "ask-retrieve"
+
 #: Errors of a job store that cannot be written for now (disk full, I/O error, connection lost): retried.
 STORE_OUTAGES = (OperationalError, DisconnectionError, OSError)
 
@@ -679,6 +683,12 @@ def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str,
             study.state = StudyState.RECEIVING  # reopened: a new job version will follow
     else:
         instance.received_at = now
+        if instance.calling_ae == RETRIEVED_FOR_ASK and not is_prior and not study.is_prior:
+            # Fetched earlier only to answer a reader's question (node/ask.py), sent for analysis now.
+            instance.calling_ae = calling[:16]
+            study.pending_instances += 1
+            if study.state in (StudyState.DONE, StudyState.QUEUED):
+                study.state = StudyState.RECEIVING
     if not is_prior and instance.annotation is None:
         study.last_received = now
     store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,

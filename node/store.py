@@ -102,7 +102,7 @@ class Instance(Base):
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     #: SR / presentation state that may be a reader's annotation (node/ask.py): "new" until looked at,
     #: then what became of it ("asked", "ignored: why"); None for every other instance.
-    annotation: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    annotation: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     study: Mapped[Study] = relationship(back_populates="instances")
 
 
