@@ -166,3 +166,17 @@ def test_radiograph_seg_is_a_known_ohif_limit(pacs):
     record("SEG (radiograph)", VIEWER, "fails in viewer",
            "OHIF requires Pixel Measures and Plane Orientation (undefined without a Frame of Reference): "
            f"`{reasons[0].splitlines()[0][:90]}`; the SR's outlines show the masks")
+
+
+def test_presentation_state_is_a_known_ohif_limit(pacs):
+    """OHIF 3 does not apply GSPS (OHIF issue #4106): opening ours draws nothing on the image.
+
+    Asserted, so that the matrix says what OHIF does; the Secondary Capture and the SR are what a
+    reader sees there.
+    """
+    server, studies = pacs
+    _, drawn, errors, _ = _open(server, studies["chest"].study_uid, "PR", "MedVersa overlays", "chest-pr")
+    assert drawn < DRAWN, f"{drawn} coloured pixels: OHIF now applies GSPS; update the conformance statement"
+    record("GSPS", VIEWER, "not applied by OHIF",
+           "OHIF 3 does not support GSPS (OHIF issue #4106); the Secondary Capture and the SR show the results"
+           + (f"; console: `{errors[0].text.splitlines()[0][:80]}`" if errors else ""))

@@ -3,8 +3,8 @@
 Usage: python tools/viewer_matrix.py [build/viewer-results.jsonl] [docs/viewer-matrix.md]
 
 Rows are the object kinds the node writes, columns the viewers and validators; a cell is the
-latest recorded outcome of that pair, a known viewer limit the conformance statement explains,
-or "not checked" (no test ran it, or the test was skipped because its tool is missing).
+latest recorded outcome of that pair (known viewer limits are recorded by the tests that assert
+them), "n/a", or "not checked" (no test ran it, or it was skipped because its tool is missing).
 """
 
 from __future__ import annotations
@@ -19,20 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = ("SR TID 1500", "SR TID 2000 (text)", "SEG (CT)", "SEG (radiograph)", "GSPS", "Secondary Capture")
 VIEWERS = ("OHIF 3.13.2 (browser)", "dciodvfy", "PixelMed DicomSRValidator", "highdicom read-back",
            "dcmtk dcmp2pgm")
-#: Pairs that do not apply, and known viewer limits (explained in docs/conformance-statement.md, viewers).
+#: Pairs that do not apply (a validator of another object type, a renderer of presentation states).
 NOT_APPLICABLE = {
     ("SEG (CT)", "PixelMed DicomSRValidator"), ("SEG (radiograph)", "PixelMed DicomSRValidator"),
     ("GSPS", "PixelMed DicomSRValidator"), ("Secondary Capture", "PixelMed DicomSRValidator"),
     ("SR TID 1500", "dcmtk dcmp2pgm"), ("SR TID 2000 (text)", "dcmtk dcmp2pgm"), ("SEG (CT)", "dcmtk dcmp2pgm"),
     ("SEG (radiograph)", "dcmtk dcmp2pgm"), ("Secondary Capture", "dcmtk dcmp2pgm"),
     ("GSPS", "highdicom read-back"), ("Secondary Capture", "highdicom read-back"),
-}
-KNOWN_LIMITS = {
-    ("SEG (radiograph)", "OHIF 3.13.2 (browser)"):
-        "not shown: OHIF needs Pixel Measures and Plane Orientation/Position, undefined without a Frame of "
-        "Reference; the SR's outlines show the masks",
-    ("GSPS", "OHIF 3.13.2 (browser)"): "not applied: OHIF 3 does not support GSPS (OHIF issue #4106); "
-                                       "the Secondary Capture and the SR show the results",
 }
 
 
@@ -51,8 +44,6 @@ def _cell(kind: str, viewer: str, latest: dict) -> str:
     row = latest.get((kind, viewer))
     if row is not None:
         return f"{row['outcome']}: {row['detail']}" if row["detail"] else row["outcome"]
-    if (kind, viewer) in KNOWN_LIMITS:
-        return KNOWN_LIMITS[(kind, viewer)]
     return "n/a" if (kind, viewer) in NOT_APPLICABLE else "not checked"
 
 
