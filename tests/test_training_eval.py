@@ -194,7 +194,8 @@ class _PerfectAnalyzer:
             elif family == "detection":
                 rec = self.by_key[(rid, "DetectionRecord", request.modality)]
                 boxes = [Box(t, *b) for t in request.targets for b in rec.boxes.get(t, [])]
-                answers.append(Answer(request.request_id, request.task, "boxes", boxes=boxes))
+                text = ", ".join(f"{b.label} <DET>" for b in boxes)  # as the model answers
+                answers.append(Answer(request.request_id, request.task, text, boxes=boxes))
             elif family == "classification":
                 rec = self.by_key[(rid, "ClassificationRecord", request.modality)]
                 answers.append(Answer(request.request_id, request.task, " and ".join(rec.labels).capitalize() + "."))
@@ -210,7 +211,9 @@ EXPECTED_KEYS = {
     "skin_lesion_segmentation/mean/dice", "skin_lesion_classification/melanoma/f1",
     "skin_lesion_classification/melanocytic_nevus/f1", "skin_lesion_classification/mean/f1",
     "anatomy_detection/left_lung/iou", "anatomy_detection/right_lung/iou", "anatomy_detection/mean/iou",
-    "report_findings/all/bleu4",
+    "report_findings/all/bleu4", "report_findings/all/rougeL",
+    *(f"{task}/all/confusion" for task in ("chest_organ_segmentation", "skin_lesion_segmentation",
+                                           "skin_lesion_classification", "anatomy_detection", "report_findings")),
 }
 
 
@@ -222,8 +225,9 @@ def test_a_perfect_model_scores_one_on_every_metric(tmp_path: Path) -> None:
     assert skipped == {}
     assert set(results) == EXPECTED_KEYS
     for key, value in results.items():
-        assert value["mean"] == pytest.approx(1.0), key
-        assert value["ci_low"] == pytest.approx(1.0) and value["ci_high"] == pytest.approx(1.0), key
+        best = 0.0 if key.endswith("/confusion") else 1.0  # task confusion: the share of wrong-kind answers
+        assert value["mean"] == pytest.approx(best), key
+        assert value["ci_low"] == pytest.approx(best) and value["ci_high"] == pytest.approx(best), key
     assert results["chest_organ_segmentation/left_lung/dice"]["n"] == 2
     assert results["skin_lesion_classification/melanoma/f1"]["n"] == 2  # F1 resamples cases
     # The requests carry what a user would send: the record's classes and clinical context.
@@ -261,7 +265,7 @@ def test_evaluate_runs_the_tiny_model_and_reports_skipped_metrics(tmp_path: Path
             "skin_lesion_classification/melanoma/f1"} <= set(metric_keys)
     for key in metric_keys:
         task, _, metric = key.split("/")
-        assert Task(task) and metric in {"dice", "iou", "f1", "bleu4"}
+        assert Task(task) and metric in {"dice", "iou", "f1", "bleu4", "rougeL", "confusion"}
         value = results[key]
         assert set(value) == STATS and value["n"] >= 1
         assert 0.0 <= value["ci_low"] <= value["ci_high"] <= 1.0

@@ -9,7 +9,7 @@ kept only if the token survives truncation to ``max_length``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,6 +42,10 @@ class Batch:
     det_boxes: torch.Tensor  # [K, 4] normalised xyxy
     seg_positions: list[tuple[int, int]]  # (sample, position) of each <2DSEG>/<3DSEG> kept
     seg_masks: list[torch.Tensor]  # per seg token: [224, 224] or [D, H, W] float, model layout
+    det_structures: list[str] = field(default_factory=list)  # the class of each <DET> kept
+    seg_structures: list[str] = field(default_factory=list)  # the structure of each seg token kept
+    #: Staged training: the heads read each structure's routing code instead of the LLM's state.
+    teacher_conditioning: bool = False
 
     @property
     def size(self) -> int:
@@ -68,6 +72,7 @@ def collate(samples: list[Sample], tokenizer: MedVersaTokenizer, config: MedVers
     end = config.generation.end_sym
     seqs, targets, images = [], [], []
     det_positions, det_boxes, seg_positions, seg_masks = [], [], [], []
+    det_structures, seg_structures = [], []
     task_ids = {tokenizer.ids.det, tokenizer.ids.seg2d, tokenizer.ids.seg3d}
     for b, sample in enumerate(samples):
         prompt = build_prompt_ids(tokenizer, len(sample.images), sample.question, sample.context,
@@ -81,14 +86,18 @@ def collate(samples: list[Sample], tokenizer: MedVersaTokenizer, config: MedVers
         seqs.append(ids)
         targets.append(labels)
         boxes, masks = iter(sample.boxes), iter(sample.masks)
+        det_names = iter(sample.structures if sample.boxes else [])
+        seg_names = iter(sample.structures if sample.masks else [])
         for pos in range(len(prompt), len(ids)):
             token = ids[pos]
             if token == tokenizer.ids.det:
                 det_positions.append((b, pos))
                 det_boxes.append(next(boxes))
+                det_structures.append(next(det_names, ""))
             elif token in task_ids:
                 seg_positions.append((b, pos))
                 mask = next(masks)
+                seg_structures.append(next(seg_names, ""))
                 seg_masks.append(mask_to_model_3d(mask, pre.ct_shape) if modality.is_volume
                                  else mask_to_model_2d(mask, pre.image_size))
         if modality.is_volume:
@@ -107,4 +116,5 @@ def collate(samples: list[Sample], tokenizer: MedVersaTokenizer, config: MedVers
         labels[b, :len(t)] = torch.tensor(t)
         attention[b, :len(s)] = 1
     boxes = torch.tensor(det_boxes, dtype=torch.float32).reshape(-1, 4)
-    return Batch(task, modality, ids, attention, labels, images, det_positions, boxes, seg_positions, seg_masks)
+    return Batch(task, modality, ids, attention, labels, images, det_positions, boxes, seg_positions, seg_masks,
+                 det_structures, seg_structures)

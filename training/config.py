@@ -38,6 +38,24 @@ class OptimizerConfig:
 
 
 @dataclass
+class StageConfig:
+    """A span of steps with its own sampling weights (staged training: e.g. structure routing first).
+
+    Weights not given fall back to the run's ``modality_weights``/``task_weights``; a weight of 0
+    leaves a pool out of the stage. Only sampling changes between stages: the model, the optimizer
+    and the one learning-rate schedule over all steps carry on.
+    """
+
+    name: str = "stage"
+    steps: int = 1
+    modality_weights: dict[str, float] | None = None
+    task_weights: dict[str, float] | None = None
+    #: The detection head and segmentation decoders read each structure's routing code, not the LLM's
+    #: state (with loss_weights.route > 0 the LLM learns meanwhile to produce the codes).
+    teacher_conditioning: bool = False
+
+
+@dataclass
 class TrainConfig:
     name: str = "custom"
     preset: str = "demo"
@@ -64,6 +82,15 @@ class TrainConfig:
     context_fields: dict[str, list[str]] | None = None
     #: Tasks the checkpoint declares (None: every task it had data for); the node routes no others.
     declared_tasks: list[str] | None = None
+    #: Consecutive stages (their steps sum to ``steps``); empty: one stage with the run's weights.
+    stages: list[StageConfig] = field(default_factory=list)
+    #: Tasks whose batches are balanced: a structure (segmentation), class set (classification) or answer
+    #: (VQA) drawn uniformly, then a record that has it.
+    balanced: list[str] = field(default_factory=list)
+    #: Learning-rate multipliers by parameter-name prefix (longest prefix wins), e.g. {"seg_2d_text": 10}.
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    #: Each answer's share of the segmentation/detection loss weight (the language loss weighs 1).
+    loss_weights: dict[str, float] = field(default_factory=dict)
     save_every: int = 500
     keep_states: int = 2
     log_every: int = 10
@@ -113,6 +140,8 @@ def _build(cls: type, data: dict[str, Any], where: str):
     for key, value in data.items():
         if key == "datasets":
             kwargs[key] = [_build(DatasetSpec, d, f"{where}.datasets[{i}]") for i, d in enumerate(value or [])]
+        elif key == "stages":
+            kwargs[key] = [_build(StageConfig, d, f"{where}.stages[{i}]") for i, d in enumerate(value or [])]
         elif key == "optimizer":
             opt = _build(OptimizerConfig, value or {}, f"{where}.optimizer")
             opt.betas = tuple(opt.betas)
@@ -125,6 +154,14 @@ def _build(cls: type, data: dict[str, Any], where: str):
             raise ValueError(f"{where}: steps must be >= 1")
         if config.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"{where}: strategy must be 'ddp' or 'fsdp', got {config.strategy!r}")
+        if config.stages and sum(s.steps for s in config.stages) != config.steps:
+            raise ValueError(f"{where}: the stages' steps sum to {sum(s.steps for s in config.stages)}, "
+                             f"not steps ({config.steps})")
+        if any(s.steps < 1 for s in config.stages):
+            raise ValueError(f"{where}: every stage has at least one step")
+        unknown = set(config.loss_weights) - {"lm", "det", "seg", "route"}
+        if unknown:
+            raise ValueError(f"{where}: loss_weights has unknown key(s) {sorted(unknown)}; known: det, lm, route, seg")
         if config.optimizer.warmup_steps >= config.steps:
             raise ValueError(f"{where}: optimizer.warmup_steps must be below steps")
     return config

@@ -48,6 +48,11 @@ def eval_command(
     radgraph_python: Annotated[Path | None, typer.Option(
         help="Python of an environment with the radgraph package and transformers<5",
         envvar="MEDVERSA_RADGRAPH_PYTHON", exists=True, dir_okay=False)] = None,
+    baseline: Annotated[bool, typer.Option(
+        help="Score a constant baseline for reports: the training text with the best training-split BLEU-4")] = True,
+    training_ct: Annotated[bool, typer.Option(
+        help="Also score Dice per organ on the training split's CT volume(s) (medinterp-mini has no held-out CT; "
+             "keys say 'training_ct')")] = True,
     radgraph_annotations: Annotated[Path | None, typer.Option(
         help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports "
              "(instead of --radgraph)",
@@ -56,7 +61,7 @@ def eval_command(
     """Score a model on a dataset split: Dice, IoU, F1 and BLEU-4 with 95% bootstrap intervals."""
     from medversa.inference.bundled import load_default_analyzer, model_identity
 
-    from .evaluate import SKIPPED, evaluate, read_records, render_markdown
+    from .evaluate import SKIPPED, constant_baselines, evaluate, read_records, render_markdown, training_volumes
     from .text_metrics import load_text_metrics
 
     if checkpoint and preset:
@@ -76,9 +81,18 @@ def eval_command(
     if max_new_tokens:
         analyzer.max_new_tokens = max_new_tokens
     outputs: list[dict] | None = [] if predictions else None
+    train_records = []
+    if (baseline or training_ct) and split != "train":
+        try:  # the constant baseline and the training CT come from the training split
+            train_records = read_records(data, "train", dataset)
+        except ValueError as exc:
+            skipped["constant_baseline"] = skipped["training_ct"] = f"the train split could not be read ({exc})"
     try:
         results = evaluate(analyzer, records, limit=limit, batch_size=batch_size, resamples=resamples, seed=seed,
-                           text_metrics=text_metrics, skipped=skipped, predictions=outputs)
+                           text_metrics=text_metrics, skipped=skipped, predictions=outputs,
+                           baselines=constant_baselines(train_records) if baseline else None)
+        if training_ct and train_records:
+            results.update(training_volumes(analyzer, train_records, resamples=resamples, seed=seed))
     except ValueError as exc:  # e.g. a report the RadGraph annotation file does not cover
         raise typer.BadParameter(str(exc)) from exc
     skipped = results.pop(SKIPPED)

@@ -75,17 +75,19 @@ REPORT_TASKS = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL)
 _SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
 
 #: How each metric is named in keys and in the Markdown table.
-METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4", "bertscore": "BERTScore",
+METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4", "rougeL": "ROUGE-L",
+                "confusion": "task confusion (share, 0 is right)", "bertscore": "BERTScore",
                 "chexbert": "CheXbert", "radgraph": "RadGraph", "radcliq": "RadCliQ-v1 (lower is better)"}
 
 
 @dataclass
 class _Case:
-    """One record asked one task; ``outcome`` is filled from the answers."""
+    """One record asked one task; ``outcome`` and ``confused`` are filled from the answers."""
 
     task: Task
     record: Record
     outcome: Any = None
+    confused: bool = False
 
 
 #: Record kinds with a scoring rule here (VQA, captions and comparisons need text metrics first).
@@ -214,6 +216,52 @@ def _prediction(case: _Case) -> dict[str, Any]:
     return entry
 
 
+# --- task confusion -------------------------------------------------------------------------------
+#: Class phrases that belong to each modality's tasks; a report naming another modality's is confused.
+DOMAIN_PHRASES: dict[Modality, tuple[str, ...]] = {
+    Modality.DERM: tuple(SKIN_LESION_CLASSES) + ("skin lesion",),
+    Modality.CT: ("liver", "kidney", "spleen", "pancreas"),
+}
+_TASK_ANSWER_FORM = re.compile(r"segmentation mask of|<DET>|<2DSEG>|<3DSEG>|<N/A>", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[\s,.;:]+|\band\b|\(absent\)", re.IGNORECASE)
+
+
+def _leftover(text: str, phrases: Iterable[str]) -> str:
+    """What remains of ``text`` once the given phrases, separators and "and" are taken out."""
+    remaining = text.lower()
+    for phrase in sorted(set(phrases), key=len, reverse=True):
+        remaining = re.sub(r"(?<![a-z0-9])" + re.escape(phrase.lower()) + r"(?![a-z0-9])", " ", remaining)
+    return _SEPARATORS.sub("", remaining)
+
+
+def confused(task: Task, modality: Modality, requests: list[TaskRequest], answers: list[Answer]) -> bool:
+    """True when the answers are another task's kind rather than ``task``'s (the task-confusion metric).
+
+    - segmentation: a mask of a structure not asked for, or no mask of the one asked for;
+    - detection: a box or a phrase of a class the request did not ask for;
+    - classification: text that is not the task's class names (or "no finding"), or no class at all;
+    - reports: another task's answer form (task tokens, "segmentation mask of") or a class name of
+      another modality's tasks (a skin lesion diagnosis in a chest report).
+    """
+    asked = {" ".join(t.lower().split()) for r in requests for t in r.targets}
+    if task.family == "segmentation":
+        drawn = {" ".join(m.label.lower().split()) for a in answers for m in (*a.masks_2d, *a.masks_3d)}
+        return bool(drawn - asked) or not asked <= drawn
+    if task.family == "detection":
+        named = {" ".join(b.label.lower().split()) for a in answers for b in a.boxes}
+        named |= {" ".join(n.lower().split()) for a in answers for n in a.absent}
+        text = " ".join(a.plain_text for a in answers)
+        return bool(named - asked) or bool(_leftover(text, asked))
+    if task.family == "classification":
+        own = (*CLASS_PHRASES.get(task, ()), "no finding")
+        text = " ".join(a.plain_text for a in answers)
+        return not named_classes(text, own) or bool(_leftover(text, own))
+    text = " ".join(a.text for a in answers)
+    foreign = [p for m, phrases in DOMAIN_PHRASES.items() if m is not modality for p in phrases]
+    drew = any(a.boxes or a.masks_2d or a.masks_3d for a in answers)
+    return drew or bool(_TASK_ANSWER_FORM.search(text)) or bool(named_classes(text, foreign))
+
+
 # --- aggregation ----------------------------------------------------------------------------------
 def _key(task: Task, name: str, metric: str) -> str:
     return f"{task.value}/{'_'.join(name.lower().split())}/{metric}"
@@ -256,10 +304,16 @@ def _classification(task: Task, cases: list[_Case], bootstrap: dict[str, Any]) -
 
 
 def _reports(task: Task, cases: list[_Case], text_metrics: Sequence[TextMetric],
-             bootstrap: dict[str, Any]) -> dict[str, dict]:
+             bootstrap: dict[str, Any], baseline: str | None = None) -> dict[str, dict]:
     hypotheses = [c.outcome for c in cases]
     references = [_report_reference(c.record, task) for c in cases]
-    out = {_key(task, "all", "bleu4"): metrics.bootstrap_bleu(hypotheses, references, **bootstrap)}
+    out = {_key(task, "all", "bleu4"): metrics.bootstrap_bleu(hypotheses, references, **bootstrap),
+           _key(task, "all", "rougeL"): metrics.bootstrap_mean(metrics.rouge_l(hypotheses, references), **bootstrap)}
+    if baseline is not None:
+        constant = [baseline] * len(references)
+        out[_key(task, "constant_baseline", "bleu4")] = metrics.bootstrap_bleu(constant, references, **bootstrap)
+        out[_key(task, "constant_baseline", "rougeL")] = metrics.bootstrap_mean(
+            metrics.rouge_l(constant, references), **bootstrap)
     for metric in text_metrics:
         scores = metric.score(hypotheses, references)
         out[_key(task, "all", metric.name)] = metrics.bootstrap_mean(scores, **bootstrap)
@@ -270,7 +324,8 @@ def _reports(task: Task, cases: list[_Case], text_metrics: Sequence[TextMetric],
 def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = None, batch_size: int = 16,
              resamples: int = metrics.RESAMPLES, seed: int = 0, text_metrics: Sequence[TextMetric] = (),
              skipped: dict[str, str] | None = None,
-             predictions: list[dict[str, Any]] | None = None) -> dict[str, dict]:
+             predictions: list[dict[str, Any]] | None = None,
+             baselines: dict[Task, str] | None = None) -> dict[str, dict]:
     """Run ``analyzer`` on ``records`` and score the answers.
 
     Parameters
@@ -293,6 +348,9 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         When given, one entry per case is appended: the answer text (reports,
         classification) or per-class scores, with the reference text of reports,
         so external scorers (RadGraph, RadCliQ) can run on the same outputs.
+    baselines
+        Per report task, a constant answer (:func:`constant_baselines` on the training split) scored
+        on BLEU-4 and ROUGE-L beside the model, as ``task/constant_baseline/metric``.
 
     Returns
     -------
@@ -300,6 +358,7 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    baselines = baselines or {}
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cases: list[_Case] = []
@@ -326,6 +385,7 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         at = 0
         for case, group in zip(batch, requests):
             case.outcome = _outcome(case, answers[at:at + len(group)])
+            case.confused = confused(case.task, case.record.modality, group, answers[at:at + len(group)])
             at += len(group)
             if predictions is not None:
                 predictions.append(_prediction(case))
@@ -347,9 +407,52 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         elif task.family == "classification":
             results.update(_classification(task, task_cases, bootstrap))
         elif task in REPORT_TASKS:
-            results.update(_reports(task, task_cases, text_metrics, bootstrap))
+            results.update(_reports(task, task_cases, text_metrics, bootstrap, baselines.get(task)))
+        results[_key(task, "all", "confusion")] = metrics.bootstrap_mean([float(c.confused) for c in task_cases],
+                                                                         **bootstrap)
     results[SKIPPED] = dict(skipped or {})
     return results
+
+
+def training_volumes(analyzer: Any, train_records: Sequence[Record], **kwargs: Any) -> dict[str, dict]:
+    """Dice per organ (and task confusion) on the training split's CT volumes, keyed ``..._training_ct``.
+
+    medinterp-mini has one labelled CT and it is a training volume: these figures show that each organ
+    prompt is answered with its own organ, not how the model generalises.
+    """
+    volumes = [r for r in train_records if isinstance(r, SegmentationRecord) and isinstance(r.image, VolumeFile)]
+    if not volumes:
+        return {}
+    results = evaluate(analyzer, volumes, **kwargs)
+    results.pop(SKIPPED, None)
+    out = {}
+    for key, value in results.items():
+        task, name, metric = key.split("/")
+        out[f"{task}/{name}_training_ct/{metric}"] = value
+    return out
+
+
+def constant_baselines(train_records: Sequence[Record], tasks: Iterable[Task] = REPORT_TASKS) -> dict[Task, str]:
+    """Per report task, the single training text with the best corpus BLEU-4 against all training texts.
+
+    Candidates and references are the task's texts of the *training* records with images (the notes a
+    model would be scored like); the holdout never enters the choice.
+    """
+    out = {}
+    for task in tasks:
+        texts = [_report_reference(r, task) for r in train_records
+                 if isinstance(r, ReportRecord) and r.images and task in tasks_for(r)]
+        references = [metrics.tokenize(t) for t in texts]
+        best, best_score = None, -1.0
+        for candidate in dict.fromkeys(texts):
+            tokens = metrics.tokenize(candidate)
+            stats = np.sum([metrics.bleu_stats(tokens, ref) for ref in references], axis=0)
+            score = metrics.bleu_from_stats(stats)
+            if score > best_score:
+                best, best_score = candidate, score
+        if best is not None:
+            out[task] = best
+    return out
 
 
 def read_records(data: str | Path, split: str, dataset: str = "medinterp-mini") -> list[Record]:
@@ -387,4 +490,4 @@ def render_markdown(results: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SKIPPED", "evaluate", "named_classes", "read_records", "render_markdown", "requests_for", "tasks_of"]
+__all__ = ["SKIPPED", "confused", "constant_baselines", "evaluate", "training_volumes", "named_classes", "read_records", "render_markdown", "requests_for", "tasks_of"]

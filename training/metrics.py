@@ -202,6 +202,16 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, resamples: int =
 Interval = dict[str, float | int | None]
 
 
+def rouge_l(candidates: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Per-pair ROUGE-L F-measure (Google's rouge-score, stemming on, as report papers score it)."""
+    from rouge_score import rouge_scorer
+
+    if len(candidates) != len(references):
+        raise ValueError(f"got {len(candidates)} candidates but {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)]
+
+
 def bootstrap_mean(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0) -> Interval:
     """Bootstrap interval of the mean of per-case values (Dice, IoU, a per-report score)."""
     v = np.asarray(values, dtype=float)

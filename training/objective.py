@@ -9,7 +9,10 @@ the state computed with the task token as input, as the inference path keeps it
 
 from __future__ import annotations
 
+import zlib
+
 import torch
+import torch.nn.functional as F
 from medversa.inference.model import MedVersaModel
 from medversa.inference.prompting import embed_with_images
 from torch import nn
@@ -19,10 +22,40 @@ from .losses import MaskLoss, box_loss, language_loss
 
 
 class TrainingObjective(nn.Module):
-    def __init__(self, model: MedVersaModel, image_token_id: int) -> None:
+    def __init__(self, model: MedVersaModel, image_token_id: int,
+                 loss_weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self.model = model
         self.image_token_id = image_token_id
+        #: Weight of each loss in the total (1 when not given; the paper weighs them equally).
+        #: "route" > 0 adds the routing loss: each task token's state regresses onto its structure's code.
+        self.loss_weights = dict(loss_weights or {})
+        self._codes: dict[str, torch.Tensor] = {}
+        self.mask_loss = MaskLoss()
+
+    def routing_code(self, structure: str) -> torch.Tensor:
+        """A fixed unit-RMS vector per structure name, the same in every run and process (CRC32-seeded).
+
+        Training only: staged runs first train the heads on these codes while the LLM learns to
+        produce them at the task token; inference always reads the LLM's state (the published path).
+        """
+        key = " ".join(structure.lower().split())
+        if key not in self._codes:
+            gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+            self._codes[key] = torch.randn(self.model.config.llm.hidden_size, generator=gen)
+        return self._codes[key]
+
+    def _route(self, states: torch.Tensor, structures: list[str], losses: dict, teacher: bool) -> torch.Tensor:
+        """The states the heads read: the LLM's, or (teacher conditioning) the structures' codes."""
+        if len(structures) != states.shape[0] or not all(structures):
+            if teacher or self.loss_weights.get("route", 0.0) > 0:
+                raise ValueError("routing needs the structure of every task token")
+            return states
+        codes = torch.stack([self.routing_code(s) for s in structures]).to(states.device)
+        if self.loss_weights.get("route", 0.0) > 0:
+            route = F.mse_loss(states.float(), codes)
+            losses["route"] = (losses["route"] + route) / 2 if "route" in losses else route
+        return codes.to(states.dtype) if teacher else states
         self.mask_loss = MaskLoss()
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -40,9 +73,11 @@ class TrainingObjective(nn.Module):
         losses = {"lm": language_loss(logits, batch.labels)}
         if batch.det_positions:
             states = torch.stack([hidden[b, p] for b, p in batch.det_positions])
+            states = self._route(states, batch.det_structures, losses, batch.teacher_conditioning)
             losses["det"] = box_loss(model.detect(states), batch.det_boxes.to(device))
         if batch.seg_positions:
             states = torch.stack([hidden[b, p] for b, p in batch.seg_positions])
+            states = self._route(states, batch.seg_structures, losses, batch.teacher_conditioning)
             targets = torch.stack(batch.seg_masks).to(device)
             if volumetric:
                 logits3d = torch.cat([model.segment_3d(feats3d[b], states[k:k + 1])
@@ -51,7 +86,7 @@ class TrainingObjective(nn.Module):
             else:
                 images = torch.stack([batch.images[b][0] for b, _ in batch.seg_positions]).to(device)
                 losses["seg"] = self.mask_loss(self._segment_2d(images, states), targets)
-        losses["total"] = sum(losses.values())
+        losses["total"] = sum(self.loss_weights.get(k, 1.0) * v for k, v in losses.items())
         return losses
 
     def _visual_tokens(self, batch: Batch, volumetric: bool) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:

@@ -19,7 +19,19 @@ from medversa.inference.context import ContextFields
 from medversa.inference.tasks import Modality, Task
 
 from .records import Record
+from .records import ClassificationRecord, SegmentationRecord, VQARecord
 from .samples import Sample, build_sample, tasks_for
+
+
+def strata_of(record: Record) -> list[str]:
+    """What a balanced pool draws uniformly: each structure of a mask record, a record's class set or answer."""
+    if isinstance(record, SegmentationRecord):
+        return sorted(record.masks)
+    if isinstance(record, ClassificationRecord):
+        return [", ".join(sorted(record.labels)) or "no finding"]
+    if isinstance(record, VQARecord):
+        return [record.answer.lower()]
+    return [""]
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class DomainAwareSampler:
         world_size: int = 1,
         augment: bool = True,
         context_fields: ContextFields | None = None,
+        stages: list | None = None,
+        balanced: tuple[str, ...] | list[str] = (),
     ) -> None:
         grouped: dict[tuple[Modality, Task], list[Record]] = defaultdict(list)
         for record in records:
@@ -58,10 +72,30 @@ class DomainAwareSampler:
         self.world_size = world_size
         self.augment = augment
         self.context_fields = context_fields
-        unknown_m = set(self.modality_weights) - {m.value for m in Modality}
-        unknown_t = set(self.task_weights) - {t.value for t in Task}
-        if unknown_m or unknown_t:
-            raise ValueError(f"unknown modality/task weights: {sorted(unknown_m | unknown_t)}")
+        unknown_b = set(balanced) - {t.value for t in Task}
+        if unknown_b:
+            raise ValueError(f"unknown balanced task(s): {sorted(unknown_b)}")
+        #: Balanced pools: {(modality, task): {key: record indices}}, a key drawn uniformly, then a record.
+        self.strata: dict[tuple[Modality, Task], dict[str, list[int]]] = {}
+        for key, pool in self.pools.items():
+            if key[1].value in balanced:
+                groups: dict[str, list[int]] = defaultdict(list)
+                for i, record in enumerate(pool.records):
+                    for stratum in strata_of(record):
+                        groups[stratum].append(i)
+                self.strata[key] = dict(sorted(groups.items()))
+        #: (first step after the stage, modality weights, task weights) per stage, in order.
+        self.stages: list[tuple[int, dict[str, float], dict[str, float]]] = []
+        end = 0
+        for stage in stages or []:
+            end += stage.steps
+            self.stages.append((end, {**self.modality_weights, **(stage.modality_weights or {})},
+                                {**self.task_weights, **(stage.task_weights or {})}))
+        for _, mw, tw in [(0, self.modality_weights, self.task_weights), *self.stages]:
+            unknown_m = set(mw) - {m.value for m in Modality}
+            unknown_t = set(tw) - {t.value for t in Task}
+            if unknown_m or unknown_t:
+                raise ValueError(f"unknown modality/task weights: {sorted(unknown_m | unknown_t)}")
 
     def batch_size_for(self, modality: Modality) -> int:
         if isinstance(self.batch_size, int):
@@ -74,13 +108,23 @@ class DomainAwareSampler:
             raise ValueError("all sampling weights are zero")
         return options[int(rng.choice(len(options), p=w / w.sum()))]
 
+    def weights(self, step: int) -> tuple[dict[str, float], dict[str, float]]:
+        """The modality and task weights of ``step``'s stage (the run's own after the last stage)."""
+        for end, modality_weights, task_weights in self.stages:
+            if step < end:
+                return modality_weights, task_weights
+        return self.modality_weights, self.task_weights
+
     def choose(self, step: int) -> Pool:
         """The (modality, task) pool of ``step``: the same on every rank."""
+        modality_weights, task_weights = self.weights(step)
         rng = np.random.default_rng([self.seed, step, 0])
-        modalities = [m for m in self.modalities if self.modality_weights.get(m.value, 1.0) > 0]
-        modality = self._pick(rng, modalities, [self.modality_weights.get(m.value, 1.0) for m in modalities])
-        tasks = [key[1] for key in self.pools if key[0] is modality and self.task_weights.get(key[1].value, 1.0) > 0]
-        task = self._pick(rng, tasks, [self.task_weights.get(t.value, 1.0) for t in tasks])
+        # A modality takes part only if some task of it does (a stage may train a few tasks only).
+        modalities = [m for m in self.modalities if modality_weights.get(m.value, 1.0) > 0
+                      and any(k[0] is m and task_weights.get(k[1].value, 1.0) > 0 for k in self.pools)]
+        modality = self._pick(rng, modalities, [modality_weights.get(m.value, 1.0) for m in modalities])
+        tasks = [key[1] for key in self.pools if key[0] is modality and task_weights.get(key[1].value, 1.0) > 0]
+        task = self._pick(rng, tasks, [task_weights.get(t.value, 1.0) for t in tasks])
         return self.pools[(modality, task)]
 
     def samples(self, step: int) -> list[Sample]:
@@ -88,11 +132,24 @@ class DomainAwareSampler:
         pool = self.choose(step)
         size = self.batch_size_for(pool.modality)
         rng = np.random.default_rng([self.seed, step, 1])
-        picks = rng.integers(len(pool.records), size=size * self.world_size)
+        strata = self.strata.get((pool.modality, pool.task))
+        if strata:
+            keys = list(strata)
+            chosen = [keys[int(k)] for k in rng.integers(len(keys), size=size * self.world_size)]
+            picks = [strata[k][int(rng.integers(len(strata[k])))] for k in chosen]
+        else:
+            chosen = [None] * (size * self.world_size)
+            picks = [int(i) for i in rng.integers(len(pool.records), size=size * self.world_size)]
         mine = range(self.rank * size, (self.rank + 1) * size)
-        return [build_sample(pool.records[int(picks[i])], pool.task,
+        return [build_sample(pool.records[picks[i]], pool.task,
                              np.random.default_rng([self.seed, step, 2, i]), self.augment,
-                             self.context_fields) for i in mine]
+                             self.context_fields, structure=chosen[i] if pool.task.family == "segmentation" else None)
+                for i in mine]
+
+    def describe_strata(self) -> dict[str, dict[str, int]]:
+        """Records per stratum of each balanced pool."""
+        return {f"{m.value}/{t.value}": {k: len(v) for k, v in groups.items()}
+                for (m, t), groups in self.strata.items()}
 
     def describe(self) -> dict[str, int]:
         """Pool sizes, for the data manifest and the log."""

@@ -23,6 +23,7 @@ from medversa.inference.tasks import (
     TEMPLATES,
     Modality,
     Task,
+    comparison_target,
     fill_template,
     format_region,
     join_targets,
@@ -65,6 +66,8 @@ class Sample:
     images: list[np.ndarray] = field(default_factory=list)  # display uint8 2D, or HU [slices, rows, cols]
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)  # normalised, per <DET>
     masks: list[np.ndarray] = field(default_factory=list)  # bool, per <2DSEG>/<3DSEG>, source size
+    #: The structure each task token stands for, in answer order (the routing codes' keys).
+    structures: list[str] = field(default_factory=list)
     record_id: str = ""
 
 
@@ -105,11 +108,12 @@ def _crop_all(images: list[np.ndarray], rng: np.random.Generator, augment: bool)
 
 
 def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: bool = True,
-                 context_fields: ContextFields | None = None) -> Sample:
+                 context_fields: ContextFields | None = None, structure: str | None = None) -> Sample:
     """One sample of ``task`` from ``record``; ``augment=False`` gives the un-augmented view.
 
     The record's clinical context is written by :func:`render_context` with ``context_fields``
-    (the recipe's; None: every field), the function the node uses on DICOM headers.
+    (the recipe's; None: every field), the function the node uses on DICOM headers. ``structure``
+    asks a segmentation record for that structure (balanced sampling) instead of one drawn at random.
     """
     if isinstance(record, TextRecord):
         return _report(task, record.findings, record.impression, "", [], rng, record.record_id)
@@ -126,7 +130,7 @@ def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: 
     if isinstance(record, DetectionRecord):
         return _detection(record, task, rng)
     if isinstance(record, SegmentationRecord):
-        return _segmentation(record, task, rng, augment)
+        return _segmentation(record, task, rng, augment, structure)
     if isinstance(record, VQARecord):
         images = _crop_all([img.load() for img in record.images], rng, augment)
         return Sample(task, record.modality, record.question, record.answer,
@@ -140,7 +144,7 @@ def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: 
         current = [img.load() for img in record.current]
         prior = [img.load() for img in record.prior]
         main = list(range(len(current)))
-        prior_tags = "".join(f"<img{i}>" for i in range(len(current), len(current) + len(prior)))
+        prior_tags = comparison_target(list(range(len(current), len(current) + len(prior))))
         question = (record.question if record.question
                     else fill_template(_template(task, rng), main, prior_tags))
         return Sample(task, record.modality, question, record.answer,
@@ -171,7 +175,7 @@ def _detection(record: DetectionRecord, task: Task, rng: np.random.Generator) ->
     candidates = list(dict.fromkeys([*record.candidates, *record.boxes]))
     count = int(rng.integers(1, min(MAX_DETECTION_TARGETS, len(candidates)) + 1))
     chosen = [candidates[i] for i in rng.permutation(len(candidates))[:count]]
-    parts, boxes = [], []
+    parts, boxes, structures = [], [], []
     for name in chosen:
         found = record.boxes.get(name, [])
         if not found:
@@ -179,15 +183,20 @@ def _detection(record: DetectionRecord, task: Task, rng: np.random.Generator) ->
         for x0, y0, x1, y1 in found:
             parts.append(f"{name} {DET_TOKEN}")
             boxes.append((x0 / record.width, y0 / record.height, x1 / record.width, y1 / record.height))
+            structures.append(name)
     question = fill_template(_template(task, rng), [0], join_targets(chosen))
     return Sample(task, record.modality, question, ", ".join(parts), images=[record.image.load()],
-                  boxes=boxes, record_id=record.record_id)
+                  boxes=boxes, structures=structures, record_id=record.record_id)
 
 
-def _segmentation(record: SegmentationRecord, task: Task, rng: np.random.Generator, augment: bool) -> Sample:
+def _segmentation(record: SegmentationRecord, task: Task, rng: np.random.Generator, augment: bool,
+                  structure: str | None = None) -> Sample:
     """One structure per prompt, as the analyzer asks; flips as the paper augments."""
     names = sorted(record.masks)
-    name = names[int(rng.integers(len(names)))]
+    if structure is not None and structure not in record.masks:
+        raise ValueError(f"{record.source} {record.record_id} has no mask of {structure!r}; it has {names}")
+    pick = names[int(rng.integers(len(names)))]  # drawn either way: the rng stream stays the same
+    name = structure if structure is not None else pick
     image = record.image.load()
     mask = record.masks[name].load()
     volumetric = record.modality.is_volume
@@ -204,4 +213,4 @@ def _segmentation(record: SegmentationRecord, task: Task, rng: np.random.Generat
     token = SEG3D_TOKEN if volumetric else SEG2D_TOKEN
     question = fill_template(_template(task, rng), [0], name)
     return Sample(task, record.modality, question, f"The segmentation mask of {name} is {token}",
-                  images=[image], masks=[mask], record_id=record.record_id)
+                  images=[image], masks=[mask], structures=[name], record_id=record.record_id)

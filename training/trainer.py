@@ -31,7 +31,7 @@ from medversa.inference.tasks import Task
 
 from . import distributed
 from .batching import collate
-from .config import TrainConfig
+from .config import StageConfig, TrainConfig
 from .objective import TrainingObjective
 from .records import Record
 from .sampler import DomainAwareSampler
@@ -39,7 +39,7 @@ from .schedule import make_scheduler
 
 LOGGER = logging.getLogger(__name__)
 
-LOGGED = ("total", "lm", "det", "seg")
+LOGGED = ("total", "lm", "det", "seg", "route")
 
 
 def load_records(config: TrainConfig) -> list[Record]:
@@ -66,6 +66,23 @@ def _set_trainable(model: MedVersaModel, train_llm_base: bool) -> None:
             param.requires_grad = train_llm_base or "lora_" in name
         else:
             param.requires_grad = True
+
+
+def param_groups(objective: torch.nn.Module, lr_scale: dict[str, float], lr: float) -> list[dict]:
+    """Trainable parameters grouped by learning-rate multiplier (longest matching name prefix wins).
+
+    Names are the model's (``seg_2d_text.1.weight``, ``llm.``...); the LambdaLR schedule scales
+    every group's own rate, so a multiplier holds through warm-up and decay.
+    """
+    groups: dict[float, list] = {}
+    for name, param in objective.named_parameters():
+        if not param.requires_grad:
+            continue
+        name = name.removeprefix("model.")
+        matches = [p for p in lr_scale if name.startswith(p)]
+        scale = float(lr_scale[max(matches, key=len)]) if matches else 1.0
+        groups.setdefault(scale, []).append(param)
+    return [{"params": params, "lr": lr * scale} for scale, params in sorted(groups.items())]
 
 
 def bf16_enabled(device: torch.device, bf16: bool | None) -> bool:
@@ -120,14 +137,16 @@ class Trainer:
         self.records = records if records is not None else load_records(config)
         self.sampler = DomainAwareSampler(
             self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
-            self.runtime.rank, self.runtime.world_size, config.augment, self.context_fields)
-        self._inner = TrainingObjective(self.model, tokenizer.ids.image)
+            self.runtime.rank, self.runtime.world_size, config.augment, self.context_fields, config.stages,
+            config.balanced)
+        self._inner = TrainingObjective(self.model, tokenizer.ids.image, config.loss_weights)
         self.objective = distributed.wrap(self._inner, self.runtime, config.strategy)
         self._sharded = self.runtime.distributed and config.strategy == "fsdp"
         #: What the optimizer updates and the clipping measures (fixed once trainability is set).
         self.params = [p for p in self.objective.parameters() if p.requires_grad]
         opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self._inner, config.lr_scale, opt.lr), lr=opt.lr,
+                                           betas=opt.betas, weight_decay=opt.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, config.steps, opt)
         self.step = 0
         torch.manual_seed(config.seed + 1000 * self.runtime.rank)  # per-rank dropout streams
@@ -179,6 +198,7 @@ class Trainer:
         samples = self.sampler.samples(self.step)
         batch = collate(samples, self.tokenizer, self.model.config, self.config.max_length)
         batch = _to_device(batch, self.runtime.device)
+        batch.teacher_conditioning = self.stage(self.step).teacher_conditioning
         self.objective.train()
         with self._autocast():
             losses = self.objective(batch)
@@ -191,7 +211,7 @@ class Trainer:
         values = {k: float(losses[k].detach()) if k in losses else 0.0 for k in LOGGED}
         values = distributed.mean_over_ranks(values, self.runtime)
         elapsed = time.perf_counter() - t0
-        row = {"step": self.step, "task": batch.task.value, "modality": batch.modality.value,
+        row = {"step": self.step, "stage": self.stage(self.step).name, "task": batch.task.value, "modality": batch.modality.value,
                **{f"loss_{k}": round(v, 6) for k, v in values.items() if k in losses or k == "total"},
                "lr": lr, "grad_norm": round(float(grad_norm), 4),
                "samples_per_s": round(batch.size * self.runtime.world_size / elapsed, 3), "seconds": round(elapsed, 3)}
@@ -247,6 +267,15 @@ class Trainer:
             plot_losses(log_path, self.output / "plots")
         distributed.teardown(self.runtime)
         return final
+
+    def stage(self, step: int) -> StageConfig:
+        """The stage ``step`` belongs to (a default one when the config has no stages)."""
+        end = 0
+        for stage in self.config.stages:
+            end += stage.steps
+            if step < end:
+                return stage
+        return StageConfig(name="all", steps=self.config.steps)
 
     @property
     def context_fields(self) -> ContextFields | None:

@@ -26,6 +26,8 @@ from medversa.inference.tasks import Modality
 from ..records import (
     ClassificationRecord,
     DetectionRecord,
+    RegionCaptionRecord,
+    VQARecord,
     ImageFile,
     LabelVolumeMask,
     MaskFile,
@@ -55,6 +57,45 @@ CT_ORGANS = {"liver": (1,), "kidney": (2,), "spleen": (3,), "pancreas": (4,)}
 CXR_PARTS = {"left_lung": "left lung", "right_lung": "right lung", "heart": "heart"}
 
 CXR_VIEWS = {"PA": "PA", "AP": "AP", "AP Supine": "AP supine", "L": "lateral"}
+
+#: cxr-notes ``finding`` values -> the 33-class vocabulary (None: no finding). The values are the leaves
+#: of the COVID-19 image data collection's finding hierarchy; every leaf below is filed there under
+#: "Pneumonia/..." (e.g. Pneumonia/Viral/COVID-19, Pneumonia/Bacterial/Streptococcus, Pneumonia/Lipoid),
+#: so it maps to "pneumonia". "ARDS" has no class among the 33 and "todo" is unlabelled: such rows
+#: get no classification record (a combined value keeps its mapped parts: "COVID-19, ARDS" -> pneumonia).
+CXR_NOTES_FINDINGS: dict[str, str | None] = {
+    "No Finding": None,
+    "Pneumonia": "pneumonia",
+    **{leaf: "pneumonia" for leaf in (
+        "COVID-19", "SARS", "MERS", "Influenza", "Varicella", "Bacterial", "Streptococcus", "Klebsiella",
+        "Legionella", "E.Coli", "Mycoplasma Bacterial Pneumonia", "Pneumocystis", "Lipoid", "Aspiration",
+        "Chlamydophila", "Nocardia", "Staphylococcus")},
+}
+
+#: Views answered by the closed question "Is this a frontal or a lateral view?".
+VIEW_KIND = {"PA": "frontal", "AP": "frontal", "AP Supine": "frontal", "L": "lateral"}
+
+
+def finding_labels(value: str) -> list[str] | None:
+    """The classes a cxr-notes ``finding`` names ([] = no finding); None when no part of it maps."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if parts == ["No Finding"]:
+        return []
+    labels = [CXR_NOTES_FINDINGS[p] for p in parts if CXR_NOTES_FINDINGS.get(p)]
+    return list(dict.fromkeys(labels)) or None
+
+
+def mask_box(path: Path) -> tuple[float, float, float, float] | None:
+    """The pixel box ``(x0, y0, x1, y1)`` around a mask PNG's foreground (None: empty mask)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("L")) > 0
+    rows, cols = np.nonzero(pixels.any(axis=1))[0], np.nonzero(pixels.any(axis=0))[0]
+    if not len(rows):
+        return None
+    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
 
 
 def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -86,7 +127,7 @@ def _file(folder: Path, relative: str, table: Path, record: str) -> Path:
     return path
 
 
-def read_cxr_organs(root: Path, split: str) -> list[SegmentationRecord]:
+def read_cxr_organs(root: Path, split: str, captions: bool = True) -> list[Record]:
     folder = root / "cxr-organs"
     out = []
     for image_id, s in sorted(read_splits(folder).items()):
@@ -96,7 +137,22 @@ def read_cxr_organs(root: Path, split: str) -> list[SegmentationRecord]:
         masks = {CXR_PARTS[p]: MaskFile(_file(folder, f"masks/{image_id}_{p}.png", folder / "split.csv", image_id))
                  for p in ("left_lung", "right_lung", "heart")}
         out.append(SegmentationRecord(f"{SOURCE}/cxr-organs", image_id, Modality.CXR, s, ImageFile(image), masks))
+        if captions:
+            out += _region_captions(f"{SOURCE}/cxr-organs", image_id, s, ImageFile(image),
+                                    {name: [mask_box(m.path)] for name, m in masks.items()})
     return out
+
+
+def _region_captions(source: str, image_id: str, split: str, image: ImageFile,
+                     boxes: dict[str, list]) -> list[RegionCaptionRecord]:
+    """One caption per structure box: the region's answer names the structure it outlines."""
+    from PIL import Image
+
+    with Image.open(image.path) as im:
+        width, height = im.size
+    return [RegionCaptionRecord(source, f"{image_id}/{name}/{i}", Modality.CXR, split, image, width, height,
+                                tuple(box), name)
+            for name, found in sorted(boxes.items()) for i, box in enumerate(found) if box is not None]
 
 
 def clinical_context(row: dict[str, str]) -> ClinicalContext:
@@ -137,7 +193,20 @@ def read_cxr_notes(root: Path, split: str) -> list[Record]:
         if notes:
             out.append(ReportRecord(name, image_id, Modality.CXR, split, [image], findings=notes,
                                     context=clinical_context(row)))
+        labels = finding_labels(row.get("finding", ""))
+        if labels is not None:
+            out.append(ClassificationRecord(name, image_id, Modality.CXR, split, image, labels,
+                                            context=clinical_context(row)))
+            for phrase in ("pneumonia",):
+                out.append(VQARecord(name, f"{image_id}/{phrase}", Modality.CXR, split, [image],
+                                     f"Is there {phrase} in this chest radiograph?",
+                                     "yes" if phrase in labels else "no"))
+        view = VIEW_KIND.get(row.get("view", "").strip())
+        if view:
+            out.append(VQARecord(name, f"{image_id}/view", Modality.CXR, split, [image],
+                                 "Is this a frontal or a lateral view?", view))
         if image_id in boxes:
+            out += _region_captions(name, image_id, split, image, boxes[image_id])
             from PIL import Image
 
             with Image.open(image.path) as im:
@@ -188,7 +257,11 @@ def read_derm(root: Path, split: str) -> list[Record]:
             raise RecordError(table, i, f"unknown diagnosis {row['diagnosis']!r}; known: {sorted(DERM_DIAGNOSES)}")
         image = ImageFile(_file(folder, row["image"], table, image_id))
         name = f"{SOURCE}/derm"
-        out.append(ClassificationRecord(name, image_id, Modality.DERM, split, image, [DERM_DIAGNOSES[row["diagnosis"]]]))
+        diagnosis = DERM_DIAGNOSES[row["diagnosis"]]
+        out.append(ClassificationRecord(name, image_id, Modality.DERM, split, image, [diagnosis]))
+        for phrase in sorted(set(DERM_DIAGNOSES.values())):
+            out.append(VQARecord(name, f"{image_id}/{phrase}", Modality.DERM, split, [image],
+                                 f"Is this skin lesion a {phrase}?", "yes" if phrase == diagnosis else "no"))
         out.append(SegmentationRecord(name, image_id, Modality.DERM, split, image,
                                       {"skin lesion": MaskFile(_file(folder, row["mask"], table, image_id))}))
     return out

@@ -1,0 +1,141 @@
+"""Staged training, balanced sampling, routing codes and the task-confusion metric (issue 12).
+
+The generalist must carry the structure named in its answer into the task token's state; these
+tests pin the training-side means (stages, codes, balance) and the metric that checks every task
+answers in its own form.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from medversa.inference.checkpoint import build_model
+from medversa.inference.schema import Answer, Box, Mask2D
+from medversa.inference.tasks import Modality, Task
+from medversa.training.batching import collate
+from medversa.training.config import StageConfig, TrainConfig
+from medversa.training.evaluate import confused, constant_baselines
+from medversa.training.objective import TrainingObjective
+from medversa.training.records import ArrayImage, ArrayMask, ReportRecord, SegmentationRecord
+from medversa.training.sampler import DomainAwareSampler
+from medversa.training.samples import build_sample
+from medversa.training.trainer import param_groups
+
+
+def _chest(i: int) -> SegmentationRecord:
+    image = np.full((64, 64), 40 + i, dtype=np.uint8)
+    left, right, heart = (np.zeros((64, 64), bool) for _ in range(3))
+    left[10:50, 36:60], right[10:50, 4:28], heart[30:50, 24:44] = True, True, True
+    masks = {"left lung": ArrayMask(left), "right lung": ArrayMask(right), "heart": ArrayMask(heart)}
+    return SegmentationRecord("t", f"c{i}", Modality.CXR, "train", ArrayImage(image), masks)
+
+
+def _lungs(i: int) -> SegmentationRecord:
+    both = np.zeros((64, 64), bool)
+    both[10:50, 4:60] = True
+    return SegmentationRecord("t", f"l{i}", Modality.CXR, "train", ArrayImage(np.zeros((64, 64), np.uint8)),
+                              {"lungs": ArrayMask(both)})
+
+
+def test_stages_must_cover_the_steps_and_pick_their_own_tasks() -> None:
+    with pytest.raises(ValueError, match="sum to 5"):
+        TrainConfig.from_dict({"steps": 10, "optimizer": {"warmup_steps": 1},
+                               "stages": [{"name": "a", "steps": 5}]})
+    records = [_chest(i) for i in range(3)] + [
+        ReportRecord("t", "r", Modality.CXR, "train", [ArrayImage(np.zeros((8, 8), np.uint8))], findings="x.")]
+    stages = [StageConfig(name="route", steps=20, task_weights={"report_findings": 0})]
+    sampler = DomainAwareSampler(records, 0, 2, stages=stages)
+    assert {sampler.choose(s).task for s in range(20)} == {Task.CHEST_ORGAN_SEGMENTATION}
+    assert Task.REPORT_FINDINGS in {sampler.choose(s).task for s in range(20, 80)}
+
+
+def test_balanced_sampling_draws_each_structure_equally_and_asks_for_it() -> None:
+    records = [_chest(i) for i in range(2)] + [_lungs(i) for i in range(8)]
+    sampler = DomainAwareSampler(records, 3, 4, balanced=["chest_organ_segmentation"], augment=False)
+    asked = Counter(s.structures[0] for step in range(200) for s in sampler.samples(step))
+    assert set(asked) == {"left lung", "right lung", "heart", "lungs"}
+    assert max(asked.values()) / min(asked.values()) < 1.3  # unbalanced: "lungs" would be 80 %
+    again = DomainAwareSampler(records, 3, 4, balanced=["chest_organ_segmentation"], augment=False)
+    assert [s.question for s in again.samples(7)] == [s.question for s in sampler.samples(7)]
+
+
+def _seg_batch(structures: list[str]):
+    model, tokenizer = build_model("tiny")
+    record = _chest(0)
+    samples = [build_sample(record, Task.CHEST_ORGAN_SEGMENTATION, np.random.default_rng(i), False, structure=s)
+               for i, s in enumerate(structures)]
+    return model, collate(samples, tokenizer, model.config, 256), tokenizer
+
+
+def test_teacher_conditioning_feeds_codes_and_the_llm_learns_them_from_the_route_loss() -> None:
+    torch.manual_seed(0)
+    model, batch, tokenizer = _seg_batch(["left lung", "right lung"])
+    assert batch.seg_structures == ["left lung", "right lung"]
+    objective = TrainingObjective(model, tokenizer.ids.image, {"route": 1.0})
+    codes = [objective.routing_code(s) for s in ("left lung", "right lung")]
+    assert torch.equal(codes[0], TrainingObjective(model, tokenizer.ids.image).routing_code("Left  Lung"))
+    assert not torch.allclose(codes[0], codes[1])
+    batch.teacher_conditioning = True
+    losses = objective(batch)
+    assert "route" in losses and float(losses["route"]) > 0
+    # The decoder reads the codes: its loss sends no gradient into the LLM; the route loss does.
+    losses["seg"].backward(retain_graph=True)
+    llm_grads = [p.grad for n, p in model.named_parameters() if n.startswith("llm.") and p.grad is not None]
+    assert all(float(g.abs().sum()) == 0 for g in llm_grads)
+    losses["route"].backward()
+    assert any(float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters()
+               if n.startswith("llm.") and p.grad is not None)
+    batch.teacher_conditioning = False  # joint stage: the published path, the LLM's own states
+    model.zero_grad()
+    objective(batch)["seg"].backward()
+    assert any(float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters()
+               if n.startswith("llm.") and p.grad is not None)
+
+
+def test_learning_rate_multipliers_by_name_prefix() -> None:
+    model, _ = build_model("tiny")
+    objective = TrainingObjective(model, 0)
+    groups = param_groups(objective, {"seg_2d_text": 10.0, "seg_2d": 2.0}, 1e-3)
+    rates = {round(g["lr"], 6): len(g["params"]) for g in groups}
+    assert set(rates) == {1e-3, 2e-3, 1e-2}
+    assert rates[1e-2] == sum(1 for n, _ in model.named_parameters() if n.startswith("seg_2d_text"))
+    assert sum(rates.values()) == len([p for p in model.parameters() if p.requires_grad])
+
+
+def _asked(*targets: str) -> SimpleNamespace:
+    """A request as confused() reads it: only its targets matter."""
+    return SimpleNamespace(targets=targets)
+
+
+def test_task_confusion_flags_answers_of_another_task_kind() -> None:
+    seg = Task.ABDOMINAL_ORGAN_SEGMENTATION
+    liver = Mask2D("liver", np.ones((2, 2), bool))
+    kidney = Mask2D("kidney", np.ones((2, 2), bool))
+    ask_kidney = [_asked("kidney")]
+    assert confused(seg, Modality.CT, ask_kidney, [Answer("r", seg, "...", masks_2d=[liver])])
+    assert not confused(seg, Modality.CT, ask_kidney, [Answer("r", seg, "...", masks_2d=[kidney])])
+    det = Task.ANATOMY_DETECTION
+    ask = [_asked("left lung", "right lung")]
+    good = Answer("r", det, "left lung <DET>, right lung <DET>", boxes=[Box("left lung", 0, 0, 1, 1)])
+    assert not confused(det, Modality.CXR, ask, [good])
+    assert confused(det, Modality.CXR, ask, [Answer("r", det, "left lung <DET>, heart <DET>",
+                                                    boxes=[Box("heart", 0, 0, 1, 1)])])
+    cls = Task.SKIN_LESION_CLASSIFICATION
+    assert not confused(cls, Modality.DERM, [_asked()], [Answer("r", cls, "melanoma")])
+    assert confused(cls, Modality.DERM, [_asked()], [Answer("r", cls, "The lungs are clear.")])
+    assert confused(cls, Modality.DERM, [_asked()], [Answer("r", cls, "pneumonia")])
+    rep = Task.REPORT_FINDINGS
+    assert confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "melanocytic nevus")])
+    assert not confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "The lungs are clear.")])
+
+
+def test_constant_baseline_is_the_training_text_with_the_best_bleu() -> None:
+    image = [ArrayImage(np.zeros((8, 8), np.uint8))]
+    texts = ["the lungs are clear without effusion", "the lungs are clear without effusion today",
+             "the lungs are clear without effusion or edema", "patient fell from a ladder yesterday"]
+    records = [ReportRecord("t", str(i), Modality.CXR, "train", image, findings=t) for i, t in enumerate(texts)]
+    assert constant_baselines(records, [Task.REPORT_FINDINGS])[Task.REPORT_FINDINGS] == texts[0]
