@@ -268,3 +268,20 @@ def test_medversa_ask_answers_a_question_about_a_study_on_the_node(setup, tmp_pa
                           "--config", str(setup.config)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **MODEL_ENV})
     assert bad.returncode == 2 and "give a question, a region" in bad.stderr, bad.stderr
+
+
+def test_annotating_before_the_pacs_routed_the_study_answers_and_the_study_is_still_analysed_once(setup, tmp_path):
+    """The reader saves a question right after the image reached the PACS: the annotation goes to the node at
+    once, the image follows when the study is stable (1 s here). Whichever arrives first (the node may fetch
+    the image by C-MOVE for the answer), the question is answered and the study analysed exactly once."""
+    image = f.make_cr(64, 64, body_part="CHEST", PatientID="ASK-EARLY", SeriesDescription="CHEST PA")
+    report = ohif_measurement_report(image, [rectangle_group(image, (8, 8, 40, 40), "Is there a pneumothorax?")])
+    setup.to_pacs([image, report], tmp_path / "both")
+    study_uid = str(image.StudyInstanceUID)
+    [group] = read_answers(setup.answer_sr(study_uid))
+    assert (group["image"], group["answer"]) == (str(image.SOPInstanceUID), ANSWER)
+    [analysis] = setup.finished(study_uid, ask=False)
+    assert analysis.state is JobState.DONE, analysis.error
+    time.sleep(2)
+    assert len([j for j in setup.jobs(study_uid) if j.ask is None]) == 1
+    assert len([j for j in setup.jobs(study_uid) if j.ask is not None]) == 1
