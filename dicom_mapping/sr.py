@@ -12,15 +12,19 @@ Content, following IHE Radiology AI Results (AIR):
   the same tracking identifier and UID (one tracked finding, two representations),
   a planar region with the mask's outline (SCOORD closed POLYLINE; for a volume,
   on the slice where the organ is largest, with that cross-section's area), its
-  finding site the structure. Every measurement group thus has spatial coordinates, which web
-  viewers need to draw it (OHIF 3 draws SCOORD groups only, and fails on a tracked
-  finding without coordinates); the SEG reference stays the standard's link to the mask.
+  finding site the structure. Every measurement group thus has spatial coordinates,
+  which web viewers need to draw it (OHIF 3 draws SCOORD groups only, and fails on a
+  tracked finding without coordinates); the SEG reference stays the standard's link
+  to the mask.
 - Qualitative evaluations (TID 1500 row 12): each classification result and each
-  class answered ``<N/A>`` as a CODE item (the finding: present / absent), the generated report as Findings
-  (LOINC 59776-5) and Impression (LOINC 19005-8) text, the longitudinal
-  comparison text (the prior study is referenced in the evidence), question /
-  answer pairs from VQA and region captioning, and a statement that the document
-  is AI-generated. The document is UNVERIFIED (VerificationFlag) and partial.
+  class answered ``<N/A>`` as a CODE item (the finding: present / absent), the
+  generated report as Findings (LOINC 59776-5) and Impression (LOINC 19005-8) text,
+  the longitudinal comparison text (the prior study is referenced in the evidence),
+  question / answer pairs from VQA and region captioning, and a statement that the
+  document is AI-generated. The document is UNVERIFIED (VerificationFlag) and partial.
+
+:func:`build_text_report` writes the same results as a TID 2000 text report, which
+viewers that never show a TID 1500 document's text do show.
 """
 
 from __future__ import annotations
@@ -109,10 +113,10 @@ def _box_area_mm2(width: float, height: float, ref: ImageRef) -> float | None:
 def _largest_slice(mask: np.ndarray, volume: VolumeRef) -> tuple[int, ImageRef]:
     """The slice of a 3D mask where the structure is largest, as a reference to its source image."""
     k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
-    frame = volume.frames[k] if volume.frames else None
-    uid = volume.sop_instance_uids[k] if not volume.frames else volume.sop_instance_uids[0]
-    return k, ImageRef(volume.study_instance_uid, volume.series_instance_uid, volume.sop_class_uid, uid,
-                       volume.rows, volume.cols, frame, volume.pixel_spacing, volume.frame_of_reference_uid, "CT")
+    frame = volume.frames[k] if volume.frames else None  # Enhanced CT: one instance, a frame per slice
+    return k, ImageRef(volume.study_instance_uid, volume.series_instance_uid, volume.sop_class_uid,
+                       volume.sop_instance_uids[k], volume.rows, volume.cols, frame, volume.pixel_spacing,
+                       volume.frame_of_reference_uid, "CT")
 
 
 def _source_image(ref: ImageRef) -> hd.sr.SourceImageForRegion:
