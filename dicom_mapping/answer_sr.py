@@ -76,7 +76,7 @@ def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem | None:
 
 def build_answer_sr(
     answers: list[RegionAnswer],
-    annotation: Dataset,
+    annotation: Dataset | None,
     images: list[Dataset],
     algorithm: AlgorithmInfo,
     series_instance_uid: str,
@@ -86,12 +86,14 @@ def build_answer_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """The SR answering the regions of ``annotation`` (the reader's SR or GSPS) drawn on ``images``.
 
+    ``annotation`` is None for a question asked without an annotation object (``medversa ask``): the
+    groups then reference no reader's object.
+
     Raises ValueError when there is nothing to answer or a region's image is not in ``images``.
     """
     if not answers:
         raise ValueError("answers: no region to answer")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in images}
-    annotation_uid = str(annotation.SOPInstanceUID)
     groups = []
     for number, item in enumerate(answers, start=1):
         ref = item.region.image
@@ -111,10 +113,11 @@ def build_answer_sr(
         )
         extra = [_text(COMMENT, item.shown), _text(QUESTION, item.question), _text(ANSWER, item.answer),
                  _text(REGION_DESCRIPTION, item.caption)]
-        extra.append(hd.sr.CompositeContentItem(name=READER_ANNOTATION,
-                                                referenced_sop_class_uid=str(annotation.SOPClassUID),
-                                                referenced_sop_instance_uid=annotation_uid,
-                                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        if annotation is not None:
+            extra.append(hd.sr.CompositeContentItem(name=READER_ANNOTATION,
+                                                    referenced_sop_class_uid=str(annotation.SOPClassUID),
+                                                    referenced_sop_instance_uid=str(annotation.SOPInstanceUID),
+                                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
         group[0].ContentSequence.extend(x for x in extra if x is not None)
         groups.append(group)
 
@@ -130,7 +133,7 @@ def build_answer_sr(
     container.ContentSequence = [_text(AI_NOTICE, AI_STATEMENT.format(name=algorithm.name,
                                                                       version=algorithm.version))]
     report[0].ContentSequence.append(container)
-    evidence = list({str(ds.SOPInstanceUID): ds for ds in [*images, annotation]}.values())
+    evidence = list({str(ds.SOPInstanceUID): ds for ds in [*images, *([annotation] if annotation else [])]}.values())
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],

@@ -190,7 +190,8 @@ def compute_ask(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
         if retryable and not last_attempt:
             raise TransientJobError(f"image {ref.sop_instance_uid}: {note}")
         if note:
-            notes.append(f"image {ref.sop_instance_uid or '(the study first image the model reads)'}: {note}")
+            what = ref.sop_instance_uid or "(the study's first image the model reads)"
+            notes.append(f"image {what}: {note}")
         if image is not None:
             images[str(image.dataset.SOPInstanceUID)] = image
     if source is None:  # `medversa ask`: one region (or the whole image) on the chosen image
@@ -207,7 +208,7 @@ def compute_ask(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
     answers = _answer(ctx, answerable, images, ask, notes)
     algorithm = ctx.algorithm
     key = ask_key(study_uid, ask, algorithm.model_id)
-    ds = build_answer_sr(answers, source if source is not None else _command_source(ask, images),
+    ds = build_answer_sr(answers, source,
                          [images[uid].dataset for uid in dict.fromkeys(a.region.image.sop_instance_uid
                                                                        for a in answers)],
                          algorithm, derive_uid(algorithm.org_root, key, "series"),
@@ -237,11 +238,6 @@ def _command_region(ask: dict, uid: str, image: _Image) -> Region:
     x0, y0, x1, y1 = ask.get("region") or (0, 0, image.cols, image.rows)
     points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
     return Region("POLYLINE", points, ref, ask.get("question", ""), "medversa ask")
-
-
-def _command_source(ask: dict, images: dict[str, _Image]) -> Dataset:
-    """`medversa ask` has no annotation object: the answer references the image itself."""
-    return next(iter(images.values())).dataset
 
 
 def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], ask: dict,
