@@ -503,6 +503,7 @@ def build_text_report(
                                  (_IMPRESSIONS_SECTION, _IMPRESSION, impressions)):
         if not lines:
             continue
+        # CONTINUOUS: a viewer runs the sentences together as wrapped text (OHIF shows SEPARATE ones unwrapped).
         container = hd.sr.ContainerContentItem(name=section, relationship_type=contains)
         container.ContentSequence = [hd.sr.TextContentItem(name=name, value=clean_text(line),
                                                            relationship_type=contains)
