@@ -136,3 +136,24 @@ def test_presentation_states_render_with_dcmp2pgm(studies, tmp_path):
             rendered += 1
     assert rendered >= 1
     record("GSPS", "dcmtk dcmp2pgm", "pass", f"{rendered} presentation states rendered on their images")
+
+
+def _spacings(ds):
+    for element in ds.iterall():
+        if element.keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+            yield element.keyword, [float(v) for v in element.value]
+
+
+def test_a_zero_pixel_spacing_is_never_copied(tiny_analyzer):
+    """A source saying PixelSpacing 0\\0 (as the shared RG1_J2KI.dcm does): no result repeats it."""
+    source = viewer_study.f.make_cr(128, 128, pixels=viewer_study._chest_pixels(128, 128), study_uid=hd.UID(),
+                                    pixel_spacing=(0.0, 0.0))
+    study = viewer_study._process("zero", [source], tiny_analyzer)
+    assert {"SR", "SEG", "PR", "SC"} <= {k for k, _ in study.results}
+    for kind, ds in study.results:
+        for keyword, values in _spacings(ds):
+            assert min(values) > 0, (kind, keyword, values)
+    sr = study.of_kind("SR")[0]
+    units = [e.value[0].CodeValue for e in sr.iterall() if e.keyword == "MeasurementUnitsCodeSequence"]
+    assert "mm2" not in units  # no area without a spacing
+    assert any(e.keyword == "GraphicData" for e in sr.iterall())  # the outlines and boxes are still there
