@@ -27,7 +27,13 @@ import torch
 from medversa.inference.analyzer import Analyzer
 from medversa.training.config import TrainConfig
 from medversa.training.datasets.medinterp_mini import read_all
-from medversa.training.evaluate import evaluate, render_markdown
+from medversa.training.evaluate import (
+    METRIC_NAMES,
+    constant_baselines,
+    evaluate,
+    render_markdown,
+    training_volumes,
+)
 from medversa.training.specialist import (
     STRUCTURES,
     evaluate_specialist,
@@ -87,6 +93,139 @@ def specialist_scores(cfg: TrainConfig, data: Path, out: Path, organ_steps: int)
     return spec
 
 
+#: Why a task is not declared by the demo checkpoint (what medinterp-mini lacks for it).
+NOT_TRAINED = {
+    "pathology_detection": "no pathology boxes in medinterp-mini (its boxes are lungs only)",
+    "longitudinal_comparison": "no text describes a change between two studies (a patient's radiographs "
+                               "share one set of clinical notes)",
+}
+#: The data each declared task trained on (docs/training.md, "What medinterp-mini gives each task").
+TRAINED_ON = {
+    "chest_organ_segmentation": "JSRT/SCR left lung, right lung, heart masks; V7 both-lung masks (cxr-notes)",
+    "anatomy_detection": "cxr-notes left/right lung boxes",
+    "report_findings": "cxr-notes clinical notes (with age, sex, view); IU X-ray findings (text only)",
+    "report_impression": "IU X-ray impressions (text only: no images in medinterp-mini)",
+    "report_full": "IU X-ray findings + impression (text only)",
+    "chest_pathology_classification": "cxr-notes `finding` mapped to the 33 classes: pneumonia, no finding",
+    "vqa": "closed questions from labels: pneumonia yes/no, frontal/lateral view (cxr-notes); lesion class "
+           "yes/no (derm)",
+    "region_captioning": "lung boxes (cxr-notes) and boxes around the SCR masks, answered with the structure",
+    "skin_lesion_classification": "PH2 + ISIC 2017 diagnoses (melanoma, melanocytic nevus, benign keratosis)",
+    "skin_lesion_segmentation": "PH2 + ISIC 2017 lesion masks",
+    "abdominal_organ_segmentation": "the one TotalSegmentator example CT (liver, kidney, spleen, pancreas)",
+}
+
+
+def _headline(scores: dict, task: str) -> str:
+    """The task's main holdout figures with CIs (mean per metric, confusion), or why there are none."""
+    parts = []
+    for key, value in scores.items():
+        t, name, metric = key.split("/") if key.count("/") == 2 else ("", "", "")
+        if t == task and (name in ("mean", "all", "constant_baseline") or name in ("mean_training_ct",
+                                                                                   "all_training_ct")):
+            label = ("constant baseline " if name == "constant_baseline" else "") + METRIC_NAMES.get(metric, metric)
+            where = " (training CT)" if "training_ct" in name else ""
+            parts.append(f"{label}{where} {_fmt(value)}")
+    return "; ".join(parts) or "not scored on the holdout (no holdout records of this kind)"
+
+
+def minutes_table(run: Path) -> list[str]:
+    """Steps and wall time per stage and per task, from the run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    by_stage: dict[str, list] = {}
+    by_task: dict[str, list] = {}
+    for r in rows:
+        by_stage.setdefault(r.get("stage", "all"), []).append(r["seconds"])
+        by_task.setdefault(r["task"], []).append(r["seconds"])
+    lines = ["| stage | steps | wall time of its steps (min) |", "|---|---|---|"]
+    lines += [f"| {k} | {len(v)} | {sum(v) / 60:.1f} |" for k, v in by_stage.items()]
+    lines += ["", "| task | steps | min | s/step (median) |", "|---|---|---|---|"]
+    lines += [f"| {k} | {len(v)} | {sum(v) / 60:.1f} | {sorted(v)[len(v) // 2]:.2f} |"
+              for k, v in sorted(by_task.items(), key=lambda kv: -sum(kv[1]))]
+    return lines
+
+
+def tasks_table(meta: dict, scores: dict, run: Path) -> list[str]:
+    steps: dict[str, int] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        task = json.loads(line)["task"]
+        steps[task] = steps.get(task, 0) + 1
+    lines = ["| task (declared) | trained on | steps | holdout, 95% CI |", "|---|---|---|---|"]
+    for task in meta.get("declared_tasks", []):
+        lines.append(f"| {task.replace('_', ' ')} | {TRAINED_ON.get(task, '?')} | {steps.get(task, 0)} | "
+                     f"{_headline(scores, task)} |")
+    return lines
+
+
+def readme_table(scores: dict) -> list[str]:
+    """Every holdout row (per class included), as the README shows them."""
+    lines = ["| task | class | metric | demo model, mean [95% CI] | n |", "|---|---|---|---|---|"]
+    for key, value in scores.items():
+        if key.count("/") != 2:
+            continue
+        task, name, metric = key.split("/")
+        lines.append(f"| {task.replace('_', ' ')} | {name.replace('_', ' ')} | {METRIC_NAMES.get(metric, metric)} | "
+                     f"{_fmt(value)} | "
+                     f"{value['n']} |")
+    return lines
+
+
+def update_readme(readme: Path, block: list[str]) -> None:
+    """Replace the text between the demo-table markers of the README (nothing else changes)."""
+    start, end = "<!-- demo-model-table:start -->", "<!-- demo-model-table:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + tail)
+
+
+def model_card(meta: dict, run: Path, report: Path) -> str:
+    """MODEL_CARD.md: what the model is, every task with its data and holdout score, what was not trained."""
+    scores = json.loads((report / "holdout-scores.json").read_text())
+    declared = set(meta.get("declared_tasks", []))
+    from medversa.inference.tasks import Task
+
+    card = [
+        "# MedVersa demo model",
+        "",
+        "**A demonstration model. Not for clinical use.** It is the small `demo` preset "
+        f"({meta['preset']}) trained from scratch in {meta['training']['minutes']} minutes on 2 CPU cores, on the "
+        "train split of medinterp-mini: a few hundred public research images (JSRT/SCR, the COVID-19 image data "
+        "collection, IU X-ray report texts, PH2 and ISIC 2017 dermoscopy, one TotalSegmentator example CT). "
+        "Those data are under research licences (see medinterp-mini's SOURCES.md): so is this model. Its answers "
+        "show what the node does with a trained model; they are not diagnoses.",
+        "",
+        f"- Recipe: `recipe.yaml` (`medversa train --recipe demo`, seed {meta['training']['seed']}, "
+        f"{meta['training']['steps']} steps in two stages; deterministic for the seed and thread count).",
+        "- Data manifest: `data-manifest.json` (SHA-256 of every file read; the holdout split was never trained "
+        "or tuned on).",
+        f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",
+        f"- Clinical context it reads: {json.dumps(meta.get('context_fields'))}.",
+        "- Holdout scores with 95% bootstrap CIs: `holdout-scores.md` / `.json`; generalist vs specialist: "
+        "`specialist-comparison.md`; loss curve: `loss.png`.",
+        "",
+        "## Tasks it declares, the data that trained them, holdout scores",
+        "",
+        *tasks_table(meta, scores, run),
+        "",
+        "## Not trained (not declared: the node does not route these to this model)",
+        "",
+        *[f"- **{t.value.replace('_', ' ')}**: {NOT_TRAINED.get(t.value, 'no data in medinterp-mini')}"
+          for t in Task if t.value not in declared],
+        "",
+        (report / "holdout-scores.md").read_text(),
+        "",
+    ]
+    if (report / "specialist-comparison.md").is_file():
+        card += ["## Generalist vs specialist (chest organs)", "", (report / "specialist-comparison.md").read_text()]
+    card += ["## Where the training minutes went", "", *minutes_table(run), ""]
+    if (report / "limitations.md").is_file():  # written by whoever inspected the run
+        card += [(report / "limitations.md").read_text()]
+    return "\n".join(card)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[1] == "--specialist":
         torch.set_num_threads(int(os.environ.get("MEDVERSA_THREADS", "1")))
@@ -108,7 +247,9 @@ def main(argv: list[str]) -> int:
 
     t0 = time.time()
     analyzer = Analyzer.from_checkpoint(run / "checkpoint", device="cpu")
-    scores = evaluate(analyzer, holdout)
+    train = read_all(data, "train")
+    scores = evaluate(analyzer, holdout, baselines=constant_baselines(train))
+    scores.update(training_volumes(analyzer, train))
     eval_minutes = (time.time() - t0) / 60
     (out / "holdout-scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     (out / "holdout-scores.md").write_text(render_markdown(scores, "demo model on medinterp-mini holdout") + "\n")
@@ -123,6 +264,7 @@ def main(argv: list[str]) -> int:
     lines = comparison_table(scores, spec, organ_steps, batch, spec["budget"]["minutes"])
     (out / "specialist-comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    update_readme(Path(__file__).resolve().parents[1] / "README.md", readme_table(scores) + [""] + lines)
     print(f"evaluation took {eval_minutes:.1f} min")
     return 0
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ASSET = Path(__file__).resolve().parents[1] / "inference" / "assets" / "demo-model"
-LIMIT_MB = 40
+LIMIT_MB = 60
 
 
 def _sha(path: Path) -> str:
@@ -58,31 +58,10 @@ def main(argv: list[str]) -> int:
         if (report / name).is_file():
             shutil.copy(report / name, ASSET / name)
     shutil.copy(run / "plots" / "loss.png", ASSET / "loss.png")
-    card = [
-        "# MedVersa demo model",
-        "",
-        "**A demonstration model. Not for clinical use.** It is the small `demo` preset "
-        f"({meta['preset']}) trained from scratch in {meta['training']['minutes']} minutes on 2 CPU cores, on the "
-        "train split of medinterp-mini: a few hundred public research images (JSRT/SCR, the COVID-19 image data "
-        "collection, IU X-ray report texts, PH2 and ISIC 2017 dermoscopy, one TotalSegmentator example CT). "
-        "Those data are under research licences (see medinterp-mini's SOURCES.md): so is this model. Its answers "
-        "show what the node does with a trained model; they are not diagnoses.",
-        "",
-        f"- Recipe: `recipe.yaml` (`medversa train --recipe demo`, seed {meta['training']['seed']}, "
-        f"{meta['training']['steps']} steps; deterministic for the seed and thread count).",
-        "- Data manifest: `data-manifest.json` (SHA-256 of every file read; the holdout split was never trained or tuned on).",
-        f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",
-        "- Holdout scores with 95% bootstrap CIs: `holdout-scores.md` / `.json`; generalist vs specialist: "
-        "`specialist-comparison.md`; loss curve: `loss.png`.",
-        "",
-    ]
-    if (report / "holdout-scores.md").is_file():
-        card += [(report / "holdout-scores.md").read_text(), ""]
-    if (report / "specialist-comparison.md").is_file():
-        card += ["## Generalist vs specialist (chest organs)", "", (report / "specialist-comparison.md").read_text()]
-    if (report / "limitations.md").is_file():  # written by whoever inspected the run
-        card += ["", (report / "limitations.md").read_text()]
-    (ASSET / "MODEL_CARD.md").write_text("\n".join(card))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_report import model_card
+
+    (ASSET / "MODEL_CARD.md").write_text(model_card(meta, run, report))
     size = sum(p.stat().st_size for p in ASSET.rglob("*") if p.is_file()) / 2**20
     print(f"packaged {ASSET} ({size:.1f} MB)")
     if size > LIMIT_MB:

@@ -76,7 +76,7 @@ _SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
 
 #: How each metric is named in keys and in the Markdown table.
 METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4", "rougeL": "ROUGE-L",
-                "confusion": "task confusion (share, 0 is right)", "bertscore": "BERTScore",
+                "confusion": "task confusion", "bertscore": "BERTScore",
                 "chexbert": "CheXbert", "radgraph": "RadGraph", "radcliq": "RadCliQ-v1 (lower is better)"}
 
 
