@@ -17,11 +17,13 @@ answer says so at the region. The answer SR (:func:`medversa.dicom_mapping.answe
 goes to the export destinations; its UIDs derive from the ask's own key (the annotation object's
 SOP Instance UID, or the command's question, region and image), never the study's main SR's.
 
-A retrieve for an ask must not start the study's analysis either: while it runs the study is held
-(``is_prior``, which the completion check skips) and afterwards its pending count and state are put
-back, less what arrived from the retrieve. What arrived is marked (calling AE ``ask-retrieve``): when
-the PACS sends the same image for analysis later (a reader who annotates a study before it is stable
-and routed), it counts as new then, and the study is analysed as usual.
+A retrieve for an ask must not start the study's analysis either. C-MOVE sub-operations the node asked
+for itself (Move Originator AE Title = ours) never count for the analysis (:mod:`medversa.node.scp`);
+a C-GET's rows are recorded by the priors' code, so while a retrieve runs the study is held
+(``is_prior``, which the completion check skips) and afterwards its pending count loses what the
+retrieve added. What arrived is marked (calling AE ``retrieved``): when the PACS sends the same image
+for analysis later (a reader who annotates a study before it is stable and routed), it counts as new
+then, and the study is analysed as usual.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from pydicom import Dataset
 from sqlalchemy import func, select
 
 from .context import NodeContext
-from .scp import RETRIEVED_FOR_ASK
+from .scp import RETRIEVED
 from .store import Export, Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -387,7 +389,7 @@ def _retrieve_held(ctx: NodeContext, study_uid: str, series_uids: list[str] | No
             study = Study(study_instance_uid=study_uid, state=StudyState.DONE)
             s.add(study)
             s.flush()
-        before = (study.is_prior, study.state, study.pending_instances, study.last_received)
+        before = (study.is_prior,)
         known = set(s.scalars(select(Instance.sop_instance_uid).where(Instance.study_id == study.id)))
         study.is_prior = True
     try:
@@ -398,17 +400,15 @@ def _retrieve_held(ctx: NodeContext, study_uid: str, series_uids: list[str] | No
             arrived = [i for i in s.scalars(select(Instance).where(Instance.study_id == study.id))
                        if i.sop_instance_uid not in known]
             retrieved = [i for i in arrived if series_uids is None or i.series_instance_uid in series_uids]
+            counted = 0  # C-GET rows count as pending (priors.py records them so); C-MOVE ones do not (scp)
             for row in retrieved:
                 if row.annotation == "new":
                     row.annotation = "ignored: retrieved for an ask, not sent by the PACS"
-                elif row.annotation is None:
-                    row.calling_ae = RETRIEVED_FOR_ASK  # sent for analysis later: counted then (scp._record_one)
-            was_prior, state, pending, last = before
-            others = len([i for i in arrived if i not in retrieved and i.annotation is None])
-            study.is_prior = was_prior
-            study.state = state if not others else StudyState.RECEIVING
-            study.pending_instances = pending + others
-            study.last_received = last if not others else study.last_received
+                elif row.annotation is None and row.calling_ae != RETRIEVED:
+                    row.calling_ae = RETRIEVED  # sent for analysis later: counted then (scp._record_one)
+                    counted += 1
+            study.is_prior = before[0]
+            study.pending_instances = max(0, study.pending_instances - counted)
 
 
 # -- `medversa ask` ------------------------------------------------------------------------------

@@ -382,7 +382,8 @@ class StorageSCP:
             identifiers = phi.identifiers_in_file(incoming.path) if incoming.complete else ()
             with phi.identifiers_scope(identifiers):
                 try:
-                    return self._store(incoming, calling, sop_uid, str(event.context.abstract_syntax))
+                    return self._store(incoming, calling, sop_uid, str(event.context.abstract_syntax),
+                                       retrieved=_moved_to_us(event, self.settings.scp.ae_title))
                 except Exception as exc:  # noqa: BLE001 - a status, never a dropped association
                     LOGGER.exception("C-STORE from %s: handling %s failed", calling, phi.scrub(sop_uid))
                     return self._refuse(calling, PROCESSING_FAILURE, f"internal error: {type(exc).__name__}",
@@ -390,7 +391,8 @@ class StorageSCP:
         finally:
             incoming.discard()  # a committed file was renamed away: nothing to delete then
 
-    def _store(self, incoming: IncomingFile, calling: str, sop_uid: str, abstract_syntax: str) -> int | Dataset:
+    def _store(self, incoming: IncomingFile, calling: str, sop_uid: str, abstract_syntax: str,
+               retrieved: bool = False) -> int | Dataset:
         cfg = self.settings.scp
         if incoming.over_limit:
             return self._refuse(
@@ -418,7 +420,7 @@ class StorageSCP:
             return self._refuse(calling, OUT_OF_RESOURCES, f"cannot write to the spool: {exc}", sop_uid, study_uid)
         # The spooled file is the durable record; its row is written by the recorder thread in
         # batches (a crash before that is repaired by the start-up rescan of the spool).
-        self.recorder.put(ds, str(spooled.path), spooled.size, calling)
+        self.recorder.put(ds, str(spooled.path), spooled.size, calling, retrieved)
         if self.metrics:
             self.metrics.instances.inc()
             self.metrics.bytes.inc(spooled.size)
@@ -450,9 +452,19 @@ class StorageSCP:
         self.recorder.flush(timeout)
 
 
-#: Calling AE recorded for an image retrieved only to answer an ask (node/ask.py): when the PACS later sends
-#: it for analysis, it counts as new for the study's analysis.
-RETRIEVED_FOR_ASK = "ask-retrieve"
+#: Calling AE recorded for an instance the node retrieved itself (a C-MOVE sub-operation whose Move Originator
+#: is our own AE title, or an ask's C-GET, node/ask.py): when the PACS later sends it for analysis, it counts
+#: as new for the study's analysis then.
+RETRIEVED = "retrieved"
+
+
+def _moved_to_us(event: evt.Event, ae_title: str) -> bool:
+    """Whether a C-STORE is a sub-operation of a C-MOVE the node asked for itself (PS3.7 9.1.1.1: Move
+    Originator Application Entity Title is the AE that requested the C-MOVE)."""
+    originator = getattr(event.request, "MoveOriginatorApplicationEntityTitle", None)
+    if isinstance(originator, bytes):
+        originator = originator.decode("ascii", "replace")
+    return bool(originator) and str(originator).strip() == ae_title.strip()
 
 #: Errors of a job store that cannot be written for now (disk full, I/O error, connection lost): retried.
 STORE_OUTAGES = (OperationalError, DisconnectionError, OSError)
@@ -501,9 +513,9 @@ class Recorder:
         """Spooled instances whose rows wait for the job store."""
         return len(self._waiting) + self._dropped
 
-    def put(self, ds, path: str, size: int, calling: str) -> None:
+    def put(self, ds, path: str, size: int, calling: str, retrieved: bool = False) -> None:
         # Stamped now: a study's idle clock runs from receipt, not from when its row is written.
-        self._queue.put((ds, path, size, calling, utcnow()))
+        self._queue.put((ds, path, size, calling, utcnow(), retrieved))
 
     def flush(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -656,7 +668,8 @@ def record_instances(store: Store, items: list[tuple], is_prior: bool = False) -
 
 
 def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str, Instance], ds, path: str,
-                size: int, calling: str, received_at: datetime | None = None, is_prior: bool = False) -> bool:
+                size: int, calling: str, received_at: datetime | None = None, retrieved: bool = False,
+                is_prior: bool = False) -> bool:
     study_uid = str(ds.StudyInstanceUID)
     sop_uid = str(ds.SOPInstanceUID)
     now = received_at or utcnow()
@@ -677,19 +690,21 @@ def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str,
         annotation = instance.sop_class_uid in ANNOTATION_CLASSES
         if annotation:
             instance.annotation = "new"
+        elif retrieved:  # a C-MOVE the node asked for itself (a prior, an ask's image): no analysis for it
+            instance.calling_ae = RETRIEVED
         else:
             study.pending_instances += 1
-        if study.state in (StudyState.DONE, StudyState.QUEUED) and not is_prior and not annotation:
+        if study.state in (StudyState.DONE, StudyState.QUEUED) and not (is_prior or annotation or retrieved):
             study.state = StudyState.RECEIVING  # reopened: a new job version will follow
     else:
         instance.received_at = now
-        if instance.calling_ae == RETRIEVED_FOR_ASK and not is_prior and not study.is_prior:
-            # Fetched earlier only to answer a reader's question (node/ask.py), sent for analysis now.
+        if instance.calling_ae == RETRIEVED and not (is_prior or retrieved):
+            # Fetched earlier by the node itself (a prior, an ask's image), sent for analysis now.
             instance.calling_ae = calling[:16]
             study.pending_instances += 1
             if study.state in (StudyState.DONE, StudyState.QUEUED):
                 study.state = StudyState.RECEIVING
-    if not is_prior and instance.annotation is None:
+    if not (is_prior or retrieved) and instance.annotation is None:
         study.last_received = now
     store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,
                 sop_instance_uid=sop_uid, detail="new" if new else "duplicate (idempotent)")

@@ -46,12 +46,16 @@ SCRIPTED = {"report_impression": "No acute cardiopulmonary process.", "region_ca
 ROUTING = [{"name": "chest radiograph", "modality": "CR|DX", "tasks": ["report_impression"]}]
 
 
+LOCAL_AE = "LOCALASK"
+
+
 class Setup:
     """The module's Orthanc and node, and helpers to talk to them."""
 
     def __init__(self, pacs: OrthancServer, proc: subprocess.Popen, port: int, log: Path, store: Store,
-                 config: Path) -> None:
+                 config: Path, local_port: int) -> None:
         self.pacs, self.proc, self.port, self.log, self.store, self.config = pacs, proc, port, log, store, config
+        self.local_port = local_port
 
     def to_pacs(self, datasets: list[Dataset], folder: Path) -> None:
         """storescu from the reader's workstation (AE READER) into Orthanc."""
@@ -97,8 +101,9 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    node_port = free_port()
-    pacs = orthanc_server(tmp_path_factory, modalities={"medversa": (NODE_AE, "127.0.0.1", node_port)},
+    node_port, local_port = free_port(), free_port()
+    pacs = orthanc_server(tmp_path_factory, modalities={"medversa": (NODE_AE, "127.0.0.1", node_port),
+                                                        "local": (LOCAL_AE, "127.0.0.1", local_port)},
                           lua_scripts=[REPO / "deploy" / "orthanc" / "autoroute.lua"], stable_age=1,
                           extra_config={"UserMetadata": {"MedversaForwarded": 1024}})
     tmp = tmp_path_factory.mktemp("ask-node")
@@ -117,7 +122,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         stop_serve(proc)
         pacs.stop(kill=True)
         raise AssertionError(f"serve did not listen; log:\n{log.read_text()[-3000:]}") from None
-    yield Setup(pacs, proc, node_port, log, Store(f"sqlite:///{tmp / 'node' / 'medversa.db'}"), config)
+    yield Setup(pacs, proc, node_port, log, Store(f"sqlite:///{tmp / 'node' / 'medversa.db'}"), config, local_port)
     stop_serve(proc)
     pacs.stop(kill=True)
 
@@ -285,3 +290,42 @@ def test_annotating_before_the_pacs_routed_the_study_answers_and_the_study_is_st
     time.sleep(2)
     assert len([j for j in setup.jobs(study_uid) if j.ask is None]) == 1
     assert len([j for j in setup.jobs(study_uid) if j.ask is not None]) == 1
+
+
+def test_what_the_node_moved_to_itself_starts_no_analysis_until_the_pacs_sends_it(setup, tmp_path):
+    """C-STORE sub-operations of the node's own C-MOVE (Move Originator AE Title = its AE title) are
+    recorded as retrieved: no pending instance, no reopened study. The PACS sending the same image for
+    analysis later counts. (An in-process SCP known to Orthanc as LOCALASK plays the node here.)"""
+    from medversa.node.config import load_settings
+    from medversa.node.context import NodeContext
+    from medversa.node.dimse import move_study
+    from medversa.node.scp import RETRIEVED, StorageSCP
+
+    image = f.make_cr(64, 64, body_part="CHEST", PatientID="ASK-MOVED")
+    buffer = BytesIO()
+    image.save_as(buffer, enforce_file_format=True)
+    setup.pacs.upload(buffer.getvalue())
+    ctx = NodeContext(load_settings(None, data_dir=tmp_path / "local", **{
+        "scp.ae_title": LOCAL_AE, "scp.bind": "127.0.0.1", "scp.port": setup.local_port}))
+    scp = StorageSCP(ctx.settings, ctx.store, ctx.spool)
+    scp.start()
+    try:
+        with ctx.store.session() as s:
+            s.add(Study(study_instance_uid=str(image.StudyInstanceUID)))
+        outcome = move_study(setup.pacs.peer, LOCAL_AE, str(image.StudyInstanceUID), LOCAL_AE, timeout=20)
+        assert outcome.ok and outcome.completed == 1, outcome.message
+        scp.flush()
+        with ctx.store.session() as s:
+            study = s.scalars(select(Study)).one()
+            assert (study.pending_instances, study.state.value) == (0, "RECEIVING")
+            assert s.scalars(select(Instance)).one().calling_ae == RETRIEVED
+        result = subprocess.run([need_tool("storescu"), "-aet", "PACS", "-aec", LOCAL_AE, "127.0.0.1",
+                                 str(setup.local_port), *map(str, f.write_datasets([image], tmp_path / "again"))],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        scp.flush()
+        with ctx.store.session() as s:
+            assert s.scalars(select(Study)).one().pending_instances == 1
+            assert s.scalars(select(Instance)).one().calling_ae == "PACS"
+    finally:
+        scp.stop()

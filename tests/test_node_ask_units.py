@@ -288,7 +288,7 @@ def test_a_reader_sr_that_came_with_a_prior_study_starts_no_ask(ctx, image):
 def test_an_image_retrieved_for_an_ask_counts_when_the_pacs_sends_it_for_analysis(ctx, image):
     """A reader annotated a study before the PACS routed it: the image fetched for the answer starts no
     analysis, but the same image routed later does."""
-    from medversa.node.scp import RETRIEVED_FOR_ASK
+    from medversa.node.scp import RETRIEVED
 
     path = ctx.spool.path_for(str(image.StudyInstanceUID), str(image.SOPInstanceUID))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +297,7 @@ def test_an_image_retrieved_for_an_ask_counts_when_the_pacs_sends_it_for_analysi
         s.add(Study(study_instance_uid=str(image.StudyInstanceUID), state=StudyState.DONE))
     record_instance(ctx.store, image, str(path), 1, "PACS", is_prior=True)  # as the ask's retrieve leaves it
     with ctx.store.session() as s:
-        s.scalars(select(Instance)).one().calling_ae = RETRIEVED_FOR_ASK
+        s.scalars(select(Instance)).one().calling_ae = RETRIEVED
         s.scalars(select(Study)).one().pending_instances = 0
     record_instance(ctx.store, image, str(path), 1, "PACS")  # the PACS routes the study
     with ctx.store.session() as s:
