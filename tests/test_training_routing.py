@@ -130,7 +130,9 @@ def test_task_confusion_flags_answers_of_another_task_kind() -> None:
     assert confused(cls, Modality.DERM, [_asked()], [Answer("r", cls, "pneumonia")])
     rep = Task.REPORT_FINDINGS
     assert confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "melanocytic nevus")])
+    assert confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "Pneumonia.")])  # a classification answer
     assert not confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "The lungs are clear.")])
+    assert not confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "Patchy opacities: pneumonia.")])
 
 
 def test_constant_baseline_is_the_training_text_with_the_best_bleu() -> None:

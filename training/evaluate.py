@@ -240,8 +240,9 @@ def confused(task: Task, modality: Modality, requests: list[TaskRequest], answer
     - segmentation: a mask of a structure not asked for, or no mask of the one asked for;
     - detection: a box or a phrase of a class the request did not ask for;
     - classification: text that is not the task's class names (or "no finding"), or no class at all;
-    - reports: another task's answer form (task tokens, "segmentation mask of") or a class name of
-      another modality's tasks (a skin lesion diagnosis in a chest report).
+    - reports: another task's answer form (task tokens, "segmentation mask of", nothing but class
+      names: a classification answer) or a class name of another modality's tasks (a skin lesion
+      diagnosis in a chest report).
     """
     asked = {" ".join(t.lower().split()) for r in requests for t in r.targets}
     if task.family == "segmentation":
@@ -259,7 +260,9 @@ def confused(task: Task, modality: Modality, requests: list[TaskRequest], answer
     text = " ".join(a.text for a in answers)
     foreign = [p for m, phrases in DOMAIN_PHRASES.items() if m is not modality for p in phrases]
     drew = any(a.boxes or a.masks_2d or a.masks_3d for a in answers)
-    return drew or bool(_TASK_ANSWER_FORM.search(text)) or bool(named_classes(text, foreign))
+    labels = [p for phrases in CLASS_PHRASES.values() for p in phrases] + ["no finding"]
+    label_only = bool(named_classes(text, labels)) and not _leftover(text, labels)  # a classification answer
+    return drew or label_only or bool(_TASK_ANSWER_FORM.search(text)) or bool(named_classes(text, foreign))
 
 
 # --- aggregation ----------------------------------------------------------------------------------
