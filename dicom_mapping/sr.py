@@ -92,6 +92,22 @@ def outline(mask: np.ndarray, tolerance: float = 0.5) -> np.ndarray | None:
     return np.clip(points, 0, [cols, rows]).astype(float)
 
 
+def _area_inferred_from_region(group: Dataset, corners: np.ndarray, ref: ImageRef) -> None:
+    """Beside the box group's Image Region (TID 1410 row 5), its area NUM names the same rectangle as
+    the region it was inferred from (INFERRED FROM SCOORD, as TID 300 does; PS3.3 A.35.13 allows it).
+
+    Why: OHIF 3 (its Cornerstone SR adapter) loads a group into its measurement panel only from a
+    SCOORD under the group's first NUM (the TID 1501 / TID 300 form) and fails on a TID 1410 area
+    without one, so the box, its area and its Finding (the panel's label) never reach the panel.
+    """
+    for item in group.ContentSequence:
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == mv.AREA.value:
+            source = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+                                       source_image=_source_image(ref))
+            source.RelationshipType = hd.sr.RelationshipTypeValues.INFERRED_FROM.value
+            item.ContentSequence = hd.sr.ContentSequence([source])
+
+
 def _shoelace(contour: np.ndarray) -> float:
     y, x = contour[:, 0], contour[:, 1]
     return abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))) / 2
@@ -198,19 +214,25 @@ class _Builder:
     def detection(self, result: TaskResult) -> None:
         for box in result.answer.boxes:
             ref = result.images[box.image_index]
-            region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                                       graphic_data=_rectangle(box.x0, box.y0, box.x1, box.y1),
+            corners = _rectangle(box.x0, box.y0, box.x1, box.y1)
+            region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
                                        source_image=_source_image(ref))
             area = _box_area_mm2(box.x1 - box.x0, box.y1 - box.y0, ref)
-            # The finding type says what was found; a detection box is a finding present.
-            self.groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            finding = mv.finding_code(box.label)
+            # The finding type says what was found; a detection box is a finding present. A box around an
+            # anatomical structure (anatomy detection) also has it as Finding Site (TID 1419 row 2).
+            anatomic = box.label.strip().lower() in mv.ANATOMY_FINDINGS
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=self.tracking(box.label),
                 referenced_region=region,
-                finding_type=mv.finding_code(box.label),
+                finding_type=finding,
+                finding_sites=[hd.sr.FindingSite(finding)] if anatomic else None,
                 algorithm_id=self.algorithm.sr_algorithm_id(),
                 measurements=[hd.sr.Measurement(name=mv.AREA, value=round(area, 2), unit=_MM2)]
                 if area is not None else None,
-            ))
+            )
+            _area_inferred_from_region(group[0], corners, ref)
+            self.groups.append(group)
         self.absent(result)
 
     def absent(self, result: TaskResult) -> None:

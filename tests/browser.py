@@ -178,6 +178,12 @@ class Chromium:
                 self.call("Input.dispatchMouseEvent", session=True, type=kind, x=x, y=y, button="left",
                           clickCount=count)
 
+    def click(self, x: float, y: float) -> None:
+        """A real single left click at (x, y)."""
+        self.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", session=True, type=kind, x=x, y=y, button="left", clickCount=1)
+
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", session=True, format="png")["data"]
         path.write_bytes(base64.b64decode(data))

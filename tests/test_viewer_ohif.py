@@ -64,28 +64,36 @@ def pacs(viewer, tiny_analyzer, tmp_path_factory):
     server.stop(kill=True)
 
 
+def _show(browser: Chromium, server, study_uid: str, modality: str, description: str) -> None:
+    """Open a study in OHIF and double-click the series of ``modality`` whose description has ``description``."""
+    browser.navigate(server.url + "/system")
+    browser.wait_for("document.readyState === 'complete'", 20)
+    browser.evaluate(SKIP_TOUR)
+    browser.navigate(viewer_url(server.url, study_uid))
+    browser.wait_for("document.querySelectorAll('[data-cy=\"series-modality-label\"]').length > 0", 90)
+    browser.wait_for(VIEWPORT_BOX, 60)
+    time.sleep(3)
+    where = browser.evaluate(thumbnail_script(modality, description))
+    if where is not None:
+        browser.double_click(*where)
+        time.sleep(12)
+
+
+def _errors(browser: Chromium) -> list[ConsoleEntry]:
+    # Every console error counts, and every failed request (DICOMweb or the viewer's own files).
+    errors = [e for e in browser.console if e.level == "error"]
+    return errors + [ConsoleEntry("error", f"HTTP {status} {url}", "network") for status, url in browser.failed]
+
+
 def _open(server, study_uid: str, modality: str, description: str, name: str) -> tuple[Path | None, int, list]:
     """Open a study, double-click a series; return (screenshot, annotation pixels, console errors)."""
     with Chromium() as browser:
-        browser.navigate(server.url + "/system")
-        browser.wait_for("document.readyState === 'complete'", 20)
-        browser.evaluate(SKIP_TOUR)
-        browser.navigate(viewer_url(server.url, study_uid))
-        browser.wait_for("document.querySelectorAll('[data-cy=\"series-modality-label\"]').length > 0", 90)
-        browser.wait_for(VIEWPORT_BOX, 60)
-        time.sleep(3)
-        where = browser.evaluate(thumbnail_script(modality, description))
-        if where is not None:
-            browser.double_click(*where)
-            time.sleep(12)
+        _show(browser, server, study_uid, modality, description)
         shot = browser.screenshot(SHOTS / f"{name}.png")
         box = browser.evaluate(VIEWPORT_BOX)
         drawn = annotation_pixels(shot, box) if box else 0
-        # Every console error counts, and every failed request (DICOMweb or the viewer's own files).
-        errors = [e for e in browser.console if e.level == "error"]
-        errors += [ConsoleEntry("error", f"HTTP {status} {url}", "network") for status, url in browser.failed]
         text = browser.evaluate("document.body.innerText")
-    return shot, drawn, errors, text
+        return shot, drawn, _errors(browser), text
 
 
 def _assert_no_errors(errors) -> None:
@@ -102,6 +110,54 @@ def test_chest_sr_outlines_boxes_and_labels_are_drawn(pacs):
     for label in ("Left lung", "Right lung", "Heart", "mm2"):
         assert label in text, label
     record("SR TID 1500", VIEWER, "pass", f"outlines, boxes and labels drawn ({drawn} annotation pixels), no error")
+
+
+#: The centre (x, y) of the first visible button whose text is exactly the given one, or null.
+BUTTON = """(() => {{
+  const e = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === {text} && b.offsetParent);
+  if (!e) return null;
+  const r = e.getBoundingClientRect();
+  return [r.x + r.width / 2, r.y + r.height / 2];
+}})()"""
+#: The centre of the side panel's tab of the measurement panel, or null.
+MEASUREMENT_TAB = """(() => {
+  const e = [...document.querySelectorAll('[data-cy$="-btn"]')].find(b => /measurement/i.test(b.dataset.cy));
+  if (!e) return null;
+  const r = e.getBoundingClientRect();
+  return [r.x + r.width / 2, r.y + r.height / 2];
+})()"""
+#: The text of every row of OHIF's measurement panel (its DOM, not the viewport's drawing).
+PANEL_ROWS = "[...document.querySelectorAll('[data-cy^=\"measurement-table-row\"]')].map(r => r.innerText)"
+
+
+def test_chest_sr_box_is_in_the_measurement_panel_with_its_finding(pacs):
+    """A reader who answers OHIF's "track measurements?" with Yes gets the SR's detection box in the
+    measurement panel, labelled with its finding (the group's Finding, "Pleural effusion"), and drawn
+    on the image. OHIF loads a box only from a SCOORD under its area NUM (docs/conformance-statement.md 8.7):
+    without it the panel stays empty and this fails. (OHIF's loader reads the area as 0 there; the SR
+    viewport before tracking shows it.)"""
+    server, studies = pacs
+    import json
+
+    with Chromium() as browser:
+        _show(browser, server, studies["chest"].study_uid, "SR", "MedVersa report (")
+        browser.click(*browser.wait_for(BUTTON.format(text=json.dumps("Yes")), 30))
+        time.sleep(10)
+        if not browser.evaluate(PANEL_ROWS):  # the side panel is closed or on another tab
+            tab = browser.evaluate(MEASUREMENT_TAB)
+            assert tab, "OHIF shows no measurement panel tab"
+            browser.click(*tab)
+            time.sleep(3)
+        rows = browser.evaluate(PANEL_ROWS) or []
+        shot = browser.screenshot(SHOTS / "chest-sr-tracked.png")
+        box = browser.evaluate(VIEWPORT_BOX)
+        drawn = annotation_pixels(shot, box) if box else 0
+        errors = _errors(browser)
+    _assert_no_errors(errors)
+    assert any("Pleural effusion" in row for row in rows), f"measurement panel rows: {rows}"
+    assert drawn > DRAWN // 3, f"only {drawn} annotation pixels: the tracked box is not drawn"
+    record("SR TID 1500 (tracked)", VIEWER, "pass",
+           f"detection box in the measurement panel with its finding ({len(rows)} row(s)), box drawn")
 
 
 def test_chest_text_report_is_readable(pacs):
