@@ -23,7 +23,7 @@ def test_bundled_checkpoint_is_small_documented_and_reproducible():
     meta = read_meta(BUNDLED_CHECKPOINT)
     assert meta["preset"] == "demo" and meta["stored_dtype"] == "float16"
     size = sum(p.stat().st_size for p in BUNDLED_CHECKPOINT.rglob("*") if p.is_file())
-    assert size <= 40 * 2**20
+    assert size <= 60 * 2**20
     card = (BUNDLED_CHECKPOINT / "MODEL_CARD.md").read_text()
     assert "Not for clinical use" in card and "research licences" in card
     shipped = TrainConfig.from_file(recipe_path("demo")).to_dict()
@@ -66,9 +66,8 @@ def test_the_demo_model_draws_lesions_and_lungs_it_was_trained_on():
               for i, a in zip(derm, answers[:3])]
     lungs = []
     for i, a in zip(chest, answers[3:]):
-        both = np.logical_or(*(np.asarray(Image.open(mini / "cxr-organs" / "masks" / f"{i}_{s}.png")) > 0
-                               for s in ("left_lung", "right_lung")))
-        lungs.append(dice(a.masks_2d[0].mask if a.masks_2d else np.zeros_like(both), both))
+        left = np.asarray(Image.open(mini / "cxr-organs" / "masks" / f"{i}_left_lung.png")) > 0
+        lungs.append(dice(a.masks_2d[0].mask if a.masks_2d else np.zeros_like(left), left))
     assert np.mean(lesion) > 0.6, lesion
-    # The demo draws both lungs for either side (MODEL_CARD.md, known limitations): check the region.
+    # The left lung itself (test_bundled_sides.py checks each side and the heart apart).
     assert np.mean(lungs) > 0.6, lungs

@@ -73,6 +73,17 @@ def organ_steps_of(cfg: TrainConfig) -> int:
     return sum(1 for step in range(cfg.steps) if sampler.choose(step).task.value == "chest_organ_segmentation")
 
 
+def parent_organ_steps(cfg: TrainConfig) -> int:
+    """Chest-organ steps of the run a continued recipe starts from (its checkpoint's run folder)."""
+    if not cfg.init_checkpoint:
+        return 0
+    log = Path(cfg.init_checkpoint).parent / "metrics.jsonl"
+    if not log.is_file():
+        raise ValueError(f"{cfg.init_checkpoint}: no metrics.jsonl beside it to count the parent run's steps")
+    return sum(1 for line in log.read_text().splitlines()
+               if json.loads(line)["task"] == "chest_organ_segmentation")
+
+
 def specialist_scores(cfg: TrainConfig, data: Path, out: Path, organ_steps: int) -> dict:
     """Train the specialist for ``organ_steps`` steps and score it on the holdout (reused when done)."""
     from medversa.inference.presets import create_config
@@ -233,7 +244,7 @@ def main(argv: list[str]) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cfg = TrainConfig.from_file(recipe)
         cfg.datasets = [type(d)(d.name, str(data), d.split) for d in cfg.datasets]
-        spec = specialist_scores(cfg, data, out, organ_steps_of(cfg))
+        spec = specialist_scores(cfg, data, out, organ_steps_of(cfg) + parent_organ_steps(cfg))
         print(json.dumps(spec["budget"]))
         return 0
     if len(argv) != 4:
@@ -258,7 +269,7 @@ def main(argv: list[str]) -> int:
     plot_scores({k: v for k, v in scores.items() if "/" in k}, out / "scores.png", "demo model, medinterp-mini holdout")
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    organ_steps = sum(1 for r in rows if r["task"] == "chest_organ_segmentation")
+    organ_steps = sum(1 for r in rows if r["task"] == "chest_organ_segmentation") + parent_organ_steps(cfg)
     batch = cfg.batch_size["cxr"]
     spec = specialist_scores(cfg, data, out, organ_steps)
     lines = comparison_table(scores, spec, organ_steps, batch, spec["budget"]["minutes"])

@@ -19,18 +19,21 @@ from medversa.inference.context import ContextFields
 from medversa.inference.tasks import Modality, Task
 
 from .records import Record
-from .records import ClassificationRecord, SegmentationRecord, VQARecord
+from .records import ClassificationRecord, ReportRecord, SegmentationRecord, TextRecord, VQARecord
 from .samples import Sample, build_sample, tasks_for
 
 
 def strata_of(record: Record) -> list[str]:
-    """What a balanced pool draws uniformly: each structure of a mask record, a record's class set or answer."""
+    """What a balanced pool draws uniformly: each structure of a mask record, a record's class set or answer,
+    a report with images or a text-only one."""
     if isinstance(record, SegmentationRecord):
         return sorted(record.masks)
     if isinstance(record, ClassificationRecord):
         return [", ".join(sorted(record.labels)) or "no finding"]
     if isinstance(record, VQARecord):
         return [record.answer.lower()]
+    if isinstance(record, (ReportRecord, TextRecord)):  # reports with images vs language-only texts
+        return ["with images" if isinstance(record, ReportRecord) and record.images else "text only"]
     return [""]
 
 
