@@ -6,9 +6,11 @@ A viewer shows it next to the reader's own marks (PS3.3 A.35.13, PS3.16 TID 1500
   (same graphic type, same points, same image and frame), so a viewer draws the answer where
   the reader drew the question;
 - in the group: the answer as a Comment (121106, DCM) TEXT item, which is the text OHIF 3 shows
-  as a measurement's label; the question (the reader's label) and the region's description,
-  each as a TEXT item of its own; and a COMPOSITE item referencing the reader's annotation
-  object (its SOP instance), which is also cited in Current Requested Procedure Evidence;
+  as a measurement's label once the reader tracks the answer's measurements (its SR display labels
+  a group with a SCOORD of its own only from NUMs and Finding Site); the question (the reader's
+  label) and the region's description, each as a TEXT item of its own; and a COMPOSITE item
+  referencing the reader's annotation object (its SOP instance), which is also cited in Current
+  Requested Procedure Evidence;
 - the algorithm as device observer and in every group (TID 4019), Contributing Equipment
   (IHE AIR), "AI-generated, unverified" in the series description and a statement in the
   document; Verification Flag UNVERIFIED, Completion Flag PARTIAL.

@@ -16,14 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("SR TID 1500", "SR TID 2000 (text)", "SEG (CT)", "SEG (radiograph)", "GSPS", "Secondary Capture")
+KINDS = ("SR TID 1500", "SR TID 2000 (text)", "SR answers (TID 1500)", "SEG (CT)", "SEG (radiograph)", "GSPS",
+         "Secondary Capture")
 VIEWERS = ("OHIF 3.13.2 (browser)", "dciodvfy", "PixelMed DicomSRValidator", "highdicom read-back",
            "dcmtk dcmp2pgm")
 #: Pairs that do not apply (a validator of another object type, a renderer of presentation states).
 NOT_APPLICABLE = {
     ("SEG (CT)", "PixelMed DicomSRValidator"), ("SEG (radiograph)", "PixelMed DicomSRValidator"),
     ("GSPS", "PixelMed DicomSRValidator"), ("Secondary Capture", "PixelMed DicomSRValidator"),
-    ("SR TID 1500", "dcmtk dcmp2pgm"), ("SR TID 2000 (text)", "dcmtk dcmp2pgm"), ("SEG (CT)", "dcmtk dcmp2pgm"),
+    ("SR TID 1500", "dcmtk dcmp2pgm"), ("SR TID 2000 (text)", "dcmtk dcmp2pgm"),
+    ("SR answers (TID 1500)", "dcmtk dcmp2pgm"), ("SEG (CT)", "dcmtk dcmp2pgm"),
     ("SEG (radiograph)", "dcmtk dcmp2pgm"), ("Secondary Capture", "dcmtk dcmp2pgm"),
     ("GSPS", "highdicom read-back"), ("Secondary Capture", "highdicom read-back"),
 }
