@@ -7,7 +7,9 @@ Content, following IHE Radiology AI Results (AIR):
   procedure, not the algorithm.
 - Imaging measurements (TID 1410/1411): each detection as a planar region
   (SCOORD closed POLYLINE rectangle on its source image) whose finding type is
-  the class found, with its area; each segmentation as a region referencing its
+  the class found (an anatomy box also has the structure as finding site), with
+  its area, inferred from the same rectangle (see _area_inferred_from_region);
+  each segmentation as a region referencing its
   SEG segment, with its area (mm2, 2D) or volume (ml, 3D), and beside it, under
   the same tracking identifier and UID (one tracked finding, two representations),
   a planar region with the mask's outline (SCOORD closed POLYLINE; for a volume,

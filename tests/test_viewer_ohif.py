@@ -130,17 +130,31 @@ MEASUREMENT_TAB = """(() => {
 PANEL_ROWS = "[...document.querySelectorAll('[data-cy^=\"measurement-table-row\"]')].map(r => r.innerText)"
 
 
-def test_chest_sr_box_is_in_the_measurement_panel_with_its_finding(pacs):
-    """A reader who answers OHIF's "track measurements?" with Yes gets the SR's detection box in the
-    measurement panel, labelled with its finding (the group's Finding, "Pleural effusion"), and drawn
-    on the image. OHIF loads a box only from a SCOORD under its area NUM (docs/conformance-statement.md 8.7):
-    without it the panel stays empty and this fails. (OHIF's loader reads the area as 0 there; the SR
-    viewport before tracking shows it.)"""
+#: The text of every label drawn in the viewports (Cornerstone draws them as SVG text).
+DRAWN_LABELS = "[...document.querySelectorAll('svg text')].map(t => t.textContent)"
+
+
+def test_chest_sr_boxes_show_their_finding(pacs):
+    """Each detection box of the SR with its finding, on the image and in OHIF's measurement panel.
+
+    On opening the SR, OHIF draws each group's Finding Site: the anatomy box (anatomy detection,
+    "left lung") is labelled "Left lung" beside the left lung's outline. A reader who answers OHIF's
+    "track measurements?" with Yes gets the boxes in the measurement panel, labelled with their
+    Finding ("Pleural effusion", "Left lung") and drawn on the image. OHIF loads a box there only
+    from a SCOORD under its area NUM (docs/conformance-statement.md 8.7): without it the panel stays
+    empty, and without the anatomy box's Finding Site only the outline is labelled; either fails this.
+    (OHIF recomputes a tracked box's statistics from the image; this box touches the image's edge, so
+    the panel shows no area for it: the SR viewport before tracking shows the SR's area.)
+    """
     server, studies = pacs
     import json
 
     with Chromium() as browser:
         _show(browser, server, studies["chest"].study_uid, "SR", "MedVersa report (")
+        drawn_labels = browser.evaluate(DRAWN_LABELS) or []
+        opened = browser.screenshot(SHOTS / "chest-sr-labels.png")
+        box = browser.evaluate(VIEWPORT_BOX)
+        drawn_opened = annotation_pixels(opened, box) if box else 0
         browser.click(*browser.wait_for(BUTTON.format(text=json.dumps("Yes")), 30))
         time.sleep(10)
         if not browser.evaluate(PANEL_ROWS):  # the side panel is closed or on another tab
@@ -154,10 +168,16 @@ def test_chest_sr_box_is_in_the_measurement_panel_with_its_finding(pacs):
         drawn = annotation_pixels(shot, box) if box else 0
         errors = _errors(browser)
     _assert_no_errors(errors)
-    assert any("Pleural effusion" in row for row in rows), f"measurement panel rows: {rows}"
-    assert drawn > DRAWN // 3, f"only {drawn} annotation pixels: the tracked box is not drawn"
-    record("SR TID 1500 (tracked)", VIEWER, "pass",
-           f"detection box in the measurement panel with its finding ({len(rows)} row(s)), box drawn")
+    left_lung = [label for label in drawn_labels if "Left lung" in label]
+    assert len(left_lung) >= 2, f"the anatomy box is not labelled on the image (outline and box): {drawn_labels}"
+    for finding in ("Pleural effusion", "Left lung"):
+        assert any(finding in row for row in rows), f"{finding} not in the measurement panel: {rows}"
+    assert drawn > DRAWN // 3, f"only {drawn} annotation pixels: the tracked boxes are not drawn"
+    assert drawn_opened > DRAWN, f"only {drawn_opened} annotation pixels when the SR is opened"
+    record("SR TID 1500", VIEWER, "pass",
+           f"outlines, boxes and labels drawn ({drawn_opened} annotation pixels), anatomy boxes labelled with "
+           f"their Finding Site; tracked: each box in the measurement panel with its finding ({len(rows)} rows), "
+           "no error")
 
 
 def test_chest_text_report_is_readable(pacs):

@@ -18,6 +18,8 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 
+from medversa.dicom_mapping.references import SeriesKind
+from medversa.dicom_mapping.routing_table import DEFAULT_TASKS
 from medversa.inference.scripted import scripted_chooser
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for
@@ -30,6 +32,7 @@ SCRIPT = {
     Task.REPORT_IMPRESSION: "Small left pleural effusion.###",
     Task.CHEST_PATHOLOGY_CLASSIFICATION: "The main diagnosis is pleural effusion.###",
     Task.PATHOLOGY_DETECTION: "pleural effusion <DET>, pneumothorax <N/A>.###",
+    Task.ANATOMY_DETECTION: "left lung <DET>, mediastinum <N/A>.###",
     Task.CHEST_ORGAN_SEGMENTATION: "The segmentation mask of {target} is <2DSEG>.###",
     Task.ABDOMINAL_ORGAN_SEGMENTATION: "The segmentation mask of {target} is <3DSEG>.###",
     Task.SKIN_LESION_CLASSIFICATION: "The main diagnosis is melanoma.###",
@@ -84,10 +87,11 @@ def _chest_pixels(rows: int, cols: int) -> np.ndarray:
 
 
 def chest_study(analyzer) -> ProcessedStudy:
-    """A CR chest radiograph (0.2 mm pixels) with every 2D result kind."""
+    """A CR chest radiograph (0.2 mm pixels) with every 2D result kind (the default tasks and anatomy detection)."""
     source = f.make_cr(256, 256, pixels=_chest_pixels(256, 256), study_uid=hd.UID(), instance_number=1,
                        SeriesDescription="PA chest", StudyDescription="Chest PA")
-    return _process("chest", [source], analyzer)
+    tasks = DEFAULT_TASKS[SeriesKind.CHEST_RADIOGRAPH] + (Task.ANATOMY_DETECTION,)
+    return _process("chest", [source], analyzer, tasks=tasks)
 
 
 def ct_study(analyzer) -> ProcessedStudy:
