@@ -26,10 +26,18 @@ def test_bundled_checkpoint_is_small_documented_and_reproducible():
     assert size <= 60 * 2**20
     card = (BUNDLED_CHECKPOINT / "MODEL_CARD.md").read_text()
     assert "Not for clinical use" in card and "research licences" in card
-    shipped = TrainConfig.from_file(recipe_path("demo")).to_dict()
-    used = TrainConfig.from_file(BUNDLED_CHECKPOINT / "recipe.yaml").to_dict()
-    assert {k: v for k, v in used.items() if k != "output_dir"} == {k: v for k, v in shipped.items() if k != "output_dir"}
-    assert meta["training"]["steps"] == shipped["steps"] and meta["training"]["seed"] == shipped["seed"]
+    # The recipe(s) that built it are the shipped ones (a continued recipe ships the one it continued too).
+    for name, used_file in (("recipe", "recipe.yaml"), ("parent", "recipe-parent.yaml")):
+        if not (BUNDLED_CHECKPOINT / used_file).is_file():
+            assert name == "parent"
+            continue
+        used = TrainConfig.from_file(BUNDLED_CHECKPOINT / used_file).to_dict()
+        shipped = TrainConfig.from_file(recipe_path(used["name"])).to_dict()
+        assert {k: v for k, v in used.items() if k != "output_dir"} == {k: v for k, v in shipped.items()
+                                                                        if k != "output_dir"}
+        if name == "recipe":
+            assert meta["training"]["steps"] == shipped["steps"] and meta["training"]["seed"] == shipped["seed"]
+            assert meta["training"]["recipe"] == used["name"]
     manifest = json.loads((BUNDLED_CHECKPOINT / "data-manifest.json").read_text())
     assert manifest["split"] == "train"
     scores = json.loads((BUNDLED_CHECKPOINT / "holdout-scores.json").read_text())

@@ -140,15 +140,23 @@ def _headline(scores: dict, task: str) -> str:
     return "; ".join(parts) or "not scored on the holdout (no holdout records of this kind)"
 
 
+def runs_of(run: Path) -> list[Path]:
+    """The run and, for a continued recipe (init_checkpoint), the run it continued, oldest first."""
+    cfg = TrainConfig.from_file(run / "train-config.yaml")
+    return [Path(cfg.init_checkpoint).parent, run] if cfg.init_checkpoint else [run]
+
+
 def minutes_table(run: Path) -> list[str]:
-    """Steps and wall time per stage and per task, from the run's metrics.jsonl."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    """Steps and wall time per stage and per task, from the metrics.jsonl of the run (and its parent)."""
     by_stage: dict[str, list] = {}
     by_task: dict[str, list] = {}
-    for r in rows:
-        by_stage.setdefault(r.get("stage", "all"), []).append(r["seconds"])
-        by_task.setdefault(r["task"], []).append(r["seconds"])
-    lines = ["| stage | steps | wall time of its steps (min) |", "|---|---|---|"]
+    for folder in runs_of(run):
+        recipe = TrainConfig.from_file(folder / "train-config.yaml").name
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            by_stage.setdefault(f"{recipe}: {r.get('stage', 'all')}", []).append(r["seconds"])
+            by_task.setdefault(r["task"], []).append(r["seconds"])
+    lines = ["| recipe: stage | steps | wall time of its steps (min) |", "|---|---|---|"]
     lines += [f"| {k} | {len(v)} | {sum(v) / 60:.1f} |" for k, v in by_stage.items()]
     lines += ["", "| task | steps | min | s/step (median) |", "|---|---|---|---|"]
     lines += [f"| {k} | {len(v)} | {sum(v) / 60:.1f} | {sorted(v)[len(v) // 2]:.2f} |"
@@ -158,9 +166,10 @@ def minutes_table(run: Path) -> list[str]:
 
 def tasks_table(meta: dict, scores: dict, run: Path) -> list[str]:
     steps: dict[str, int] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        task = json.loads(line)["task"]
-        steps[task] = steps.get(task, 0) + 1
+    for folder in runs_of(run):
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            task = json.loads(line)["task"]
+            steps[task] = steps.get(task, 0) + 1
     lines = ["| task (declared) | trained on | steps | holdout, 95% CI |", "|---|---|---|---|"]
     for task in meta.get("declared_tasks", []):
         lines.append(f"| {task.replace('_', ' ')} | {TRAINED_ON.get(task, '?')} | {steps.get(task, 0)} | "
@@ -198,18 +207,24 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
     declared = set(meta.get("declared_tasks", []))
     from medversa.inference.tasks import Task
 
+    chain = [json.loads((f / "checkpoint" / "medversa-checkpoint.json").read_text())["training"]
+             for f in runs_of(run)]
+    minutes = sum(t["minutes"] for t in chain)
+    recipes = " then ".join(f"`medversa train --recipe {t['recipe']}` (seed {t['seed']}, {t['steps']} steps)"
+                            for t in chain)
+
     card = [
         "# MedVersa demo model",
         "",
         "**A demonstration model. Not for clinical use.** It is the small `demo` preset "
-        f"({meta['preset']}) trained from scratch in {meta['training']['minutes']} minutes on 2 CPU cores, on the "
+        f"({meta['preset']}) trained from scratch in {minutes:.1f} minutes on 2 CPU cores, on the "
         "train split of medinterp-mini: a few hundred public research images (JSRT/SCR, the COVID-19 image data "
         "collection, IU X-ray report texts, PH2 and ISIC 2017 dermoscopy, one TotalSegmentator example CT). "
         "Those data are under research licences (see medinterp-mini's SOURCES.md): so is this model. Its answers "
         "show what the node does with a trained model; they are not diagnoses.",
         "",
-        f"- Recipe: `recipe.yaml` (`medversa train --recipe demo`, seed {meta['training']['seed']}, "
-        f"{meta['training']['steps']} steps in two stages; deterministic for the seed and thread count).",
+        f"- Recipes: {recipes}; `recipe.yaml` is the last one's (`recipe-parent.yaml` the one it continued, if "
+        "any); deterministic for the seeds and thread count.",
         "- Data manifest: `data-manifest.json` (SHA-256 of every file read; the holdout split was never trained "
         "or tuned on).",
         f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",

@@ -52,6 +52,11 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(ASSET)
     shutil.copytree(checkpoint, ASSET)
     shutil.copy(run / "train-config.yaml", ASSET / "recipe.yaml")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_report import runs_of
+
+    if len(runs_of(run)) > 1:  # a continued recipe: ship the one it continued too
+        shutil.copy(runs_of(run)[0] / "train-config.yaml", ASSET / "recipe-parent.yaml")
     (ASSET / "data-manifest.json").write_text(json.dumps(data_manifest(data, meta), indent=2) + "\n")
     for name in ("holdout-scores.json", "holdout-scores.md", "specialist-comparison.md", "specialist-scores.json",
                  "scores.png"):

@@ -1,0 +1,48 @@
+"""The bundled demo model tells chest structures apart (issue 12), checked on TRAIN-split radiographs.
+
+Each of "left lung", "right lung" and "heart" must come back as its own mask: the patient's left lung
+on the image's right half and the right lung on its left half, the two lungs distinct from each other
+and from the heart, each close to its JSRT/SCR mask. The bundled model before issue 12 drew one region
+for all three. Training images only (the holdout is for the model card's scores); a few images, fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from medversa.inference.bundled import load_default_analyzer
+from medversa.inference.schema import ImageInput, TaskRequest
+from medversa.training.metrics import dice
+
+from .conftest import SHARED, need
+
+MINI = SHARED / "data" / "medinterp-mini"
+STRUCTURES = ("left lung", "right lung", "heart")
+
+
+def _train_ids(folder, n: int) -> list[str]:
+    rows = (folder / "split.csv").read_text().splitlines()[1:]
+    return [r.split(",")[0] for r in rows if r.endswith(",train")][:n]
+
+
+def test_left_and_right_lung_and_heart_are_distinct_masks_on_their_own_sides():
+    organs = need(MINI) / "cxr-organs"
+    analyzer = load_default_analyzer(device="cpu")
+    ids = _train_ids(organs, 3)
+    images = {i: np.asarray(Image.open(organs / "images" / f"{i}.png").convert("L")) for i in ids}
+    answers = analyzer.run([TaskRequest("chest_organ_segmentation", "cxr", [ImageInput(images[i])],
+                                        targets=STRUCTURES) for i in ids])
+    for i, answer in zip(ids, answers):
+        drawn = {m.label: m.mask for m in answer.masks_2d}
+        assert set(drawn) == set(STRUCTURES), (i, answer.text)
+        width = images[i].shape[1]
+        centre = {s: np.nonzero(drawn[s])[1].mean() / width for s in STRUCTURES if drawn[s].any()}
+        assert set(centre) == set(STRUCTURES), (i, "an empty mask")
+        # The patient's left lung lies on the image's right (README of medinterp-mini).
+        assert centre["left lung"] > 0.55 and centre["right lung"] < 0.45, (i, centre)
+        assert dice(drawn["left lung"], drawn["right lung"]) < 0.2, i
+        assert max(dice(drawn["heart"], drawn[s]) for s in ("left lung", "right lung")) < 0.35, i
+        for s in STRUCTURES:
+            truth = np.asarray(Image.open(organs / "masks" / f"{i}_{s.replace(' ', '_')}.png")) > 0
+            assert dice(drawn[s], truth) > 0.75, (i, s, dice(drawn[s], truth))
