@@ -56,7 +56,6 @@ from pydicom import Dataset
 from sqlalchemy import func, select
 
 from .context import NodeContext
-from .scp import RETRIEVED
 from .store import Export, Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -400,15 +399,13 @@ def _retrieve_held(ctx: NodeContext, study_uid: str, series_uids: list[str] | No
             arrived = [i for i in s.scalars(select(Instance).where(Instance.study_id == study.id))
                        if i.sop_instance_uid not in known]
             retrieved = [i for i in arrived if series_uids is None or i.series_instance_uid in series_uids]
-            counted = 0  # C-GET rows count as pending (priors.py records them so); C-MOVE ones do not (scp)
+            # What the node retrieved itself (C-MOVE with us as Move Originator, C-GET) is recorded as
+            # RETRIEVED and was never counted; an instance the PACS routed meanwhile counts for the study's
+            # analysis, so pending_instances is left as the recorder made it.
             for row in retrieved:
                 if row.annotation == "new":
                     row.annotation = "ignored: retrieved for an ask, not sent by the PACS"
-                elif row.annotation is None and row.calling_ae != RETRIEVED:
-                    row.calling_ae = RETRIEVED  # sent for analysis later: counted then (scp._record_one)
-                    counted += 1
             study.is_prior = before[0]
-            study.pending_instances = max(0, study.pending_instances - counted)
 
 
 # -- `medversa ask` ------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from .dimse import (
     move_study,
 )
 from .phi import phi
-from .scp import hash_phi, inspect_instance, record_instance
+from .scp import hash_phi, inspect_instance, record_instances
 from .store import Instance, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -279,7 +279,10 @@ def _retrieve(ctx: NodeContext, uid: str, series_uids: list[str] | None) -> str:
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             spooled = ctx.spool.write(uid, h.sop_instance_uid(ds), buffer.getvalue())
-            record_instance(ctx.store, ds, str(spooled.path), spooled.size, peer.ae_title, is_prior=True)
+            # Recorded as the node's own retrieve (like a C-MOVE sub-operation whose Move Originator is
+            # us): it starts no analysis unless the PACS sends the instance for one.
+            record_instances(ctx.store, [(ds, str(spooled.path), spooled.size, peer.ae_title, None, True)],
+                             is_prior=True)
             return None
 
         outcome = get_study(peer, calling, uid, store, series_uids=series_uids, timeout=pacs.retrieve_timeout_s)
