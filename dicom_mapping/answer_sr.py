@@ -28,8 +28,8 @@ from pydicom import Dataset
 
 from . import codes as mv
 from .annotations import Region
-from .identity import CHARACTER_SET, AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
-from .sr import AI_STATEMENT, clean_text
+from .identity import AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
+from .sr import AI_STATEMENT, ai_generated_sr, clean_text
 
 SERIES_DESCRIPTION = "MedVersa answers (AI-generated, unverified)"
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
@@ -136,23 +136,8 @@ def build_answer_sr(
                                                                       version=algorithm.version))]
     report[0].ContentSequence.append(container)
     evidence = list({str(ds.SOPInstanceUID): ds for ds in [*images, *([annotation] if annotation else [])]}.values())
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report[0],
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        is_complete=False,
-        is_final=False,
-        is_verified=False,
-        series_description=SERIES_DESCRIPTION,
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
-    )
-    sr.ManufacturerModelName = algorithm.model_name
-    sr.SoftwareVersions = list(algorithm.software_versions)
+    sr = ai_generated_sr(hd.sr.Comprehensive3DSR, evidence, report[0], algorithm, series_instance_uid,
+                         series_number, sop_instance_uid, instance_number, SERIES_DESCRIPTION)
     drop_invalid_copied_attributes(sr)
     return sr
 

@@ -327,6 +327,34 @@ def procedure_for(results: list[TaskResult]) -> hd.sr.CodedConcept:
     return mv.IMAGING_PROCEDURE
 
 
+def ai_generated_sr(sr_class: type, evidence: list[Dataset], content: Dataset, algorithm: AlgorithmInfo,
+                    series_instance_uid: str, series_number: int, sop_instance_uid: str, instance_number: int,
+                    series_description: str):
+    """An SR document written by the algorithm: unverified, partial, with its equipment identified.
+
+    Every SR the node writes (measurement report, text report, answers) carries the same header: the
+    algorithm as manufacturer and contributing equipment, never complete/final/verified.
+    """
+    sr = sr_class(
+        evidence=evidence,
+        content=content,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=series_description,
+        contributing_equipment=[algorithm.contributing_equipment()],
+        specific_character_set=CHARACTER_SET,
+    )
+    sr.ManufacturerModelName = algorithm.model_name
+    sr.SoftwareVersions = list(algorithm.software_versions)
+    return sr
+
+
 def build_sr(
     results: list[TaskResult],
     evidence: list[Dataset],
@@ -387,23 +415,8 @@ def build_sr(
                                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         container.ContentSequence = builder.evaluations + builder.texts
         report[0].ContentSequence.append(container)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report[0],
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        is_complete=False,
-        is_final=False,
-        is_verified=False,
-        series_description=SERIES_DESCRIPTION,
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
-    )
-    sr.ManufacturerModelName = algorithm.model_name
-    sr.SoftwareVersions = list(algorithm.software_versions)
+    sr = ai_generated_sr(hd.sr.Comprehensive3DSR, evidence, report[0], algorithm, series_instance_uid,
+                         series_number, sop_instance_uid, instance_number, SERIES_DESCRIPTION)
     _frame_references_without_segment_number(sr)
     _template_code_meanings(sr)
     drop_invalid_copied_attributes(sr)
@@ -535,22 +548,7 @@ def build_text_report(
         items.append(container)
     root.ContentSequence = items
     source = measurement_report
-    sr = hd.sr.EnhancedSR(
-        evidence=[source],
-        content=root,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        is_complete=False,
-        is_final=False,
-        is_verified=False,
-        series_description=TEXT_SERIES_DESCRIPTION,
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
-    )
-    sr.ManufacturerModelName = algorithm.model_name
-    sr.SoftwareVersions = list(algorithm.software_versions)
+    sr = ai_generated_sr(hd.sr.EnhancedSR, [source], root, algorithm, series_instance_uid, series_number,
+                         sop_instance_uid, instance_number, TEXT_SERIES_DESCRIPTION)
     drop_invalid_copied_attributes(sr)
     return sr
