@@ -25,6 +25,22 @@ def ohif_dir() -> Path | None:
     return None
 
 
+def viewer_or_skip() -> Path:
+    """The prepared OHIF build; skips the test when it, Chromium or Orthanc's DICOMweb plugin is missing."""
+    import pytest
+
+    from .browser import find_chromium
+
+    folder = ohif_dir()
+    if folder is None:
+        pytest.skip("OHIF is not prepared (bash .ci/install puts @ohif/app 3.13.2 in build/ohif/served)")
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (bash .ci/install installs it)")
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip("orthanc-dicomweb is not installed (bash .ci/install installs it)")
+    return folder
+
+
 def orthanc_viewer_config(viewer: Path) -> dict:
     """Orthanc options that add DICOMweb and the viewer (merged into a test Orthanc's configuration)."""
     return {

@@ -18,10 +18,10 @@ import highdicom as hd
 import pytest
 
 from . import viewer_study
-from .browser import Chromium, ConsoleEntry, find_chromium
+from .browser import Chromium, ConsoleEntry
 from .conftest import SHARED
-from .ohif import (DICOMWEB_PLUGIN, SKIP_TOUR, VIEWPORT_BOX, annotation_pixels, ohif_dir, orthanc_viewer_config,
-                   thumbnail_script, viewer_url)
+from .ohif import (SKIP_TOUR, VIEWPORT_BOX, annotation_pixels, orthanc_viewer_config, thumbnail_script, viewer_or_skip,
+                   viewer_url)
 from .orthanc import orthanc_server
 from .viewer_results import REPO, record
 
@@ -34,14 +34,7 @@ DRAWN = 300
 
 @pytest.fixture(scope="module")
 def viewer():
-    folder = ohif_dir()
-    if folder is None:
-        pytest.skip("OHIF is not prepared (bash .ci/install puts @ohif/app 3.13.2 in build/ohif/served)")
-    if find_chromium() is None:
-        pytest.skip("chromium is not installed (bash .ci/install installs it)")
-    if not DICOMWEB_PLUGIN.exists():
-        pytest.skip("orthanc-dicomweb is not installed (bash .ci/install installs it)")
-    return folder
+    return viewer_or_skip()
 
 
 @pytest.fixture(scope="module")

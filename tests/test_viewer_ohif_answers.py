@@ -36,10 +36,9 @@ from medversa.node.ask import ask_key
 
 from . import dicom_factory as f
 from .ask_fixtures import arrow_group, ohif_measurement_report, rectangle_group
-from .browser import Chromium, ConsoleEntry, find_chromium
+from .browser import Chromium, ConsoleEntry
 from .dicom_tools import dciodvfy_errors, pixelmed_sr_report
-from .ohif import (DICOMWEB_PLUGIN, SKIP_TOUR, VIEWPORT_BOX, ohif_dir, orthanc_viewer_config, thumbnail_script,
-                   viewer_url)
+from .ohif import SKIP_TOUR, VIEWPORT_BOX, orthanc_viewer_config, thumbnail_script, viewer_or_skip, viewer_url
 from .orthanc import orthanc_server
 from .test_viewer_ohif import BUTTON, MEASUREMENT_TAB, PANEL_ROWS
 from .viewer_results import REPO, record
@@ -105,13 +104,7 @@ def _study(with_answer: bool) -> Study:
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     """Orthanc serving the viewer, with a study answered by the node and a control study without the answer."""
-    folder = ohif_dir()
-    if folder is None:
-        pytest.skip("OHIF is not prepared (bash .ci/install puts @ohif/app 3.13.2 in build/ohif/served)")
-    if find_chromium() is None:
-        pytest.skip("chromium is not installed (bash .ci/install installs it)")
-    if not DICOMWEB_PLUGIN.exists():
-        pytest.skip("orthanc-dicomweb is not installed (bash .ci/install installs it)")
+    folder = viewer_or_skip()
     server = orthanc_server(tmp_path_factory, extra_config=orthanc_viewer_config(folder))
     out = tmp_path_factory.mktemp("answers")
     studies = {"asked": _study(True), "control": _study(False)}
