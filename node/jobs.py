@@ -21,7 +21,7 @@ from medversa.inference.tasks import Task
 from sqlalchemy import select
 
 from .context import NodeContext
-from .phi import phi
+from .phi import phi, scrub
 from .store import (
     Export,
     ExportState,
@@ -140,7 +140,7 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
             transient = is_transient(exc) and attempt < max_attempts
             with ctx.store.session() as s:
                 job = ctx.store.job(s, job_id)
-                reason = f"{type(exc).__name__}: {scrubbed(exc)}"
+                reason = f"{type(exc).__name__}: {scrub(str(exc))}"
                 if transient:
                     delay = retry_delay(ctx, attempt)
                     job.state = JobState.QUEUED
@@ -157,14 +157,6 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
             raise
     deliver_due(ctx, job_id=job_id)
     return finish_if_delivered(ctx, job_id)
-
-
-def scrubbed(exc: BaseException) -> str:
-    """An exception's text fit for logs and the job store (patient identifiers removed)."""
-    from . import phi
-
-    scrub = getattr(phi, "scrub", None)
-    return scrub(str(exc)) if scrub is not None else str(exc)
 
 
 def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple[str, ...],
