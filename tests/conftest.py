@@ -11,6 +11,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The disk-fill thresholds watch the whole file system, and a test host's disk is filled by others
+# (CI's was above the 0.85 default): emergency retention then removed every delivered study's files
+# right after export, under the tests' feet. Every node a test starts inherits this environment;
+# the tests of the thresholds themselves set them by flag or fake the fill, and flags beat it.
+os.environ.setdefault("MEDVERSA_RETENTION__CLEANUP_ABOVE", "1.0")
+os.environ.setdefault("MEDVERSA_RETENTION__REFUSE_ABOVE", "1.0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDVERSA_SHARED", REPO.parent / "shared"))

@@ -152,7 +152,7 @@ def test_a_disk_full_under_the_job_store_too_still_answers_out_of_resources(scp,
 
 
 def test_associations_are_refused_above_the_disk_refusal_level(scp, monkeypatch):
-    server = scp()
+    server = scp(**{"retention.refuse_above": 0.95})
     monkeypatch.setattr(server.spool, "disk_fill", lambda: 0.99)
     ae = AE("PACS")
     ae.add_requested_context("1.2.840.10008.1.1")
