@@ -15,7 +15,21 @@ them in batches, and the answers are scored as the paper does (Methods,
   (matched one-to-one; no prediction: IoU 0), per class and the macro mean;
 - report generation: corpus BLEU-4 of the generated section against the
   reference, plus model-based text metrics when their local models are given
-  (:mod:`.text_metrics`).
+  (:mod:`.text_metrics`);
+- VQA (closed questions, asked exactly as training asks them: the record's
+  question): accuracy, the answer matching the reference after case, spacing and
+  end punctuation are normalised; per question, per reference answer (a model
+  that always says "no" shows 0 on "answer yes"), their micro ("all") and macro
+  ("mean") means;
+- region captioning (the box in the task's first template, as the node asks):
+  exact-match accuracy of the caption (here the structure the box outlines), per
+  reference caption, micro and macro;
+- every task: task confusion (:func:`confused`), the share of answers that are
+  another task's kind.
+
+With ``majority`` (:func:`majority_answers`, from the training split) VQA and
+captions also get a constant baseline: each question's most frequent training
+answer (captions: the most frequent training caption), scored the same way.
 
 Every value comes with a 95% bootstrap interval over cases (1,000 resamples).
 The result maps ``task/class/metric`` to ``{"mean", "ci_low", "ci_high", "n"}``
@@ -34,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from medversa.inference.context import ContextFields, render_context
 from medversa.inference.schema import (
     MAX_DETECTION_TARGETS,
@@ -49,12 +64,14 @@ from .records import (
     DetectionRecord,
     ImageSource,
     Record,
+    RegionCaptionRecord,
     ReportRecord,
     SegmentationRecord,
     VolumeFile,
+    VQARecord,
 )
+from .report_metric import TextMetric
 from .samples import tasks_for
-from .text_metrics import TextMetric
 from .vocabulary import CHEST_PATHOLOGIES, SKIN_LESION_CLASSES
 
 LOGGER = logging.getLogger(__name__)
@@ -76,6 +93,7 @@ _SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
 
 #: How each metric is named in keys and in the Markdown table.
 METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "f1": "F1", "bleu4": "BLEU-4", "rougeL": "ROUGE-L",
+                "accuracy": "accuracy",
                 "confusion": "task confusion", "bertscore": "BERTScore",
                 "chexbert": "CheXbert", "radgraph": "RadGraph", "radcliq": "RadCliQ-v1 (lower is better)"}
 
@@ -90,8 +108,11 @@ class _Case:
     confused: bool = False
 
 
-#: Record kinds with a scoring rule here (VQA, captions and comparisons need text metrics first).
-EVALUATED = (SegmentationRecord, ClassificationRecord, DetectionRecord, ReportRecord)
+#: Record kinds with a scoring rule here (comparisons have no training text in medinterp-mini yet).
+EVALUATED = (SegmentationRecord, ClassificationRecord, DetectionRecord, ReportRecord, VQARecord,
+             RegionCaptionRecord)
+#: Tasks whose answer is one short text scored by exact match.
+ANSWER_TASKS = (Task.VQA, Task.REGION_CAPTIONING)
 
 
 def tasks_of(record: Record) -> list[Task]:
@@ -130,13 +151,18 @@ def requests_for(case: _Case, context_fields: ContextFields | None = None) -> li
         targets = _detection_targets(record)
         return [TaskRequest(task, record.modality, [image], targets=tuple(targets[i:i + MAX_DETECTION_TARGETS]),
                             request_id=f"{rid}/{i}") for i in range(0, len(targets), MAX_DETECTION_TARGETS)]
-    if isinstance(record, ReportRecord):
+    if isinstance(record, (ReportRecord, VQARecord)):
         if not record.images:
-            raise ValueError(f"report record {record.source}/{record.record_id} has no image")
+            raise ValueError(f"{type(record).__name__} {record.source}/{record.record_id} has no image")
         images = [ImageInput(src.load(), volume=isinstance(src, VolumeFile), source_id=record.record_id)
                   for src in record.images]
+        if isinstance(record, VQARecord):  # the question as training asks it (samples.build_sample)
+            return [TaskRequest(task, record.modality, images, question=record.question, request_id=rid)]
         return [TaskRequest(task, record.modality, images,
                             context=render_context(record.context, record.modality, context_fields), request_id=rid)]
+    if isinstance(record, RegionCaptionRecord):  # the box in pixels; the request writes it as training does
+        return [TaskRequest(task, record.modality, [_image_input(record.image, record)], region=record.region,
+                            request_id=rid)]
     raise TypeError(f"cannot evaluate a {type(record).__name__}")
 
 
@@ -192,8 +218,26 @@ def _report_reference(record: ReportRecord, task: Task) -> str:
     return f"{record.findings} {record.impression}"
 
 
+def normal_answer(text: str) -> str:
+    """An answer as exact match compares it: lower case, single spaces, no punctuation at either end."""
+    return " ".join(text.lower().split()).strip(" .,;:!?\"'")
+
+
+def _reference_answer(record: Record) -> str:
+    return record.answer if isinstance(record, VQARecord) else record.caption  # type: ignore[attr-defined]
+
+
+def question_kind(record: Record) -> str:
+    """The row a VQA case is listed under: its question, normalised (no ``/``: keys are task/class/metric)."""
+    if isinstance(record, VQARecord):
+        return normal_answer(record.question).replace("/", " ")
+    return "all"
+
+
 def _outcome(case: _Case, answers: list[Answer]) -> Any:
     record = case.record
+    if isinstance(record, (VQARecord, RegionCaptionRecord)):
+        return " ".join(a.plain_text for a in answers)
     if isinstance(record, SegmentationRecord):
         return _segmentation_outcome(record, answers)
     if isinstance(record, ClassificationRecord):
@@ -213,6 +257,11 @@ def _prediction(case: _Case) -> dict[str, Any]:
         entry["reference"] = _report_reference(case.record, case.task)
     elif isinstance(case.record, ClassificationRecord):
         entry["reference"] = list(case.record.labels)
+    elif isinstance(case.record, (VQARecord, RegionCaptionRecord)):
+        entry["reference"] = _reference_answer(case.record)
+        entry["correct"] = normal_answer(case.outcome) == normal_answer(entry["reference"])
+        if isinstance(case.record, VQARecord):
+            entry["question"] = case.record.question
     return entry
 
 
@@ -224,6 +273,18 @@ DOMAIN_PHRASES: dict[Modality, tuple[str, ...]] = {
 }
 _TASK_ANSWER_FORM = re.compile(r"segmentation mask of|<DET>|<2DSEG>|<3DSEG>|<N/A>", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[\s,.;:]+|\band\b|\(absent\)", re.IGNORECASE)
+YES_NO = ("yes", "no")
+_CHOICE = re.compile(r"([a-z0-9-]+)\s+or\s+(?:an?\s+|the\s+)?([a-z0-9-]+)")
+_POLAR = re.compile(r"^(?:is|are|was|were|does|do|did|can|could|has|have|had|will|would|should)\b")
+
+
+def closed_options(question: str) -> tuple[str, ...] | None:
+    """The answers a closed question allows: "A or B?" -> (A, B); "Is/Does/Are ...?" -> yes/no; open: None."""
+    text = normal_answer(question)
+    choice = _CHOICE.search(text)
+    if choice:
+        return choice.groups()
+    return YES_NO if _POLAR.match(text) else None
 
 
 def _leftover(text: str, phrases: Iterable[str]) -> str:
@@ -234,7 +295,29 @@ def _leftover(text: str, phrases: Iterable[str]) -> str:
     return _SEPARATORS.sub("", remaining)
 
 
-def confused(task: Task, modality: Modality, requests: list[TaskRequest], answers: list[Answer]) -> bool:
+def _answer_confused(task: Task, modality: Modality, requests: list[TaskRequest], answers: list[Answer],
+                     captions: Iterable[str]) -> bool:
+    """VQA and region captioning: a closed question answered outside its options; a caption that is
+    another task's answer (class names only, unless a reference caption is that name; yes/no; a foreign
+    modality's phrase); any drawing, task token or empty answer."""
+    text = " ".join(a.text for a in answers)
+    answer = normal_answer(" ".join(a.plain_text for a in answers))
+    if not answer or any(a.boxes or a.masks_2d or a.masks_3d for a in answers) or _TASK_ANSWER_FORM.search(text):
+        return True
+    if task is Task.VQA:
+        options = closed_options(" ".join(r.question or "" for r in requests))
+        return options is not None and answer not in options
+    own = {normal_answer(c) for c in captions}
+    if answer in own:
+        return False
+    foreign = [p for m, phrases in DOMAIN_PHRASES.items() if m is not modality for p in phrases]
+    labels = [p for phrases in CLASS_PHRASES.values() for p in phrases] + ["no finding"]
+    label_only = bool(named_classes(answer, labels)) and not _leftover(answer, labels)
+    return answer in YES_NO or label_only or bool(named_classes(answer, foreign))
+
+
+def confused(task: Task, modality: Modality, requests: list[TaskRequest], answers: list[Answer],
+             captions: Iterable[str] = ()) -> bool:
     """True when the answers are another task's kind rather than ``task``'s (the task-confusion metric).
 
     - segmentation: a mask of a structure not asked for, or no mask of the one asked for;
@@ -242,8 +325,15 @@ def confused(task: Task, modality: Modality, requests: list[TaskRequest], answer
     - classification: text that is not the task's class names (or "no finding"), or no class at all;
     - reports: another task's answer form (task tokens, "segmentation mask of", nothing but class
       names: a classification answer) or a class name of another modality's tasks (a skin lesion
-      diagnosis in a chest report).
+      diagnosis in a chest report);
+    - VQA: a closed question (:func:`closed_options`) answered with anything but one of its options,
+      or any drawing, task token or empty answer;
+    - region captioning: a drawing, task token, empty answer, yes/no, a foreign modality's phrase, or
+      nothing but classification class names, unless it is one of ``captions`` (the reference
+      captions of the evaluated cases: a wrong structure is an error, not confusion).
     """
+    if task in ANSWER_TASKS:
+        return _answer_confused(task, modality, requests, answers, captions)
     asked = {" ".join(t.lower().split()) for r in requests for t in r.targets}
     if task.family == "segmentation":
         drawn = {" ".join(m.label.lower().split()) for a in answers for m in (*a.masks_2d, *a.masks_3d)}
@@ -285,7 +375,7 @@ def _per_class(task: Task, cases: list[_Case], metric: str, bootstrap: dict[str,
     if not names:
         return {}
     per_class, macro = metrics.bootstrap_class_means(sums, counts, **bootstrap)
-    out = {_key(task, name, metric): result for name, result in zip(names, per_class)}
+    out = {_key(task, name, metric): result for name, result in zip(names, per_class, strict=False)}
     out[_key(task, "mean", metric)] = macro
     return out
 
@@ -301,8 +391,43 @@ def _classification(task: Task, cases: list[_Case], bootstrap: dict[str, Any]) -
     y_true = np.array([[p in c.record.labels for p in classes] for c in cases], dtype=float)
     y_pred = np.array([[p in found for p in classes] for found in predicted], dtype=float)
     per_class, macro = metrics.bootstrap_f1(y_true, y_pred, **bootstrap)
-    out = {_key(task, name, "f1"): result for name, result in zip(classes, per_class)}
+    out = {_key(task, name, "f1"): result for name, result in zip(classes, per_class, strict=False)}
     out[_key(task, "mean", "f1")] = macro
+    return out
+
+
+def _grouped_accuracy(task: Task, groups: list[str], correct: np.ndarray, bootstrap: dict[str, Any],
+                      prefix: str = "", macro: bool = False) -> dict[str, dict]:
+    """Accuracy per group (cases resampled whole) and, with ``macro``, the unweighted mean over groups."""
+    names = sorted(set(groups))
+    sums = np.array([[float(c) if g == name else 0.0 for name in names] for g, c in zip(groups, correct, strict=False)])
+    counts = np.array([[1.0 if g == name else 0.0 for name in names] for g in groups])
+    per_group, mean = metrics.bootstrap_class_means(sums, counts, **bootstrap)
+    out = {_key(task, f"{prefix}{name}", "accuracy"): result for name, result in zip(names, per_group, strict=False)}
+    if macro:
+        out[_key(task, "mean", "accuracy")] = mean
+    return out
+
+
+def _answers(task: Task, cases: list[_Case], bootstrap: dict[str, Any],
+             majority: dict[str, str] | None = None) -> dict[str, dict]:
+    """VQA / region captions: exact-match accuracy per question (VQA) or reference caption, per reference
+    answer (VQA), micro ("all") and macro ("mean"), and the training-majority baseline when given."""
+    references = [normal_answer(_reference_answer(c.record)) for c in cases]
+    correct = np.array([normal_answer(c.outcome) == ref for c, ref in zip(cases, references, strict=True)],
+                       dtype=float)
+    out: dict[str, dict] = {}
+    if task is Task.VQA:
+        kinds = [question_kind(c.record) for c in cases]
+        out.update(_grouped_accuracy(task, kinds, correct, bootstrap, macro=True))
+        out.update(_grouped_accuracy(task, references, correct, bootstrap, prefix="answer "))
+    else:
+        out.update(_grouped_accuracy(task, references, correct, bootstrap, macro=True))
+    out[_key(task, "all", "accuracy")] = metrics.bootstrap_mean(correct, **bootstrap)
+    if majority:
+        constant = [normal_answer(majority.get(question_kind(c.record), "")) for c in cases]
+        hits = np.array([bool(a) and a == ref for a, ref in zip(constant, references, strict=False)], dtype=float)
+        out[_key(task, "constant_baseline", "accuracy")] = metrics.bootstrap_mean(hits, **bootstrap)
     return out
 
 
@@ -328,7 +453,8 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
              resamples: int = metrics.RESAMPLES, seed: int = 0, text_metrics: Sequence[TextMetric] = (),
              skipped: dict[str, str] | None = None,
              predictions: list[dict[str, Any]] | None = None,
-             baselines: dict[Task, str] | None = None) -> dict[str, dict]:
+             baselines: dict[Task, str] | None = None,
+             majority: dict[Task, dict[str, str]] | None = None) -> dict[str, dict]:
     """Run ``analyzer`` on ``records`` and score the answers.
 
     Parameters
@@ -354,6 +480,9 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
     baselines
         Per report task, a constant answer (:func:`constant_baselines` on the training split) scored
         on BLEU-4 and ROUGE-L beside the model, as ``task/constant_baseline/metric``.
+    majority
+        VQA and region captioning: the training split's most frequent answer per question kind
+        (:func:`majority_answers`), scored as ``task/constant_baseline/accuracy``.
 
     Returns
     -------
@@ -378,6 +507,7 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
     for kind, count in ignored.items():
         LOGGER.info("not evaluated: %d %s record(s) (no evaluation task for them yet)", count, kind)
     LOGGER.info("evaluating %d case(s): %s", len(cases), ", ".join(f"{t.value} {n}" for t, n in per_task.items()))
+    captions = sorted({c.record.caption for c in cases if isinstance(c.record, RegionCaptionRecord)})
 
     for start in range(0, len(cases), batch_size):
         batch = cases[start:start + batch_size]
@@ -386,9 +516,10 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         requests = [requests_for(c, fields) for c in batch]
         answers = analyzer.run([r for group in requests for r in group])
         at = 0
-        for case, group in zip(batch, requests):
+        for case, group in zip(batch, requests, strict=False):
             case.outcome = _outcome(case, answers[at:at + len(group)])
-            case.confused = confused(case.task, case.record.modality, group, answers[at:at + len(group)])
+            case.confused = confused(case.task, case.record.modality, group, answers[at:at + len(group)],
+                                     captions)
             at += len(group)
             if predictions is not None:
                 predictions.append(_prediction(case))
@@ -411,6 +542,8 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
             results.update(_classification(task, task_cases, bootstrap))
         elif task in REPORT_TASKS:
             results.update(_reports(task, task_cases, text_metrics, bootstrap, baselines.get(task)))
+        elif task in ANSWER_TASKS:
+            results.update(_answers(task, task_cases, bootstrap, (majority or {}).get(task)))
         results[_key(task, "all", "confusion")] = metrics.bootstrap_mean([float(c.confused) for c in task_cases],
                                                                          **bootstrap)
     results[SKIPPED] = dict(skipped or {})
@@ -458,6 +591,21 @@ def constant_baselines(train_records: Sequence[Record], tasks: Iterable[Task] = 
     return out
 
 
+def majority_answers(train_records: Sequence[Record]) -> dict[Task, dict[str, str]]:
+    """Per answer task, the most frequent *training* answer of each question kind (ties: alphabetical first).
+
+    VQA is keyed by :func:`question_kind` (the question), region captioning by ``"all"`` (one caption
+    for every box). The constant baseline a model must beat; the holdout never enters the choice.
+    """
+    counts: dict[Task, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    for record in train_records:
+        if isinstance(record, (VQARecord, RegionCaptionRecord)):
+            task = Task.VQA if isinstance(record, VQARecord) else Task.REGION_CAPTIONING
+            counts[task][question_kind(record)][normal_answer(_reference_answer(record))] += 1
+    return {task: {kind: min(answers, key=lambda a: (-answers[a], a)) for kind, answers in kinds.items()}
+            for task, kinds in counts.items()}
+
+
 def read_records(data: str | Path, split: str, dataset: str = "medinterp-mini") -> list[Record]:
     """Records of one split of a dataset folder, read through the dataset registry."""
     from .datasets.registry import read_dataset
@@ -493,4 +641,6 @@ def render_markdown(results: dict[str, dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SKIPPED", "confused", "constant_baselines", "evaluate", "training_volumes", "named_classes", "read_records", "render_markdown", "requests_for", "tasks_of"]
+__all__ = ["SKIPPED", "closed_options", "confused", "constant_baselines", "evaluate", "majority_answers",
+           "named_classes", "normal_answer", "question_kind", "read_records", "render_markdown", "requests_for",
+           "tasks_of", "training_volumes"]

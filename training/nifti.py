@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import RecordError
+from .errors import RecordError
 
 
 def _load(path: Path) -> np.ndarray:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import metrics
-from .text_metrics import TextMetric
+from .report_metric import TextMetric
 
 FEATURES = ("radgraph", "bertscore", "semb_score", "bleu_score")
 MEAN = np.array([0.53792312, 0.61757256, 0.76479421, 0.44738335])
@@ -62,7 +62,7 @@ class RadCliQ:
 
     def features(self, candidates: Sequence[str], references: Sequence[str]) -> np.ndarray:
         columns = [part.score(candidates, references) for part in self.parts]
-        columns.append(np.array([bleu2(c, r) for c, r in zip(candidates, references)], dtype=float))
+        columns.append(np.array([bleu2(c, r) for c, r in zip(candidates, references, strict=True)], dtype=float))
         return np.column_stack(columns) if len(candidates) else np.zeros((0, len(FEATURES)))
 
     def score(self, candidates: Sequence[str], references: Sequence[str]) -> np.ndarray:

@@ -144,7 +144,7 @@ class RadGraphProcess:
 
 
 class RadGraphF1:
-    """Per-report RadGraph F1 (a :class:`~.text_metrics.TextMetric`)."""
+    """Per-report RadGraph F1 (a :class:`~.report_metric.TextMetric`)."""
 
     name = "radgraph"
 

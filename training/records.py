@@ -13,24 +13,20 @@ sources so a record list of a large dataset stays cheap.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from medversa.inference.context import ClinicalContext
 from medversa.inference.tasks import Modality
 
+from .errors import RecordError
+from .nifti import read_nifti_labels, read_nifti_volume
+from .rle import decode_start_length
+
 PixelBox = tuple[float, float, float, float]
-
-
-class RecordError(ValueError):
-    """A dataset file or record is missing or malformed; the message names both."""
-
-    def __init__(self, path: Path | str, record: str | int | None, problem: str) -> None:
-        where = f"{path}" + (f", record {record}" if record is not None else "")
-        super().__init__(f"{where}: {problem}")
-        self.path = Path(path)
-        self.record = record
 
 
 # --- lazy image and mask sources -----------------------------------------------------------------
@@ -59,8 +55,6 @@ class VolumeFile:
     path: Path
 
     def load(self) -> np.ndarray:
-        from .nifti import read_nifti_volume
-
         return read_nifti_volume(self.path)
 
 
@@ -82,8 +76,6 @@ class LabelVolumeMask:
     values: tuple[int, ...]
 
     def load(self) -> np.ndarray:
-        from .nifti import read_nifti_labels
-
         return np.isin(read_nifti_labels(self.path), self.values)
 
 
@@ -96,8 +88,6 @@ class RleMask:
     width: int
 
     def load(self) -> np.ndarray:
-        from .rle import decode_start_length
-
         return decode_start_length(self.rle, self.height, self.width)
 
 
@@ -116,10 +106,6 @@ class CsvRleMask:
     width: int
 
     def load(self) -> np.ndarray:
-        import csv
-
-        from .rle import decode_start_length
-
         with open(self.path, "rb") as fh:
             fh.seek(self.offset)
             line = fh.readline().decode("utf-8")

@@ -30,21 +30,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+
+from .radcliq import RadCliQ
+from .radgraph import AnnotationFile, RadGraphF1, RadGraphProcess
+from .report_metric import TextMetric
 
 LOGGER = logging.getLogger(__name__)
 
 MODEL_METRICS = ("bertscore", "chexbert", "radgraph", "radcliq")
-
-
-class TextMetric(Protocol):
-    """A per-report text metric: one score per (candidate, reference) pair."""
-
-    name: str
-
-    def score(self, candidates: Sequence[str], references: Sequence[str]) -> np.ndarray: ...
 
 
 def _device(device: str | None) -> str:
@@ -124,7 +119,7 @@ class BertScore:
         if len(candidates) != len(references):
             raise ValueError(f"got {len(candidates)} candidates but {len(references)} references")
         scores = []
-        for (c, c_ordinary), (r, r_ordinary) in zip(self._embed(candidates), self._embed(references)):
+        for (c, c_ordinary), (r, r_ordinary) in zip(self._embed(candidates), self._embed(references), strict=True):
             if not c_ordinary.any() or not r_ordinary.any():
                 f1 = 0.0
             else:
@@ -215,9 +210,6 @@ def load_text_metrics(bertscore: str | Path | None = None, bertscore_layer: int 
     RadCliQ-v1 runs when its three model-based features do: RadGraph, CheXbert, and
     BERTScore rescaled with a baseline (RadCliQ's is distilroberta-base at layer 5).
     """
-    from .radcliq import RadCliQ
-    from .radgraph import AnnotationFile, RadGraphF1, RadGraphProcess
-
     active: dict[str, TextMetric] = {}
     skipped: dict[str, str] = {}
     if bertscore:

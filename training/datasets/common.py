@@ -1,6 +1,6 @@
 """Small helpers every reader shares: finding files, reading tables, image sizes, box scaling, splits.
 
-Errors are :class:`~medversa.training.records.RecordError` naming the file and,
+Errors are :class:`~medversa.training.errors.RecordError` naming the file and,
 for a bad row, its line, so a broken download is fixed at the right place.
 """
 
