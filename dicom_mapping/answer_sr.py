@@ -28,7 +28,8 @@ from pydicom import Dataset
 
 from . import codes as mv
 from .annotations import Region
-from .identity import AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo, derive_uid
+from .result_header import ResultHeader
 from .sr import AI_STATEMENT, ai_generated_sr, clean_text
 
 SERIES_DESCRIPTION = "MedVersa answers (AI-generated, unverified)"
@@ -136,10 +137,9 @@ def build_answer_sr(
                                                                       version=algorithm.version))]
     report[0].ContentSequence.append(container)
     evidence = list({str(ds.SOPInstanceUID): ds for ds in [*images, *([annotation] if annotation else [])]}.values())
-    sr = ai_generated_sr(hd.sr.Comprehensive3DSR, evidence, report[0], algorithm, series_instance_uid,
-                         series_number, sop_instance_uid, instance_number, SERIES_DESCRIPTION)
-    drop_invalid_copied_attributes(sr)
-    return sr
+    return ai_generated_sr(hd.sr.Comprehensive3DSR, evidence, report[0],
+                           ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid,
+                                        instance_number, SERIES_DESCRIPTION))
 
 
 def read_answers(sr: Dataset) -> list[dict]:

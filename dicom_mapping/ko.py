@@ -11,7 +11,8 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from .identity import CHARACTER_SET, AlgorithmInfo, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo
+from .result_header import ResultHeader
 
 SERIES_DESCRIPTION = "MedVersa key images (AI-generated, unverified)"
 
@@ -34,19 +35,7 @@ def build_key_objects(
         observer_device_context=algorithm.observer_context(),
         description=f"Images with findings by {algorithm.name} ({algorithm.ai_notice})"[:1024],
     )
-    ko = hd.ko.KeyObjectSelectionDocument(
-        evidence=[*positive_images, sr],
-        content=content,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
-        series_description=SERIES_DESCRIPTION,
-    )
-    ko.ManufacturerModelName = algorithm.model_name
-    ko.SoftwareVersions = list(algorithm.software_versions)
-    drop_invalid_copied_attributes(ko)
-    return ko
+    header = ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid, instance_number,
+                          SERIES_DESCRIPTION)
+    ko = hd.ko.KeyObjectSelectionDocument(evidence=[*positive_images, sr], content=content, **header.kwargs())
+    return header.finish(ko)

@@ -14,9 +14,10 @@ from pydicom import Dataset
 
 from medversa.inference.schema import Answer
 
-from .identity import AlgorithmInfo, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo
 from .overlay import Shape, rasterize, shapes_for_image
 from .references import ImageRef
+from .result_header import ResultHeader
 
 SERIES_DESCRIPTION = "MedVersa overlays (AI-generated, unverified)"
 
@@ -68,18 +69,14 @@ def build_presentation_state(
             graphic_objects=graphics[kind] or None, text_objects=texts[kind] or None)
         for kind in _LAYERS if graphics[kind] or texts[kind]
     ]
+    header = ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid, instance_number,
+                          SERIES_DESCRIPTION)
     common = dict(
         referenced_images=[source],
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        content_label="MEDVERSA",
-        content_description=f"{algorithm.name} results ({algorithm.ai_notice})"[:64],
         graphic_annotations=annotations,
         graphic_layers=[_LAYERS[k] for k in _LAYERS if graphics[k] or texts[k]],
-        series_description=SERIES_DESCRIPTION,
-        **algorithm.equipment(),
+        **header.content("results"),
+        **header.kwargs(device_serial_number=True),
     )
     if str(source.get("PhotometricInterpretation", "")).startswith("MONOCHROME"):
         pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)
@@ -90,8 +87,7 @@ def build_presentation_state(
         pr = hd.pr.ColorSoftcopyPresentationState(**common, icc_profile=_srgb_profile(source))
     if "Laterality" not in pr:
         pr.Laterality = ""  # General Series, Type 2C: unpaired or unknown body part
-    drop_invalid_copied_attributes(pr)
-    return pr
+    return header.finish(pr)
 
 
 def _add_overlay(pr: Dataset, bitmap: np.ndarray, layer: str) -> None:

@@ -17,9 +17,10 @@ from pydicom.sr.codedict import codes
 
 from medversa.inference.schema import Answer
 
-from .identity import CHARACTER_SET, AlgorithmInfo, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo
 from .overlay import draw_shapes, shapes_for_image
 from .references import ImageRef
+from .result_header import ResultHeader
 
 SERIES_DESCRIPTION = "MedVersa results image (AI-generated, unverified)"
 _COLORS = {"box": (255, 64, 64), "outline": (64, 255, 64)}
@@ -37,7 +38,10 @@ def build_secondary_capture(
     series_number: int = 9703,
     instance_number: int = 1,
 ) -> hd.sc.SCImage | None:
-    """An RGB SC of ``display_pixels`` (uint8, as the model saw them) with the results drawn; None if nothing to draw."""
+    """An RGB SC of ``display_pixels`` (uint8, as the model saw them) with the results drawn.
+
+    None when there is nothing to draw.
+    """
     shapes = shapes_for_image(answers, image_index)
     if not shapes:
         return None
@@ -45,49 +49,43 @@ def build_secondary_capture(
     image = Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8)), mode="RGB")
     for kind, color in _COLORS.items():
         draw_shapes(image, [s for s in shapes if s.kind == kind], fill=color)
+    header = ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid, instance_number,
+                          SERIES_DESCRIPTION)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=np.asarray(image),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
         pixel_spacing=ref.pixel_spacing if ref.pixel_spacing and min(ref.pixel_spacing) > 0 else None,
         # highdicom insists on an orientation for patient-based images; the real value
         # (or an empty one, Type 2C, when the source has none) is set just below.
         patient_orientation=_orientation(source) or ("L", "F"),
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
-        series_description=SERIES_DESCRIPTION,
         transfer_syntax_uid="1.2.840.10008.1.2.1",
+        **header.kwargs(),
     )
     sc.PatientOrientation = list(_orientation(source) or []) or ""
     if "Laterality" not in sc:
         sc.Laterality = ""  # General Series, Type 2C: unpaired or unknown body part
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.ManufacturerModelName = algorithm.model_name
-    sc.SoftwareVersions = list(algorithm.software_versions)
-    sc.DerivationDescription = f"{algorithm.name} {algorithm.version} results drawn on the source image ({algorithm.ai_notice})"
+    sc.DerivationDescription = (f"{algorithm.name} {algorithm.version} results drawn on the source image "
+                                f"({algorithm.ai_notice})")
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid
     if ref.frame:
         item.ReferencedFrameNumber = ref.frame
     purpose = Dataset()
-    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = "121322", "DCM", "Source image for image processing operation"
+    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = (
+        "121322", "DCM", "Source image for image processing operation")
     item.PurposeOfReferenceCodeSequence = [purpose]
     sc.SourceImageSequence = [item]
     derivation = Dataset()
     derivation.CodeValue, derivation.CodingSchemeDesignator, derivation.CodeMeaning = (
         codes.DCM.ImageProcessing.value, "DCM", codes.DCM.ImageProcessing.meaning)
     sc.DerivationCodeSequence = [derivation]
-    drop_invalid_copied_attributes(sc)
-    return sc
+    return header.finish(sc)
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:

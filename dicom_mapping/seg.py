@@ -26,8 +26,9 @@ import numpy as np
 from pydicom import Dataset
 
 from .codes import segment_codes
-from .identity import AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo, derive_uid
 from .references import ImageRef, VolumeRef
+from .result_header import ResultHeader
 
 LOGGER = logging.getLogger(__name__)
 
@@ -110,29 +111,24 @@ def build_segmentation(
                            "is not supported; the SR and overlays still report the masks", ref.frame,
                            ref.sop_instance_uid)
             return None
+    header = ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid, instance_number,
+                          SERIES_DESCRIPTION)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_descriptions(labels, algorithm, sop_instance_uid),
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        content_label="MEDVERSA",
-        content_description=f"{algorithm.name} segmentation ({algorithm.ai_notice})"[:64],
-        series_description=SERIES_DESCRIPTION,
         omit_empty_frames=True,
         pixel_measures=_pixel_measures(ref) if isinstance(ref, VolumeRef) else None,
-        **algorithm.equipment(),
+        **header.content("segmentation"),
+        **header.kwargs(device_serial_number=True),
     )
     if "PatientOrientation" not in seg and "FrameOfReferenceUID" not in seg:
         # General Image, Type 2C without a frame of reference: copy it, or leave it empty.
         seg.PatientOrientation = sources[0].get("PatientOrientation", "")
     if isinstance(ref, ImageRef):
         _image_pixel_measures(seg, ref)
-    drop_invalid_copied_attributes(seg)
-    return SegmentationResult(seg, _segments_of(seg, labels))
+    return SegmentationResult(header.finish(seg), _segments_of(seg, labels))
 
 
 def _image_pixel_measures(seg: Dataset, ref: ImageRef) -> None:

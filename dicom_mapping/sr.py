@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -43,12 +44,14 @@ from skimage.measure import approximate_polygon, find_contours
 from medversa.inference.tasks import Task
 
 from . import codes as mv
-from .identity import CHARACTER_SET, AlgorithmInfo, derive_uid, drop_invalid_copied_attributes
+from .identity import AlgorithmInfo, derive_uid
 from .references import ImageRef, VolumeRef
+from .result_header import ResultHeader
 from .results import TaskResult, pixel_area_mm2, volume_ml
 from .seg import SegmentationResult
 
 LOGGER = logging.getLogger(__name__)
+_SR = TypeVar("_SR", bound=hd.sr.Comprehensive3DSR | hd.sr.EnhancedSR)
 
 SERIES_DESCRIPTION = "MedVersa report (AI-generated, unverified)"
 AI_STATEMENT = ("This report was generated automatically by an AI algorithm ({name} {version}) "
@@ -249,7 +252,7 @@ class _Builder:
         self.text(mv.FINDING, result.answer.plain_text)
 
     def segmentation(self, result: TaskResult, segs: dict[str, SegReference]) -> None:
-        masks = [(m.label, m.mask) for m in result.answer.masks_2d] + [(m.label, m.mask) for m in result.answer.masks_3d]
+        masks = [(m.label, m.mask) for m in [*result.answer.masks_2d, *result.answer.masks_3d]]
         for label, mask in masks:
             ref = segs.get(label)
             if ref is None:
@@ -327,32 +330,15 @@ def procedure_for(results: list[TaskResult]) -> hd.sr.CodedConcept:
     return mv.IMAGING_PROCEDURE
 
 
-def ai_generated_sr(sr_class: type, evidence: list[Dataset], content: Dataset, algorithm: AlgorithmInfo,
-                    series_instance_uid: str, series_number: int, sop_instance_uid: str, instance_number: int,
-                    series_description: str):
+def ai_generated_sr(sr_class: type[_SR], evidence: list[Dataset], content: Dataset, header: ResultHeader) -> _SR:
     """An SR document written by the algorithm: unverified, partial, with its equipment identified.
 
-    Every SR the node writes (measurement report, text report, answers) carries the same header: the
-    algorithm as manufacturer and contributing equipment, never complete/final/verified.
+    Every SR the node writes (measurement report, text report, answers) carries the header of every
+    result object (:class:`ResultHeader`) and is never complete, final or verified.
     """
-    sr = sr_class(
-        evidence=evidence,
-        content=content,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=algorithm.manufacturer,
-        is_complete=False,
-        is_final=False,
-        is_verified=False,
-        series_description=series_description,
-        contributing_equipment=[algorithm.contributing_equipment()],
-        specific_character_set=CHARACTER_SET,
-    )
-    sr.ManufacturerModelName = algorithm.model_name
-    sr.SoftwareVersions = list(algorithm.software_versions)
-    return sr
+    sr = sr_class(evidence=evidence, content=content, is_complete=False, is_final=False, is_verified=False,
+                  **header.kwargs())
+    return header.finish(sr)
 
 
 def build_sr(
@@ -415,11 +401,11 @@ def build_sr(
                                                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         container.ContentSequence = builder.evaluations + builder.texts
         report[0].ContentSequence.append(container)
-    sr = ai_generated_sr(hd.sr.Comprehensive3DSR, evidence, report[0], algorithm, series_instance_uid,
-                         series_number, sop_instance_uid, instance_number, SERIES_DESCRIPTION)
+    sr = ai_generated_sr(hd.sr.Comprehensive3DSR, evidence, report[0],
+                         ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid,
+                                      instance_number, SERIES_DESCRIPTION))
     _frame_references_without_segment_number(sr)
     _template_code_meanings(sr)
-    drop_invalid_copied_attributes(sr)
     return sr
 
 
@@ -547,8 +533,6 @@ def build_text_report(
                                      for line in lines if clean_text(line)]
         items.append(container)
     root.ContentSequence = items
-    source = measurement_report
-    sr = ai_generated_sr(hd.sr.EnhancedSR, [source], root, algorithm, series_instance_uid, series_number,
-                         sop_instance_uid, instance_number, TEXT_SERIES_DESCRIPTION)
-    drop_invalid_copied_attributes(sr)
-    return sr
+    return ai_generated_sr(hd.sr.EnhancedSR, [measurement_report], root,
+                           ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid,
+                                        instance_number, TEXT_SERIES_DESCRIPTION))
