@@ -88,17 +88,6 @@ class AlgorithmInfo:
         item.DeviceUID = self.device_uid
         return item
 
-    def equipment(self) -> dict:
-        """Keyword arguments every highdicom builder of an image-like object takes (SEG, PR)."""
-        return dict(
-            manufacturer=self.manufacturer,
-            manufacturer_model_name=self.model_name,
-            software_versions=list(self.software_versions),
-            device_serial_number=self.serial_number,
-            contributing_equipment=[self.contributing_equipment()],
-            specific_character_set=CHARACTER_SET,
-        )
-
     def observer_context(self) -> hd.sr.ObserverContext:
         """The algorithm as the SR/KOS device observer (TID 1004)."""
         from pydicom.sr.codedict import codes as dcm_codes
