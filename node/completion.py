@@ -18,6 +18,7 @@ from medversa.dicom_mapping.series import classify
 from sqlalchemy import func, select
 
 from .context import NodeContext
+from .job_states import move_job, move_study_state
 from .jobs import create_job_version
 from .routing import InstanceFacts, route
 from .store import Instance, Job, JobState, Study, StudyState, utcnow
@@ -89,7 +90,7 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
             facts = _facts(s, study)
             routed = route(facts, ctx.settings.routing)
             if not routed.tasks:
-                study.state = StudyState.DONE
+                move_study_state(study, StudyState.DONE, reason="no routing rule matched")
                 study.pending_instances = 0
                 kinds = sorted({f.series_kind for f in facts if f.series_kind})
                 why = (f"no routing rule matched (series kinds: {', '.join(kinds)})" if kinds
@@ -122,6 +123,6 @@ def requeue_waiting_jobs(ctx: NodeContext, enqueue: Enqueue) -> int:
         with ctx.store.session() as s:
             job = s.get(Job, job_id)
             if job.state is JobState.RECEIVED:
-                job.state = JobState.QUEUED
+                move_job(job, JobState.QUEUED, reason=f"sent to queue {queue}")
         queued += 1
     return queued

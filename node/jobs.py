@@ -3,11 +3,14 @@
 ``run_job(job_id)`` re-reads the job and checks its state, so a redelivered task
 (acks late, a worker killed mid-job) simply runs again: result UIDs derive from the
 study and the model, so a re-run writes the same objects, and export rows are
-unique per (job, object, destination), so nothing is stored twice.
+unique per (job, object, destination), so nothing is stored twice. Every state change goes
+through :mod:`medversa.node.job_states`; the sender (:mod:`medversa.node.export`) returns outcomes
+that :func:`apply_export_outcomes` records here.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import logging
 import os
@@ -21,6 +24,8 @@ from medversa.inference.tasks import Task
 from sqlalchemy import select
 
 from .context import NodeContext
+from .export import CLAIM_LEASE_S, ClaimedExport, ExportOutcome, claim_due, next_try, send
+from .job_states import FINISHED_JOB_STATES, move_job, move_study_state
 from .phi import phi, scrub
 from .store import (
     Export,
@@ -79,11 +84,11 @@ def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes:
         for job in study.jobs:
             version = max(version, job.version + 1)
             if job.state in (JobState.RECEIVED, JobState.QUEUED) and job.ask is None:  # asks stay (node/ask.py)
-                job.state = JobState.SUPERSEDED
+                move_job(job, JobState.SUPERSEDED, reason=f"version {version} created")
         job = Job(study_id=study.id, version=version, tasks=tasks, queue=ctx.settings.model.queue,
                   state=JobState.RECEIVED, notes=notes, questions=list(questions or []))
         s.add(job)
-        study.state = StudyState.QUEUED
+        move_study_state(study, StudyState.QUEUED, reason=f"job version {version}")
         study.pending_instances = 0
         s.flush()
         job_id = job.id
@@ -112,24 +117,22 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
     ``jobs.max_attempts``; the last attempt runs without the prior rather than failing. Any other
     failure marks the job FAILED at once, with the reason, and re-raises.
     """
-    from .export import deliver_due
-
     max_attempts = ctx.settings.jobs.max_attempts
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
-        if job.state in (JobState.DONE, JobState.SUPERSEDED, JobState.FAILED):
+        if job.state in FINISHED_JOB_STATES:
             LOGGER.info("job %d is %s: nothing to do (redelivery)", job_id, job.state.value)
             return job.state.value
         compute = job.state is not JobState.EXPORTING
         if compute and job.attempts >= max_attempts:
             # Redelivered after every attempt was used: a worker lost each time (killed, out of memory).
-            job.state = JobState.FAILED
+            move_job(job, JobState.FAILED, reason="attempts used up")
             job.error = (f"gave up after {job.attempts} attempt(s); the last one did not finish "
                          f"(worker lost?) {job.error}").strip()[:2000]
             LOGGER.error("job %d: %s", job_id, job.error)
             return job.state.value
         if compute:
-            job.state = JobState.RUNNING
+            move_job(job, JobState.RUNNING, reason=f"attempt {job.attempts + 1}")
             job.attempts += 1
             job.started_at = utcnow()
         attempt = job.attempts
@@ -143,10 +146,10 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
                 reason = f"{type(exc).__name__}: {scrub(str(exc))}"
                 if transient:
                     delay = retry_delay(ctx, attempt)
-                    job.state = JobState.QUEUED
+                    move_job(job, JobState.QUEUED, reason="transient failure")
                     job.error = f"attempt {attempt} of {max_attempts} failed, retry in {delay:.0f} s: {reason}"[:2000]
                 else:
-                    job.state = JobState.FAILED
+                    move_job(job, JobState.FAILED, reason="failure")
                     job.error = reason[:2000] if attempt < max_attempts or not is_transient(exc) else \
                         f"gave up after {attempt} attempt(s): {reason}"[:2000]
             if transient:
@@ -226,7 +229,7 @@ def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
                     s.add(Export(job_id=job_id, sop_instance_uid=str(obj.dataset.SOPInstanceUID),
                                  kind=obj.kind, path=str(path), destination=str(dest)))
         job.notes = list(job.notes or []) + notes
-        job.state = JobState.EXPORTING
+        move_job(job, JobState.EXPORTING, reason="results written")
         job.finished_at = utcnow()
         job.error = ""
     ctx.metrics.processing.observe(time.perf_counter() - started)
@@ -243,17 +246,101 @@ def requeue_failed_job(ctx: NodeContext, job_id: int) -> bool:
         if job.state is not JobState.FAILED:
             return False
         job.notes = list(job.notes or []) + [f"re-queued by an operator after: {job.error}"[:500]]
-        job.state, job.attempts, job.error = JobState.RECEIVED, 0, ""
+        move_job(job, JobState.RECEIVED, reason="re-queued by an operator")
+        job.attempts, job.error = 0, ""
     LOGGER.info("job %d re-queued by an operator", job_id)
     return True
 
 
 def finish_if_delivered(ctx: NodeContext, job_id: int) -> str:
+    """An EXPORTING job whose exports are all delivered is DONE (and its study, unless it is an ask)."""
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
         states = [e.state for e in job.exports]
         if job.state is JobState.EXPORTING and all(st is ExportState.DELIVERED for st in states):
-            job.state = JobState.DONE
+            move_job(job, JobState.DONE, reason="every export delivered")
             if job.study.state is StudyState.QUEUED and job.ask is None:
-                job.study.state = StudyState.DONE
+                move_study_state(job.study, StudyState.DONE, reason=f"job {job_id} done")
         return job.state.value
+
+
+def deliver_due(ctx: NodeContext, job_id: int | None = None, now: dt.datetime | None = None) -> int:
+    """Send every due export (of one job, or all); returns how many were delivered."""
+    return deliver_claimed(ctx, claim_due(ctx, job_id, now or utcnow()))
+
+
+def deliver_claimed(ctx: NodeContext, claimed: list[ClaimedExport]) -> int:
+    """Send exports this caller has claimed (:func:`claim_due`, :func:`retry_job_exports`), record
+    the outcomes and finish the jobs whose exports are all delivered; returns how many were delivered."""
+    delivered = apply_export_outcomes(ctx, send(ctx, claimed))
+    for job_id in dict.fromkeys(row.job_id for row in claimed):
+        finish_if_delivered(ctx, job_id)
+    return delivered
+
+
+def apply_export_outcomes(ctx: NodeContext, outcomes: list[ExportOutcome]) -> int:
+    """Record each try on its export row: DELIVERED (audited), or the next try's time, or DEAD
+    (dead-letter, audited) by :func:`medversa.node.export.next_try`; returns how many were delivered."""
+    settings = ctx.settings.export
+    delivered = 0
+    now = utcnow()
+    with ctx.store.session() as s:
+        for outcome in outcomes:
+            export = s.get(Export, outcome.export.export_id)
+            destination, message = outcome.export.destination, outcome.status
+            export.attempts += 1
+            export.last_status = message[:256]
+            if outcome.delivered:
+                export.state = ExportState.DELIVERED
+                export.delivered_at = now
+                delivered += 1
+                finished = export.job.finished_at or now
+                ctx.metrics.export_latency.observe(max((now - finished).total_seconds(), 0.0))
+                ctx.store.audit("export", "success", session=s, peer=destination,
+                                study_instance_uid=export.job.study.study_instance_uid,
+                                sop_instance_uid=export.sop_instance_uid, detail=export.kind)
+                continue
+            ctx.metrics.export_failures.inc()
+            state, retry_at = next_try(export.attempts, settings, now)
+            if state is ExportState.DEAD:
+                export.state = ExportState.DEAD
+                ctx.metrics.dead_letters.inc()
+                LOGGER.error("export %d of %s to %s: dead-letter after %d tries (%s)", export.id,
+                             export.sop_instance_uid, destination, export.attempts, message)
+                ctx.store.audit("export", "dead-letter", session=s, peer=destination,
+                                sop_instance_uid=export.sop_instance_uid, detail=message[:500])
+            else:
+                export.next_attempt_at = retry_at
+                LOGGER.warning("export %d to %s failed (try %d): %s; next try in %.0f s", export.id,
+                               destination, export.attempts, message, (retry_at - now).total_seconds())
+    return delivered
+
+
+def retry_job_exports(ctx: NodeContext, job_id: int) -> list[ClaimedExport]:
+    """Revive a job's dead or pending exports, claimed for the caller's immediate try
+    (:func:`deliver_claimed`); returns the claimed rows.
+
+    A FAILED job is put back to RECEIVED instead (no rows): the scheduler queues it again.
+    """
+    with ctx.store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.state is JobState.FAILED:
+            move_job(job, JobState.RECEIVED, reason="medversa retry")
+            job.error = ""
+            ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: failed job queued again")
+            return []
+        revived = []
+        lease = utcnow() + dt.timedelta(seconds=CLAIM_LEASE_S)
+        for export in job.exports:
+            if export.state in (ExportState.DEAD, ExportState.PENDING):
+                export.state = ExportState.PENDING
+                export.attempts = 0
+                # Claimed for the caller, as claim_due would: serve's scheduler must not send it meanwhile.
+                export.next_attempt_at = lease
+                revived.append(ClaimedExport.of(export))
+        if revived and job.state is JobState.DONE:
+            move_job(job, JobState.EXPORTING, reason="medversa retry revived its exports")
+        ctx.store.audit("retry", "success", session=s, detail=f"job {job_id}: {len(revived)} export(s) revived")
+    return revived

@@ -3,8 +3,9 @@
 Acks late with reject-on-worker-lost, so a job whose worker dies is redelivered; the
 task re-reads the job and checks its state (idempotent). Transient errors
 (:func:`medversa.node.jobs.is_transient`) put the job back to QUEUED and retry it with
-exponential backoff up to ``jobs.max_attempts``; other errors fail the job at once. Queues
-are per model, so a GPU host consumes only the models it holds. Embedded default broker: Kombu's SQLAlchemy transport on an SQLite file in the
+exponential backoff up to ``jobs.max_attempts``; other errors fail the job at once (the state
+moves: :mod:`medversa.node.job_states`). Queues are per model, so a GPU host consumes only the
+models it holds. Embedded default broker: Kombu's SQLAlchemy transport on an SQLite file in the
 data folder (no Redis); production: a Redis URL.
 """
 
@@ -59,7 +60,7 @@ def make_celery(settings: NodeSettings) -> Celery:
             return run_job(ctx, job_id)  # type: ignore[arg-type]
         except TransientJobError as exc:
             LOGGER.warning("job %s will be tried again in %.0f s", job_id, exc.retry_in)
-            raise self.retry(exc=exc, countdown=exc.retry_in)
+            raise self.retry(exc=exc, countdown=exc.retry_in) from exc
 
     return app
 

@@ -15,6 +15,7 @@ import shutil
 from sqlalchemy import select
 
 from .context import NodeContext
+from .job_states import move_study_state
 from .store import ExportState, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def apply_retention(ctx: NodeContext, now: dt.datetime | None = None) -> list[st
                 continue
             ctx.spool.remove_study(study.study_instance_uid)
             shutil.rmtree(ctx.settings.results_dir / study.study_instance_uid, ignore_errors=True)
-            study.state = StudyState.PURGED
+            move_study_state(study, StudyState.PURGED, reason="retention")
             removed.append(study.study_instance_uid)
             ctx.store.audit("retention", "success", session=s, study_instance_uid=study.study_instance_uid,
                             detail="emergency clean-up" if emergency else f"older than {cfg.days} days")
