@@ -56,6 +56,7 @@ from pydicom import Dataset
 from sqlalchemy import func, select
 
 from .context import NodeContext
+from .job_states import move_job
 from .store import Export, Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -307,7 +308,7 @@ def _record_objects(ctx: NodeContext, job_id: int, study_uid: str, ds: Dataset, 
                 s.add(Export(job_id=job_id, sop_instance_uid=str(ds.SOPInstanceUID), kind="SR", path=str(path),
                              destination=str(dest)))
         job.notes = list(job.notes or []) + notes
-        job.state = JobState.EXPORTING
+        move_job(job, JobState.EXPORTING, reason="answer SR written")
         job.finished_at = utcnow()
         job.error = ""
 
@@ -319,7 +320,7 @@ def _unanswered(ctx: NodeContext, job_id: int, reason: str, notes: list[str]) ->
         job = ctx.store.job(s, job_id)
         job.notes = list(job.notes or []) + notes + [f"not answered: {reason}"]
         job.error = f"not answered: {reason}"[:2000]
-        job.state = JobState.EXPORTING
+        move_job(job, JobState.EXPORTING, reason="not answered")
         job.finished_at = utcnow()
 
 

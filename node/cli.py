@@ -214,8 +214,7 @@ def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)"
           data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None) -> None:
     """Send a job's dead-lettered (or pending) exports again, now; a FAILED job is queued again."""
     from .context import NodeContext
-    from .export import deliver_claimed, retry_job_exports
-    from .jobs import requeue_failed_job
+    from .jobs import deliver_claimed, requeue_failed_job, retry_job_exports
 
     settings = _settings(config, data_dir=data_dir)
     ctx = NodeContext(settings)

@@ -52,6 +52,7 @@ from .dimse import (
     get_study,
     move_study,
 )
+from .job_states import move_study_state
 from .phi import phi
 from .scp import hash_phi, inspect_instance, record_instances
 from .store import Instance, Study, StudyState, utcnow
@@ -391,5 +392,6 @@ def _settle(ctx: NodeContext, study_uid: str) -> None:
         if study.is_prior:
             study.pending_instances = 0
         if study.state is StudyState.PURGED and any(Path(i.path).is_file() for i in study.instances):
-            study.state = StudyState.DONE  # purged: nothing was pending, whatever the retrieve added
+            # Purged: nothing was pending, whatever the retrieve added.
+            move_study_state(study, StudyState.DONE, reason="files retrieved again")
             study.pending_instances = 0

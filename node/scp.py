@@ -83,6 +83,7 @@ from sqlalchemy.exc import DisconnectionError, OperationalError
 from . import phi
 from .config import NodeSettings
 from .dicom_classes import ACCEPTED_SYNTAXES, STORAGE_CLASSES
+from .job_states import move_study_state
 from .phi import pseudonym
 from .spool import IncomingFile, Spool, SpoolFull, StudyFull
 from .store import Instance, Store, Study, StudyState, utcnow
@@ -695,7 +696,8 @@ def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str,
         else:
             study.pending_instances += 1
         if study.state in (StudyState.DONE, StudyState.QUEUED) and not (is_prior or annotation or retrieved):
-            study.state = StudyState.RECEIVING  # reopened: a new job version will follow
+            # Reopened: a new job version will follow.
+            move_study_state(study, StudyState.RECEIVING, reason="new instance")
     else:
         instance.received_at = now
         if instance.calling_ae == RETRIEVED and not (is_prior or retrieved):
@@ -703,7 +705,7 @@ def _record_one(store: Store, s, studies: dict[str, Study], instances: dict[str,
             instance.calling_ae = calling[:16]
             study.pending_instances += 1
             if study.state in (StudyState.DONE, StudyState.QUEUED):
-                study.state = StudyState.RECEIVING
+                move_study_state(study, StudyState.RECEIVING, reason="sent for analysis")
     if not (is_prior or retrieved) and instance.annotation is None:
         study.last_received = now
     store.audit("instance", "success", session=s, peer=calling, study_instance_uid=study_uid,

@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from .completion import queue_due_studies
 from .config import NodeSettings
 from .context import NodeContext
-from .export import deliver_due
+from .job_states import move_job
+from .jobs import deliver_due
 from .metrics import start_http
 from .queue import enqueue_with, make_celery
 from .retention import apply_retention
@@ -74,7 +75,7 @@ class Node:
         with self.ctx.store.session() as s:
             jobs = list(s.scalars(select(Job).where(Job.state == JobState.RUNNING)))
             for job in jobs:
-                job.state = JobState.RECEIVED
+                move_job(job, JobState.RECEIVED, reason=why)
                 job.notes = list(job.notes or []) + [f"re-queued: {why}"]
                 self.ctx.store.audit("job", "requeued", session=s, study_instance_uid=job.study.study_instance_uid,
                                      detail=f"job {job.id}: {why}")

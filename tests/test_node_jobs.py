@@ -11,8 +11,8 @@ import pytest
 from medversa.node.completion import queue_due_studies
 from medversa.node.config import RoutingRule, default_rules, load_settings
 from medversa.node.context import NodeContext
-from medversa.node.export import backoff_s, deliver_due, retry_job_exports
-from medversa.node.jobs import create_job_version, finish_if_delivered
+from medversa.node.export import backoff_s
+from medversa.node.jobs import create_job_version, deliver_due, finish_if_delivered, retry_job_exports
 from medversa.node.retention import apply_retention
 from medversa.node.routing import InstanceFacts, route, tasks_for
 from medversa.node.scp import record_instance

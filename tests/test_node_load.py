@@ -39,7 +39,7 @@ def test_concurrent_senders_send_each_export_once(tmp_path):
     import pydicom
     from medversa.node.config import load_settings
     from medversa.node.context import NodeContext
-    from medversa.node.export import deliver_due
+    from medversa.node.jobs import deliver_due
     from medversa.node.store import Export, ExportState, Job, JobState, Study, utcnow
     from medversa.node.tools import free_port
     from pynetdicom import AE, AllStoragePresentationContexts, evt
