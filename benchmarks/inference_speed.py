@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analyzer import Analyzer
-from .generation import ForcedTokens, generate, greedy
-from .prompting import build_prompt_ids, embed_with_images
-from .schema import ImageInput, TaskRequest
-from .tasks import Modality, Task
+from medversa.inference.analyzer import Analyzer
+from medversa.inference.generation import ForcedTokens, generate, greedy
+from medversa.inference.prompting import build_prompt_ids, embed_with_images
+from medversa.inference.schema import ImageInput, TaskRequest
+from medversa.inference.tasks import Modality, Task
 
 
 def _sync(device: torch.device) -> None:
@@ -87,7 +87,8 @@ def bench_tasks(analyzer: Analyzer, repeats: int = 2) -> dict[str, dict[str, flo
 def _prompt_embeds(analyzer: Analyzer, batch: int) -> list[torch.Tensor]:
     cfg = analyzer.model.config
     with torch.inference_mode():
-        image = torch.zeros(1, 3, cfg.preprocess.image_size, cfg.preprocess.image_size, device=analyzer.device, dtype=analyzer.dtype)
+        side = cfg.preprocess.image_size
+        image = torch.zeros(1, 3, side, side, device=analyzer.device, dtype=analyzer.dtype)
         tokens = analyzer.model.encode_2d(image)
         prompt = build_prompt_ids(analyzer.tokenizer, 1, "Can you provide a radiology report for <img0>?", "", True,
                                   cfg.num_visual_tokens)
@@ -109,7 +110,8 @@ def bench_decode(analyzer: Analyzer, lengths: tuple[int, ...] = (32, 128, 256), 
             _sync(analyzer.device)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                generate(analyzer.model, analyzer.tokenizer, embeds, n, ForcedTokens([[filler] * n] * batch), end_sym=None)
+                generate(analyzer.model, analyzer.tokenizer, embeds, n, ForcedTokens([[filler] * n] * batch),
+                         end_sym=None)
             _sync(analyzer.device)
             runs.append(time.perf_counter() - t0)
         return min(runs)  # least disturbed run on a shared machine

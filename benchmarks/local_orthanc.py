@@ -1,4 +1,5 @@
-"""A local Orthanc PACS (Debian package ``orthanc``, 1.10.1) for tests, benchmarks and demos, driven over REST and DIMSE.
+"""A local Orthanc PACS (Debian package ``orthanc``, 1.10.1) for tests, benchmarks and demos, driven over REST
+and DIMSE.
 
 :class:`OrthancServer` writes a JSON configuration into a work folder, starts
 ``/usr/sbin/Orthanc`` on free ports with its storage and index in that folder, waits for
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medversa.node.config import Peer
-from medversa.node.tools import free_port
+
+from .peers import free_port
 
 LOGGER = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ class OrthancServer:
         cfg.update(self.extra_config)
         return cfg
 
-    def start(self) -> "OrthancServer":
+    def start(self) -> OrthancServer:
         """Write the configuration, start Orthanc and wait until ``GET /system`` answers.
 
         Raises
@@ -217,7 +219,7 @@ class OrthancServer:
             process.kill()
             process.wait(timeout=STOP_GRACE_S)
 
-    def restart(self) -> "OrthancServer":
+    def restart(self) -> OrthancServer:
         """Stop and start again on the same ports with the same storage and index."""
         self.stop()
         return self.start()
@@ -226,7 +228,7 @@ class OrthancServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from medversa.inference.model import MedVersaModel
 from medversa.inference.presets import create_config
 from medversa.inference.tasks import Modality
 from medversa.inference.tokenizer import MedVersaTokenizer
-
-from .batching import collate
-from .objective import TrainingObjective
-from .records import ArrayImage, ArrayMask, Record, SegmentationRecord, TextRecord
-from .sampler import DomainAwareSampler
-from .samples import build_sample
+from medversa.training.batching import collate
+from medversa.training.objective import TrainingObjective
+from medversa.training.records import ArrayImage, ArrayMask, Record, SegmentationRecord, TextRecord
+from medversa.training.sampler import DomainAwareSampler
+from medversa.training.samples import build_sample
 
 BATCH = {"cxr": 8, "derm": 8, "ct": 1}
 
@@ -62,7 +62,7 @@ def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0, de
                    bf16: bool | None = None, lora_only: bool | None = None,
                    gradient_checkpointing: bool = False) -> dict:
     """Samples/s per (modality, task) pool; ``bf16`` defaults to on for CUDA, ``lora_only`` for 7B."""
-    from .trainer import _set_trainable, _to_device, autocast, bf16_enabled
+    from medversa.training.trainer import _set_trainable, _to_device, autocast, bf16_enabled
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -78,7 +78,7 @@ def bench_training(preset: str, data: Path | None, steps: int, seed: int = 0, de
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     if data:
-        from .datasets.medinterp_mini import read_all
+        from medversa.training.datasets.medinterp_mini import read_all
 
         records = read_all(data, "train")
     else:

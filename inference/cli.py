@@ -1,16 +1,15 @@
-"""``medversa model ...`` and ``medversa bench inference``."""
+"""``medversa model ...``: build, inspect, check and convert MedVersa models."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 model_app = typer.Typer(help="Build, inspect, check and convert MedVersa models.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def init(
     preset: Annotated[str, typer.Argument(help="Preset name")],
     out: Annotated[Path, typer.Argument(help="Checkpoint folder to write")],
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    dtype: Annotated[Optional[str], typer.Option(help="Store floats as float16/bfloat16")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Store floats as float16/bfloat16")] = None,
 ) -> None:
     """Write a randomly initialised checkpoint of a preset (for tests and demos)."""
     import torch
@@ -149,71 +148,3 @@ def convert_official_cmd(
 
     convert_official(weights, tokenizer, out)
     typer.echo(f"wrote {out}")
-
-
-@bench_app.command("inference")
-def bench_inference(
-    preset: Annotated[str, typer.Option(help="tiny, demo or medversa-7b")] = "tiny",
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if present)")] = None,
-    batch: Annotated[list[int], typer.Option(help="Decode batch sizes (repeatable)")] = [1],
-    lengths: Annotated[str, typer.Option(help="Comma-separated output lengths")] = "32,128,256",
-    skip_tasks: Annotated[bool, typer.Option(help="Only measure decoding")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-) -> None:
-    """Per-task latency and tokens/s; decode cost per token at several output lengths."""
-    from .bench import run_benchmark
-
-    report = run_benchmark(preset, device, tuple(batch), tuple(int(x) for x in lengths.split(",")), not skip_tasks)
-    if json_out:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    typer.echo(f"{report['preset']} on {report['device']} ({report['dtype']}, {report['parameters']:,} parameters)")
-    for task, fig in report.get("tasks", {}).items():
-        typer.echo(f"  {task:<32}{fig['latency_s']:>8.3f} s {fig['generated_tokens']:>5} tok {fig['tokens_per_s']:>8.1f} tok/s")
-    for key, dec in report["decode"].items():
-        typer.echo(f"  decode {key}: prefill {dec['prefill_s']} s, cost ratio {dec['cost_ratio_last_vs_first']}")
-        for n, fig in dec.items():
-            if isinstance(fig, dict):
-                typer.echo(f"    {n:>5} new tokens: {fig['ms_per_token']:.3f} ms/token, {fig['tokens_per_s']} tok/s")
-
-
-@bench_app.command("ingest")
-def bench_ingest_cmd(
-    instances: Annotated[int, typer.Option(help="Instances to send")] = 200,
-    repeats: Annotated[int, typer.Option(help="Runs per receiver (best is reported)")] = 3,
-    size: Annotated[int, typer.Option(help="Image side in pixels (16-bit)")] = 512,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-) -> None:
-    """Our SCP (durable spool) against dcmtk storescp: instances/s, MB/s, peak memory of serve."""
-    from medversa.node.bench import bench_ingest
-
-    report = bench_ingest(instances, repeats, size)
-    if json_out:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        b, o = report["storescp"], report["medversa_serve"]
-        typer.echo(f"{report['instances']} instances, {report['megabytes']} MB")
-        typer.echo(f"  storescp        {b['instances_per_s']:>8} inst/s {b['MB_per_s']:>8} MB/s")
-        typer.echo(f"  medversa serve  {o['instances_per_s']:>8} inst/s {o['MB_per_s']:>8} MB/s "
-                   f"(peak RSS {o['peak_rss_MB']} MB)  ratio {report['ratio_vs_storescp']}")
-        e, w = report["pynetdicom_empty_handler"], report["spool_write"]
-        typer.echo(f"  pynetdicom, empty handler {e['instances_per_s']:>8} inst/s  ratio {e['ratio_vs_storescp']}")
-        typer.echo(f"  spool write {w['durable_ms']} ms durable vs {w['plain_ms']} ms plain per instance; "
-                   f"best ratio any SCP that fsyncs could reach: {report['ceiling_ratio_if_durable']}")
-
-
-@bench_app.command("e2e")
-def bench_e2e_cmd(
-    studies: Annotated[int, typer.Option(help="Chest studies to send (one after another)")] = 20,
-    idle_seconds: Annotated[float, typer.Option(help="The node's study idle time")] = 2.0,
-    preset: Annotated[str, typer.Option(help="Model preset (random weights, planted answers), "
-                                        "or 'bundled' for the trained demo model decoding freely")] = "demo",
-    mode: Annotated[list[str], typer.Option(help="embedded and/or redis (repeatable)")] = ["embedded", "redis"],
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-) -> None:
-    """Seconds from the last C-STORE of a study to its SR stored in Orthanc (p50, p95)."""
-    from medversa.node.bench import bench_e2e
-
-    report = bench_e2e(studies, idle_seconds, preset, tuple(mode))
-    typer.echo(json.dumps(report, indent=2) if json_out else
-               "\n".join(f"{m}: {report[m]}" for m in mode))

@@ -8,9 +8,10 @@ import warnings
 
 import typer
 
-from medversa.inference.cli import bench_app, model_app
-from medversa.node.cli import ask, bench_load, config_app, infer, retry, serve, status, worker
-from medversa.training.cli import bench_train, train
+from medversa.benchmarks.cli import bench_app
+from medversa.inference.cli import model_app
+from medversa.node.cli import ask, config_app, infer, retry, serve, status, worker
+from medversa.training.cli import train
 from medversa.training.eval_cli import eval_command
 
 app = typer.Typer(
@@ -19,7 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(model_app, name="model")
-bench_app.command("load")(bench_load)
 app.add_typer(bench_app, name="bench")
 app.command("infer")(infer)
 app.command("ask")(ask)
@@ -30,7 +30,6 @@ app.command("retry")(retry)
 app.add_typer(config_app, name="config")
 app.command("train")(train)
 app.command("eval")(eval_command)
-bench_app.command("train")(bench_train)
 
 
 @app.callback()

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from importlib.metadata import version
 from pathlib import Path
 
 import pydicom
-from medversa.dicom_mapping.header import truncation
-from medversa.dicom_mapping.identity import AlgorithmInfo
-from medversa.inference.bundled import model_identity
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medversa import __version__
+from medversa.dicom_mapping.header import truncation
+from medversa.dicom_mapping.identity import AlgorithmInfo
+from medversa.inference.bundled import model_identity
 
 from .pipeline import PipelineOptions, StudyOutput, analyze_study
 
 LOGGER = logging.getLogger(__name__)
+
+#: The installed distribution's version (pyproject.toml), read here rather than from the ``medversa``
+#: root package: a room never imports the CLI root it is registered in.
+SOFTWARE_VERSION = version("medversa-node")
 
 
 def read_inputs(paths: list[Path]) -> tuple[dict[str, list[Dataset]], list[str]]:
@@ -56,8 +60,8 @@ def read_inputs(paths: list[Path]) -> tuple[dict[str, list[Dataset]], list[str]]
 def algorithm_for(analyzer, org_root: str | None = None) -> AlgorithmInfo:
     """The algorithm identity of a loaded model (its device UID follows the weights)."""
     kwargs = {"org_root": org_root} if org_root else {}
-    return AlgorithmInfo(version=__version__, model_id=model_identity(analyzer),
-                         software_version=f"medversa-node {__version__}",
+    return AlgorithmInfo(version=SOFTWARE_VERSION, model_id=model_identity(analyzer),
+                         software_version=f"medversa-node {SOFTWARE_VERSION}",
                          model_name=f"MedVersa {analyzer.model.config.name}", **kwargs)
 
 
@@ -72,7 +76,8 @@ def write_outputs(output: StudyOutput, out_dir: Path) -> list[Path]:
 
 
 def run_infer(paths: list[Path], out_dir: Path, analyzer, options: PipelineOptions,
-              prior_paths: list[Path] | None = None, choose_for=None) -> tuple[list[tuple[str, Path, Dataset]], list[str]]:
+              prior_paths: list[Path] | None = None,
+              choose_for=None) -> tuple[list[tuple[str, Path, Dataset]], list[str]]:
     """Process every study found; return (kind, path, dataset) per object written and the messages."""
     studies, messages = read_inputs(paths)
     priors, prior_problems = read_inputs(prior_paths or [])
@@ -87,7 +92,7 @@ def run_infer(paths: list[Path], out_dir: Path, analyzer, options: PipelineOptio
             messages.append(f"study {study_uid}: not processed: {type(exc).__name__}: {exc}")
             continue
         messages += [f"study {study_uid}: {n}" for n in output.notes]
-        for obj, path in zip(output.objects, write_outputs(output, out_dir)):
+        for obj, path in zip(output.objects, write_outputs(output, out_dir), strict=True):
             written.append((obj.kind, path, obj.dataset))
     if not studies:
         messages.append("no DICOM study found in the inputs")

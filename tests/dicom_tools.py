@@ -12,7 +12,7 @@ from pydicom import Dataset
 
 def need_tool(name: str) -> str:
     """The path of a real tool: dcmtk's, not pynetdicom's Python apps of the same name."""
-    from medversa.node.tools import dcmtk
+    from medversa.benchmarks.peers import dcmtk
 
     path = dcmtk(name) or shutil.which(name)
     if path is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from medversa.node.tools import free_port
+from medversa.benchmarks.peers import free_port
 
 from .dicom_tools import need_tool
 

@@ -1,4 +1,4 @@
-"""The local Orthanc of :mod:`medversa.node.orthanc_local`, plus the pytest helper that starts one."""
+"""The local Orthanc of :mod:`medversa.benchmarks.local_orthanc`, plus the pytest helper that starts one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import shutil
 from typing import Any
 
 import pytest
-from medversa.node.orthanc_local import (
+from medversa.benchmarks.local_orthanc import (
     ORTHANC_BINARY,
     OrthancServer,
     free_port,

@@ -102,7 +102,7 @@ def test_echo_works_and_wrong_port_fails_fast(orthanc):
     # "DicomCheckCalledAet": false - Orthanc answers whatever AE title we call it.
     assert echo(orthanc.peer.model_copy(update={"ae_title": "ANY-NAME"}), CALLING) is True
     # dcmtk agrees that the fixture's Orthanc answers C-ECHO.
-    from medversa.node.tools import dcmtk
+    from medversa.benchmarks.peers import dcmtk
 
     if dcmtk("echoscu"):
         subprocess.run([dcmtk("echoscu"), "-aet", CALLING, "-aec", orthanc.aet, "127.0.0.1",
@@ -348,7 +348,7 @@ def test_count_study_instances(pacs):
     assert count_study_instances(pacs.peer, CALLING, series[0].StudyInstanceUID) == 3
     assert count_study_instances(pacs.peer, CALLING, generate_uid()) is None
     # dcmtk's findscu sees the same number.
-    from medversa.node.tools import dcmtk
+    from medversa.benchmarks.peers import dcmtk
 
     findscu = dcmtk("findscu")  # dcmtk's, not pynetdicom's app of the same name
     if findscu:

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from medversa.dicom_mapping.answer_sr import SERIES_DESCRIPTION, read_answers
 from medversa.node.store import Instance, Job, JobState, Store, Study
-from medversa.node.tools import free_port, wait_port
+from medversa.benchmarks.peers import free_port, wait_port
 from pydicom import Dataset
 from sqlalchemy import select
 

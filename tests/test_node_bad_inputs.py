@@ -24,7 +24,7 @@ import pydicom
 import pytest
 from medversa.dicom_mapping.header import truncation
 from medversa.node.store import JobState, Store, Study, StudyState
-from medversa.node.tools import free_port, wait_port
+from medversa.benchmarks.peers import free_port, wait_port
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 

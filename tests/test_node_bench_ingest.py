@@ -5,9 +5,11 @@ Figures only: nothing here is timed against a target."""
 from __future__ import annotations
 
 import pytest
-from medversa.node.bench import bench_ingest, write_corpus, write_costs
+
+from medversa.benchmarks.node_ingest import bench_ingest, write_costs
+from medversa.benchmarks.peers import dcmtk
+from medversa.benchmarks.synthetic import write_corpus
 from medversa.node.spool import TEMP_SUFFIX
-from medversa.node.tools import dcmtk
 
 pytestmark = pytest.mark.skipif(not (dcmtk("storescu") and dcmtk("storescp")), reason="needs dcmtk")
 

@@ -14,7 +14,7 @@ import time
 import pydicom
 import pytest
 from medversa.node.store import Instance, Job, JobState, Store, Study
-from medversa.node.tools import wait_port
+from medversa.benchmarks.peers import wait_port
 from pynetdicom import AE
 from sqlalchemy import select
 

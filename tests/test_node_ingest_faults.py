@@ -18,7 +18,7 @@ import pydicom
 import pytest
 import yaml
 from medversa.node.store import AuditEvent, Instance, Job, JobState, Store, Study
-from medversa.node.tools import free_port, wait_port
+from medversa.benchmarks.peers import free_port, wait_port
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from sqlalchemy import select

@@ -16,7 +16,7 @@ from medversa.node.config import load_settings
 from medversa.node.scp import StorageSCP
 from medversa.node.spool import INCOMING, Spool
 from medversa.node.store import AuditEvent, Instance, Store
-from medversa.node.tools import free_port
+from medversa.benchmarks.peers import free_port
 from sqlalchemy import select
 
 from . import dicom_factory as f

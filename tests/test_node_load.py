@@ -1,9 +1,9 @@
 """Load with real processes: concurrent associations into ``medversa serve``; the small CI
-version of ``medversa bench load`` (same code: :func:`medversa.node.bench.bench_load`)."""
+version of ``medversa bench load`` (same code: :func:`medversa.benchmarks.node_load.bench_load`)."""
 
 from __future__ import annotations
 
-from medversa.node.bench import bench_load
+from medversa.benchmarks.node_load import bench_load
 
 from .reliability import record_case
 
@@ -41,7 +41,7 @@ def test_concurrent_senders_send_each_export_once(tmp_path):
     from medversa.node.context import NodeContext
     from medversa.node.jobs import deliver_due
     from medversa.node.store import Export, ExportState, Job, JobState, Study, utcnow
-    from medversa.node.tools import free_port
+    from medversa.benchmarks.peers import free_port
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from sqlalchemy import select
 

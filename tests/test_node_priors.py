@@ -28,7 +28,7 @@ from medversa.node.dimse import find_study_series
 from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
 from medversa.node.scp import StorageSCP
 from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
-from medversa.node.tools import free_port, wait_port
+from medversa.benchmarks.peers import free_port, wait_port
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE

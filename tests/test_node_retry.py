@@ -17,7 +17,7 @@ from medversa.node.context import NodeContext
 from medversa.node.jobs import TransientJobError, create_job_version, requeue_failed_job, retry_delay, run_job
 from medversa.node.scp import record_instance
 from medversa.node.store import Job, JobState, Study
-from medversa.node.tools import free_port
+from medversa.benchmarks.peers import free_port
 from sqlalchemy import select
 
 from . import dicom_factory as f
@@ -163,7 +163,7 @@ def test_serve_retries_through_the_queue_until_the_pacs_is_back(tmp_path, tmp_pa
     node = start_serve(config, log)
     store = NodeContext(load_settings(config)).store
     try:
-        from medversa.node.tools import wait_port
+        from medversa.benchmarks.peers import wait_port
 
         wait_port(port, 90)
         current = [f.make_cr(32, 32, PatientID="RETRY-2", StudyDate="20240102", StudyTime="090000")]

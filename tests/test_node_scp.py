@@ -9,7 +9,7 @@ from medversa.node.config import load_settings
 from medversa.node.scp import StorageSCP, record_instance, record_instances
 from medversa.node.spool import Spool, SpoolFull
 from medversa.node.store import AuditEvent, Instance, Store, Study, StudyState
-from medversa.node.tools import free_port
+from medversa.benchmarks.peers import free_port
 from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import func, select

@@ -17,7 +17,7 @@ import yaml
 from medversa.node import phi
 from medversa.node.config import NodeSettings, Peer, PeerTLS, load_settings
 from medversa.node.store import Export, ExportState, Job, JobState, Store, Study
-from medversa.node.tools import dcmtk, free_port, wait_port
+from medversa.benchmarks.peers import dcmtk, free_port, wait_port
 from pynetdicom import AE, evt
 from sqlalchemy import select
 

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 import torch
-from medversa.training.bench import _random_model, bench_training
+
+from medversa.benchmarks.training_speed import _random_model, bench_training
 
 
 def test_bench_train_times_every_pool_with_all_weights_trainable():

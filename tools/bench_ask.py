@@ -51,8 +51,8 @@ def _answers(orthanc, study_uid: str) -> int:
 def bench_ask(asks: int = 10, preset: str | None = None, timeout_s: float = 300.0) -> dict:
     """Run the benchmark; returns the figures (seconds)."""
     from medversa.node.dimse import store_datasets
-    from medversa.node.orthanc_local import OrthancServer
-    from medversa.node.tools import free_port, wait_port
+    from medversa.benchmarks.local_orthanc import OrthancServer
+    from medversa.benchmarks.peers import free_port, wait_port
     from tests import dicom_factory as f
     from tests.ask_fixtures import ohif_measurement_report, rectangle_group
 

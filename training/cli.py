@@ -1,8 +1,7 @@
-"""``medversa train`` and ``medversa bench train``."""
+"""``medversa train``."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -50,26 +49,3 @@ def train(
     final = trainer.fit(resume=resume, stop_at=stop_at)
     if final is not None:
         typer.echo(f"checkpoint written to {final}")
-
-
-def bench_train(
-    preset: str = typer.Option("demo", "--preset", help="demo, tiny or medversa-7b (random weights)"),
-    data: Path = typer.Option(None, "--data", help="medinterp-mini folder (default: synthetic samples)"),
-    steps: int = typer.Option(3, "--steps", help="Timed steps per task (after one warm-up step)"),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda if present)"),
-    bf16: bool = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for cuda)"),
-    lora_only: bool = typer.Option(None, "--lora-only/--train-llm-base",
-                                   help="Train only LoRA in the LLM (default: on for medversa-7b)"),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Training samples/s per task on this machine (random weights); peak GPU memory on CUDA."""
-    from .bench import bench_training
-
-    result = bench_training(preset, data, steps, device=device, bf16=bf16, lora_only=lora_only,
-                            gradient_checkpointing=gradient_checkpointing)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        for key, row in result["tasks"].items():
-            typer.echo(f"{key:45s} {row['samples_per_s']:8.2f} samples/s  (batch {row['batch_size']})")
