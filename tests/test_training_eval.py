@@ -11,21 +11,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medversa.inference.schema import Answer, Box, Mask2D, TaskRequest
+from PIL import Image
+
 from medversa.inference.context import ClinicalContext
-from medversa.inference.tasks import Modality, Task
+from medversa.inference.schema import Answer, Box, Mask2D, TaskRequest
+from medversa.inference.tasks import Modality, Task, TaskFamily
 from medversa.training import metrics
-from medversa.training.evaluate import SKIPPED, evaluate, named_classes, render_markdown
+from medversa.training.evaluate import (
+    SKIPPED,
+    closed_options,
+    confused,
+    evaluate,
+    majority_answers,
+    named_classes,
+    render_markdown,
+    requests_for,
+)
 from medversa.training.records import (
     ArrayMask,
     ClassificationRecord,
     DetectionRecord,
     ImageFile,
+    RegionCaptionRecord,
     ReportRecord,
     SegmentationRecord,
+    VQARecord,
 )
 from medversa.training.text_metrics import load_text_metrics
-from PIL import Image
 
 from .conftest import REPO, SHARED
 
@@ -144,7 +156,8 @@ def _png(path: Path, array: np.ndarray) -> Path:
 
 
 def _records(tmp_path: Path) -> list:
-    """Two cases of each evaluated task: chest organs, derm class + lesion, lung boxes, findings."""
+    """Two cases of each evaluated task: chest organs, derm class + lesion, lung boxes, findings, closed VQA
+    (a yes/no and a frontal/lateral question, as medinterp-mini builds them), region captions of the lungs."""
     rng = np.random.default_rng(0)
     records: list = []
     for i in range(2):
@@ -170,6 +183,14 @@ def _records(tmp_path: Path) -> list:
             ReportRecord("fixture/cxr", rid, Modality.CXR, "holdout", [ImageFile(gray)],
                          findings=f"Case {i}: the heart size is normal and the lungs are clear.",
                          context=ClinicalContext(age=60, sex="female")),
+            VQARecord("fixture/derm", f"{rid}/melanoma", Modality.DERM, "holdout", [ImageFile(color)],
+                      "Is this skin lesion a melanoma?", "yes" if i == 0 else "no"),
+            VQARecord("fixture/cxr", f"{rid}/view", Modality.CXR, "holdout", [ImageFile(gray)],
+                      "Is this a frontal or a lateral view?", "frontal"),
+            RegionCaptionRecord("fixture/cxr", f"{rid}/left lung/0", Modality.CXR, "holdout", ImageFile(gray),
+                                40, 48, (22, 8, 36, 40), "left lung"),
+            RegionCaptionRecord("fixture/cxr", f"{rid}/right lung/0", Modality.CXR, "holdout", ImageFile(gray),
+                                40, 48, (4, 8, 18, 40), "right lung"),
         ]
     return records
 
@@ -180,6 +201,7 @@ class _PerfectAnalyzer:
     def __init__(self, records: list) -> None:
         self.by_key = {(r.record_id, type(r).__name__, r.modality): r for r in records}
         self.requests: list[TaskRequest] = []
+        self.answers: dict[Task, str] = {}  # a fixed answer per task instead of the truth
 
     def run(self, requests: list[TaskRequest]) -> list[Answer]:
         self.requests += requests
@@ -187,16 +209,24 @@ class _PerfectAnalyzer:
         for request in requests:
             rid = request.images[0].source_id
             family = request.task.family
-            if family == "segmentation":
+            if family is TaskFamily.SEGMENTATION:
                 rec = self.by_key[(rid, "SegmentationRecord", request.modality)]
                 answers.append(Answer(request.request_id, request.task, "masks",
                                       masks_2d=[Mask2D(t, rec.masks[t].load()) for t in request.targets]))
-            elif family == "detection":
+            elif family is TaskFamily.DETECTION:
                 rec = self.by_key[(rid, "DetectionRecord", request.modality)]
                 boxes = [Box(t, *b) for t in request.targets for b in rec.boxes.get(t, [])]
                 text = ", ".join(f"{b.label} <DET>" for b in boxes)  # as the model answers
                 answers.append(Answer(request.request_id, request.task, text, boxes=boxes))
-            elif family == "classification":
+            elif request.task in self.answers:
+                answers.append(Answer(request.request_id, request.task, self.answers[request.task]))
+            elif request.task is Task.VQA:
+                rec = self.by_key[(rid, "VQARecord", request.modality)]
+                answers.append(Answer(request.request_id, request.task, rec.answer.capitalize() + "."))
+            elif request.task is Task.REGION_CAPTIONING:
+                rec = self.by_key[(rid, "RegionCaptionRecord", request.modality)]
+                answers.append(Answer(request.request_id, request.task, rec.caption))
+            elif family is TaskFamily.CLASSIFICATION:
                 rec = self.by_key[(rid, "ClassificationRecord", request.modality)]
                 answers.append(Answer(request.request_id, request.task, " and ".join(rec.labels).capitalize() + "."))
             else:
@@ -212,8 +242,13 @@ EXPECTED_KEYS = {
     "skin_lesion_classification/melanocytic_nevus/f1", "skin_lesion_classification/mean/f1",
     "anatomy_detection/left_lung/iou", "anatomy_detection/right_lung/iou", "anatomy_detection/mean/iou",
     "report_findings/all/bleu4", "report_findings/all/rougeL",
+    "vqa/is_this_skin_lesion_a_melanoma/accuracy", "vqa/is_this_a_frontal_or_a_lateral_view/accuracy",
+    "vqa/answer_yes/accuracy", "vqa/answer_no/accuracy", "vqa/answer_frontal/accuracy", "vqa/mean/accuracy",
+    "vqa/all/accuracy", "region_captioning/left_lung/accuracy", "region_captioning/right_lung/accuracy",
+    "region_captioning/mean/accuracy", "region_captioning/all/accuracy",
     *(f"{task}/all/confusion" for task in ("chest_organ_segmentation", "skin_lesion_segmentation",
-                                           "skin_lesion_classification", "anatomy_detection", "report_findings")),
+                                           "skin_lesion_classification", "anatomy_detection", "report_findings",
+                                           "vqa", "region_captioning")),
 }
 
 
@@ -235,6 +270,86 @@ def test_a_perfect_model_scores_one_on_every_metric(tmp_path: Path) -> None:
     assert seg.targets == ("left lung", "right lung")
     report = next(r for r in analyzer.requests if r.task is Task.REPORT_FINDINGS)
     assert report.context == "Age: 60. Sex: female."
+    assert results["vqa/answer_yes/accuracy"]["n"] == 1 and results["vqa/all/accuracy"]["n"] == 4
+    assert results["region_captioning/all/accuracy"]["n"] == 4
+
+
+def test_vqa_and_captions_are_asked_as_training_builds_their_samples(tmp_path: Path) -> None:
+    from medversa.inference.tasks import TEMPLATES, fill_template
+    from medversa.training.evaluate import _Case
+    from medversa.training.samples import build_sample
+
+    records = _records(tmp_path)
+    vqa = next(r for r in records if isinstance(r, VQARecord))
+    request = requests_for(_Case(Task.VQA, vqa))[0]
+    sample = build_sample(vqa, Task.VQA, np.random.default_rng(0), augment=False)
+    assert request.prompts() == [("", sample.question)] and len(request.images) == len(sample.images)
+    region = next(r for r in records if isinstance(r, RegionCaptionRecord))
+    request = requests_for(_Case(Task.REGION_CAPTIONING, region))[0]
+    trained = {fill_template(t, [0], "[0.55, 0.17, 0.90, 0.83]") for t in TEMPLATES[Task.REGION_CAPTIONING]}
+    assert request.prompts()[0][1] == "Describe region [0.55, 0.17, 0.90, 0.83] in <img0>."
+    assert request.prompts()[0][1] in trained  # the task's first template, one training also samples
+    for seed in range(20):  # training writes the same region text into whichever template it draws
+        assert build_sample(region, Task.REGION_CAPTIONING, np.random.default_rng(seed)).question in trained
+
+
+def test_wrong_vqa_and_caption_answers_score_zero_and_wrong_kinds_count_as_confusion(tmp_path: Path) -> None:
+    records = [r for r in _records(tmp_path) if isinstance(r, (VQARecord, RegionCaptionRecord))]
+    analyzer = _PerfectAnalyzer(records)
+    analyzer.answers = {Task.VQA: "no", Task.REGION_CAPTIONING: "heart"}  # always "no"; a wrong structure
+    results = evaluate(analyzer, records, resamples=20)
+    assert results["vqa/answer_yes/accuracy"]["mean"] == 0.0 and results["vqa/answer_no/accuracy"]["mean"] == 1.0
+    assert results["vqa/answer_frontal/accuracy"]["mean"] == 0.0
+    assert results["vqa/all/accuracy"]["mean"] == pytest.approx(1 / 4)
+    assert results["vqa/is_this_skin_lesion_a_melanoma/accuracy"]["mean"] == pytest.approx(1 / 2)
+    assert results["vqa/mean/accuracy"]["mean"] == pytest.approx((1 / 2 + 0) / 2)
+    # "no" to "frontal or lateral?" is another question kind's answer: confused on half the questions.
+    assert results["vqa/all/confusion"]["mean"] == pytest.approx(1 / 2)
+    assert results["region_captioning/all/accuracy"]["mean"] == 0.0
+    assert results["region_captioning/all/confusion"]["mean"] == 0.0  # a structure, just the wrong one
+    analyzer.answers = {Task.VQA: "melanoma", Task.REGION_CAPTIONING: "The segmentation mask of left lung is <2DSEG>"}
+    results = evaluate(analyzer, records, resamples=20)
+    assert results["vqa/all/confusion"]["mean"] == 1.0 and results["vqa/all/accuracy"]["mean"] == 0.0
+    assert results["region_captioning/all/confusion"]["mean"] == 1.0
+
+
+def test_task_confusion_of_answers_names_other_tasks_forms() -> None:
+    from types import SimpleNamespace  # confused() reads only a request's question and targets
+
+    polar = [SimpleNamespace(question="Is there pneumonia in this chest radiograph?", targets=())]
+    choice = [SimpleNamespace(question="Is this a frontal or a lateral view?", targets=())]
+    vqa, cap = Task.VQA, Task.REGION_CAPTIONING
+    assert not confused(vqa, Modality.CXR, polar, [Answer("r", vqa, "Yes.")])
+    assert confused(vqa, Modality.CXR, polar, [Answer("r", vqa, "pneumonia")])
+    assert confused(vqa, Modality.CXR, polar, [Answer("r", vqa, "")])
+    assert confused(vqa, Modality.CXR, choice, [Answer("r", vqa, "yes")])
+    assert not confused(vqa, Modality.CXR, choice, [Answer("r", vqa, "lateral")])
+    assert confused(vqa, Modality.CXR, polar, [Answer("r", vqa, "yes", boxes=[Box("heart", 0, 0, 1, 1)])])
+    lungs = ("left lung", "right lung", "heart")
+    assert not confused(cap, Modality.CXR, [], [Answer("r", cap, "right lung")], lungs)
+    assert confused(cap, Modality.CXR, [], [Answer("r", cap, "melanocytic nevus")], lungs)
+    assert confused(cap, Modality.CXR, [], [Answer("r", cap, "Pneumonia.")], lungs)  # a classification answer
+    assert confused(cap, Modality.CXR, [], [Answer("r", cap, "no")], lungs)  # a VQA answer
+    assert confused(cap, Modality.CXR, [], [Answer("r", cap, "left lung <DET>")], lungs)  # a detection answer
+    assert closed_options("Is this skin lesion a benign keratosis?") == ("yes", "no")
+    assert closed_options("Is this a frontal or a lateral view?") == ("frontal", "lateral")
+    assert closed_options("What is the size of the lesion?") is None
+
+
+def test_majority_baseline_is_each_questions_most_frequent_training_answer(tmp_path: Path) -> None:
+    records = _records(tmp_path)
+    train = [VQARecord("t", str(i), Modality.DERM, "train", [], "Is this skin lesion a melanoma?", a)
+             for i, a in enumerate(["no", "no", "yes"])]
+    train += [RegionCaptionRecord("t", str(i), Modality.CXR, "train", None, 40, 48, (0, 0, 1, 1), c)
+              for i, c in enumerate(["right lung", "left lung", "right lung"])]
+    majority = majority_answers(train)
+    assert majority == {Task.VQA: {"is this skin lesion a melanoma": "no"},
+                        Task.REGION_CAPTIONING: {"all": "right lung"}}
+    holdout = [r for r in records if isinstance(r, (VQARecord, RegionCaptionRecord))]
+    results = evaluate(_PerfectAnalyzer(holdout), holdout, resamples=20, majority=majority)
+    # "no" is right for case1's melanoma question; the view question has no training answer: never right.
+    assert results["vqa/constant_baseline/accuracy"]["mean"] == pytest.approx(1 / 4)
+    assert results["region_captioning/constant_baseline/accuracy"]["mean"] == pytest.approx(1 / 2)
 
 
 def test_missing_predictions_score_zero_and_limit_takes_the_first_records(tmp_path: Path) -> None:
@@ -251,7 +366,11 @@ def test_missing_predictions_score_zero_and_limit_takes_the_first_records(tmp_pa
     assert results["report_findings/all/bleu4"]["mean"] == 0.0
     assert results["skin_lesion_classification/melanoma/f1"]["mean"] == 0.0  # FN only
     assert "skin_lesion_classification/melanocytic_nevus/f1" not in results  # only case0 (melanoma) was scored
-    assert len(predictions) == 5 and {p["record_id"] for p in predictions} == {"case0"}
+    assert results["vqa/all/accuracy"]["mean"] == 0.0 and results["vqa/all/confusion"]["mean"] == 1.0  # no answer
+    assert results["region_captioning/all/confusion"]["mean"] == 1.0
+    assert len(predictions) == 7 and {p["record_id"].split("/")[0] for p in predictions} == {"case0"}
+    vqa = next(p for p in predictions if p["task"] == "vqa")
+    assert vqa["reference"] == "yes" and vqa["question"] == "Is this skin lesion a melanoma?" and not vqa["correct"]
     json.dumps(predictions)  # external scorers read it as JSON lines
 
 
@@ -265,7 +384,7 @@ def test_evaluate_runs_the_tiny_model_and_reports_skipped_metrics(tmp_path: Path
             "skin_lesion_classification/melanoma/f1"} <= set(metric_keys)
     for key in metric_keys:
         task, _, metric = key.split("/")
-        assert Task(task) and metric in {"dice", "iou", "f1", "bleu4", "rougeL", "confusion"}
+        assert Task(task) and metric in {"dice", "iou", "f1", "bleu4", "rougeL", "confusion", "accuracy"}
         value = results[key]
         assert set(value) == STATS and value["n"] >= 1
         assert 0.0 <= value["ci_low"] <= value["ci_high"] <= 1.0
@@ -334,6 +453,7 @@ def test_bertscore_agrees_with_the_bert_score_package(tiny_bert: Path, tmp_path:
     """Same F1 as bert-score (greedy matching with [CLS]/[SEP] as match candidates, no idf), raw and
     rescaled with a baseline file in bert-score's format."""
     from bert_score import BERTScorer
+
     from medversa.training.text_metrics import BertScore, read_baseline
 
     candidates, references = TEXT_PAIRS
@@ -467,7 +587,7 @@ def test_radcliq_runs_from_its_three_local_models(tiny_bert: Path, tmp_path: Pat
     features = np.column_stack([by_name["radgraph"].score(candidates, references),
                                 by_name["bertscore"].score(candidates, references),
                                 by_name["chexbert"].score(candidates, references),
-                                [bleu2(c, r) for c, r in zip(candidates, references)]])
+                                [bleu2(c, r) for c, r in zip(candidates, references, strict=True)]])
     assert FEATURES == ("radgraph", "bertscore", "semb_score", "bleu_score")
     # RadCliQ takes its parts' scores for these reports as they were just computed: no model runs again.
     from medversa.training.text_metrics import BertScore, CheXbertSimilarity
@@ -514,7 +634,7 @@ def _write_medinterp_mini(root: Path) -> Path:
     derm = root / "derm"
     split(derm)
     labels = []
-    for i, dx in zip(ids, ["melanoma", "common_nevus", "seborrheic_keratosis"]):
+    for i, dx in zip(ids, ["melanoma", "common_nevus", "seborrheic_keratosis"], strict=True):
         _png(derm / "images" / f"{i}.png", rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
         _png(derm / "masks" / f"{i}_lesion.png", mask((40, 48)))
         labels.append(f"{i},images/{i}.png,masks/{i}_lesion.png,{dx}\n")
@@ -539,7 +659,9 @@ def test_eval_command_prints_one_json_object(tmp_path: Path) -> None:
     keys = set(report)
     assert {"chest_organ_segmentation/left_lung/dice", "chest_organ_segmentation/mean/dice",
             "skin_lesion_segmentation/skin_lesion/dice", "anatomy_detection/left_lung/iou",
-            "skin_lesion_classification/mean/f1", "report_findings/all/bleu4"} <= keys
+            "skin_lesion_classification/mean/f1", "report_findings/all/bleu4", "vqa/all/accuracy",
+            "vqa/all/confusion", "vqa/constant_baseline/accuracy", "region_captioning/all/accuracy",
+            "region_captioning/left_lung/accuracy", "region_captioning/all/confusion"} <= keys
     assert all(set(v) == STATS and v["n"] <= 4 for v in report.values())
     assert table.read_text().startswith("## random-tiny on medinterp-mini holdout")
 
@@ -559,3 +681,25 @@ def test_eval_command_on_the_medinterp_mini_holdout(tmp_path: Path) -> None:
     assert {"chest_organ_segmentation/heart/dice", "anatomy_detection/right_lung/iou",
             "report_findings/all/bleu4"} <= set(report)
     assert all(v["n"] <= 2 for k, v in report.items() if "/mean/" not in k)
+
+
+def test_no_finding_has_its_own_f1_row_outside_the_macro_mean(tmp_path: Path) -> None:
+    gray = _png(tmp_path / "cxr.png", np.zeros((16, 16), np.uint8))
+    records = [ClassificationRecord("fixture/cxr", f"c{i}", Modality.CXR, "holdout", ImageFile(gray), labels)
+               for i, labels in enumerate([[], ["pneumonia"]])]
+
+    class Answers:
+        def __init__(self, texts: dict[str, str]) -> None:
+            self.texts = texts
+
+        def run(self, requests: list[TaskRequest]) -> list[Answer]:
+            return [Answer(r.request_id, r.task, self.texts[r.images[0].source_id]) for r in requests]
+
+    right = evaluate(Answers({"c0": "No finding.", "c1": "Pneumonia."}), records, resamples=20)
+    assert right["chest_pathology_classification/no_finding/f1"]["mean"] == 1.0
+    assert right["chest_pathology_classification/mean/f1"]["mean"] == 1.0
+    assert right["chest_pathology_classification/all/confusion"]["mean"] == 0.0
+    always = evaluate(Answers({"c0": "Pneumonia.", "c1": "Pneumonia."}), records, resamples=20)
+    assert always["chest_pathology_classification/no_finding/f1"]["mean"] == 0.0  # the mean hides this
+    assert always["chest_pathology_classification/pneumonia/f1"]["mean"] == pytest.approx(2 / 3)
+    assert always["chest_pathology_classification/mean/f1"]["mean"] == pytest.approx(2 / 3)

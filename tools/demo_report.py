@@ -1,6 +1,6 @@
 """Holdout report of the bundled demo model and the specialist comparison (issue: the demo model).
 
-Usage: python tools/demo_report.py RUN_DIR DATA_DIR OUT_DIR
+Usage: python tools/demo_report.py [--no-readme] [--no-specialist] [--limit N] RUN_OR_CHECKPOINT DATA_DIR OUT_DIR
        python tools/demo_report.py --specialist RECIPE DATA_DIR OUT_DIR
 
 The second form trains and scores only the specialist, with the budget the recipe's sampler
@@ -8,15 +8,23 @@ fixes (the same chest-organ step count the run's metrics.jsonl will show: batche
 function of seed and step), so it can run beside the generalist's training; the first form
 then reuses its specialist-scores.json when the budget matches.
 
-RUN_DIR is the `medversa train --recipe demo` output (its metrics.jsonl fixes the
-specialist's budget: as many chest radiographs as the generalist's chest-organ
-steps saw); DATA_DIR is medinterp-mini; OUT_DIR gets holdout-scores.json,
-holdout-scores.md and specialist-comparison.md. Only the holdout split is scored,
-and nothing here feeds back into training.
+RUN_OR_CHECKPOINT is a `medversa train` output folder (runs/demo) or its checkpoint folder
+(runs/demo-tune/checkpoint: the run is the folder above it). The run's metrics.jsonl, and for a
+continued recipe (init_checkpoint) its parent run's too, fix the specialist's budget: as many
+chest radiographs as the generalist's chest-organ steps saw. DATA_DIR is medinterp-mini; OUT_DIR
+gets holdout-scores.json, holdout-scores.md, scores.png, specialist-comparison.md and MODEL_CARD.md
+(the card tools/package_demo.py ships, written here for review), and the README's demo table is
+regenerated (every holdout row: per class, per question, per caption, constant baselines, task
+confusion) unless --no-readme. VQA and region captioning are scored like the other tasks, with
+each question's most frequent training answer as their constant baseline. --no-specialist uses
+OUT_DIR's specialist-scores.json only when its budget matches (no comparison otherwise); --limit N
+scores the first N holdout records per task (a code check: implies --no-readme). Only the
+holdout split is scored, and nothing here feeds back into training.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -24,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from medversa.inference.analyzer import Analyzer
 from medversa.training.config import TrainConfig
 from medversa.training.datasets.medinterp_mini import read_all
@@ -31,6 +40,7 @@ from medversa.training.evaluate import (
     METRIC_NAMES,
     constant_baselines,
     evaluate,
+    majority_answers,
     render_markdown,
     training_volumes,
 )
@@ -252,6 +262,30 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
     return "\n".join(card)
 
 
+def resolve_run(path: Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint folder)`` of a run folder or of a checkpoint folder inside one."""
+    path = Path(path)
+    if (path / "medversa-checkpoint.json").is_file():
+        run, checkpoint = path.parent, path
+    else:
+        run, checkpoint = path, path / "checkpoint"
+    for needed in (run / "train-config.yaml", run / "metrics.jsonl", checkpoint / "medversa-checkpoint.json"):
+        if not needed.is_file():
+            raise ValueError(f"{path}: no {needed} (give a `medversa train` output folder or its checkpoint folder)")
+    return run, checkpoint
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], usage=__doc__.split("\n\n")[1])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    parser.add_argument("--no-specialist", action="store_true", help="never train the specialist here")
+    parser.add_argument("--limit", type=int, default=None, help="first N holdout records per task (code check)")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[1] == "--specialist":
         torch.set_num_threads(int(os.environ.get("MEDVERSA_THREADS", "1")))
@@ -262,36 +296,55 @@ def main(argv: list[str]) -> int:
         spec = specialist_scores(cfg, data, out, organ_steps_of(cfg) + parent_organ_steps(cfg))
         print(json.dumps(spec["budget"]))
         return 0
-    if len(argv) != 4:
+    if len(argv) < 4 or "-h" in argv or "--help" in argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    run, data, out = (Path(a) for a in argv[1:])
+    args = _arguments(argv[1:])
+    try:
+        run, checkpoint = resolve_run(args.run)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data, out = args.data, args.out
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(os.environ.get("MEDVERSA_THREADS", "2")))
     cfg = TrainConfig.from_file(run / "train-config.yaml")
     holdout = read_all(data, "holdout")
 
     t0 = time.time()
-    analyzer = Analyzer.from_checkpoint(run / "checkpoint", device="cpu")
+    analyzer = Analyzer.from_checkpoint(checkpoint, device="cpu")
     train = read_all(data, "train")
-    scores = evaluate(analyzer, holdout, baselines=constant_baselines(train))
-    scores.update(training_volumes(analyzer, train))
+    scores = evaluate(analyzer, holdout, limit=args.limit, baselines=constant_baselines(train),
+                      majority=majority_answers(train))
+    scores.update(training_volumes(analyzer, train, limit=args.limit))
     eval_minutes = (time.time() - t0) / 60
+    partial = f", first {args.limit} records per task (code check)" if args.limit else ""
+    title = f"{cfg.name} checkpoint on medinterp-mini holdout{partial}"
     (out / "holdout-scores.json").write_text(json.dumps(scores, indent=2) + "\n")
-    (out / "holdout-scores.md").write_text(render_markdown(scores, "demo model on medinterp-mini holdout") + "\n")
+    (out / "holdout-scores.md").write_text(render_markdown(scores, title) + "\n")
     from medversa.training.plots import plot_scores
 
-    plot_scores({k: v for k, v in scores.items() if "/" in k}, out / "scores.png", "demo model, medinterp-mini holdout")
+    plot_scores({k: v for k, v in scores.items() if "/" in k}, out / "scores.png", title)
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     organ_steps = sum(1 for r in rows if r["task"] == "chest_organ_segmentation") + parent_organ_steps(cfg)
     batch = cfg.batch_size["cxr"]
-    spec = specialist_scores(cfg, data, out, organ_steps)
-    lines = comparison_table(scores, spec, organ_steps, batch, spec["budget"]["minutes"])
-    (out / "specialist-comparison.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    update_readme(Path(__file__).resolve().parents[1] / "README.md", readme_table(scores) + [""] + lines)
-    print(f"evaluation took {eval_minutes:.1f} min")
+    lines: list[str] = []
+    cached = out / "specialist-scores.json"
+    if not args.no_specialist or (cached.is_file() and json.loads(cached.read_text()).get("budget", {})
+                                  .get("organ_steps") == organ_steps):
+        spec = specialist_scores(cfg, data, out, organ_steps)
+        lines = comparison_table(scores, spec, organ_steps, batch, spec["budget"]["minutes"])
+        (out / "specialist-comparison.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    else:
+        (out / "specialist-comparison.md").unlink(missing_ok=True)
+        print(f"no specialist comparison: {cached} is not for {organ_steps} chest-organ steps (--no-specialist)")
+    meta = json.loads((checkpoint / "medversa-checkpoint.json").read_text())
+    (out / "MODEL_CARD.md").write_text(model_card(meta, run, out))
+    if not (args.no_readme or args.limit):
+        update_readme(Path(__file__).resolve().parents[1] / "README.md", readme_table(scores) + [""] + lines)
+    print(f"evaluation took {eval_minutes:.1f} min; wrote {out}")
     return 0
 
 

@@ -49,7 +49,8 @@ def eval_command(
         help="Python of an environment with the radgraph package and transformers<5",
         envvar="MEDVERSA_RADGRAPH_PYTHON", exists=True, dir_okay=False)] = None,
     baseline: Annotated[bool, typer.Option(
-        help="Score a constant baseline for reports: the training text with the best training-split BLEU-4")] = True,
+        help="Score constant baselines: for reports the training text with the best training-split BLEU-4, "
+             "for VQA and region captions each question's most frequent training answer")] = True,
     training_ct: Annotated[bool, typer.Option(
         help="Also score Dice per organ on the training split's CT volume(s) (medinterp-mini has no held-out CT; "
              "keys say 'training_ct')")] = True,
@@ -58,10 +59,18 @@ def eval_command(
              "(instead of --radgraph)",
         exists=True, dir_okay=False)] = None,
 ) -> None:
-    """Score a model on a dataset split: Dice, IoU, F1 and BLEU-4 with 95% bootstrap intervals."""
+    """Score a model on a dataset split: Dice, IoU, F1, BLEU-4, VQA/caption accuracy, task confusion (95% CIs)."""
     from medversa.inference.bundled import load_default_analyzer, model_identity
 
-    from .evaluate import SKIPPED, constant_baselines, evaluate, read_records, render_markdown, training_volumes
+    from .evaluate import (
+        SKIPPED,
+        constant_baselines,
+        evaluate,
+        majority_answers,
+        read_records,
+        render_markdown,
+        training_volumes,
+    )
     from .text_metrics import load_text_metrics
 
     if checkpoint and preset:
@@ -90,7 +99,8 @@ def eval_command(
     try:
         results = evaluate(analyzer, records, limit=limit, batch_size=batch_size, resamples=resamples, seed=seed,
                            text_metrics=text_metrics, skipped=skipped, predictions=outputs,
-                           baselines=constant_baselines(train_records) if baseline else None)
+                           baselines=constant_baselines(train_records) if baseline else None,
+                           majority=majority_answers(train_records) if baseline else None)
         if training_ct and train_records:
             results.update(training_volumes(analyzer, train_records, resamples=resamples, seed=seed))
     except ValueError as exc:  # e.g. a report the RadGraph annotation file does not cover

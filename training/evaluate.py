@@ -56,7 +56,7 @@ from medversa.inference.schema import (
     ImageInput,
     TaskRequest,
 )
-from medversa.inference.tasks import Modality, Task
+from medversa.inference.tasks import Modality, Task, TaskFamily
 
 from . import metrics
 from .records import (
@@ -88,6 +88,7 @@ CLASS_PHRASES: dict[Task, tuple[str, ...]] = {
     Task.SKIN_LESION_CLASSIFICATION: tuple(SKIN_LESION_CLASSES),
     Task.CHEST_PATHOLOGY_CLASSIFICATION: tuple(CHEST_PATHOLOGIES),
 }
+NO_FINDING = "no finding"
 REPORT_TASKS = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL)
 _SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
 
@@ -335,15 +336,15 @@ def confused(task: Task, modality: Modality, requests: list[TaskRequest], answer
     if task in ANSWER_TASKS:
         return _answer_confused(task, modality, requests, answers, captions)
     asked = {" ".join(t.lower().split()) for r in requests for t in r.targets}
-    if task.family == "segmentation":
+    if task.family is TaskFamily.SEGMENTATION:
         drawn = {" ".join(m.label.lower().split()) for a in answers for m in (*a.masks_2d, *a.masks_3d)}
         return bool(drawn - asked) or not asked <= drawn
-    if task.family == "detection":
+    if task.family is TaskFamily.DETECTION:
         named = {" ".join(b.label.lower().split()) for a in answers for b in a.boxes}
         named |= {" ".join(n.lower().split()) for a in answers for n in a.absent}
         text = " ".join(a.plain_text for a in answers)
         return bool(named - asked) or bool(_leftover(text, asked))
-    if task.family == "classification":
+    if task.family is TaskFamily.CLASSIFICATION:
         own = (*CLASS_PHRASES.get(task, ()), "no finding")
         text = " ".join(a.plain_text for a in answers)
         return not named_classes(text, own) or bool(_leftover(text, own))
@@ -381,7 +382,11 @@ def _per_class(task: Task, cases: list[_Case], metric: str, bootstrap: dict[str,
 
 
 def _classification(task: Task, cases: list[_Case], bootstrap: dict[str, Any]) -> dict[str, dict]:
-    """F1 of every class some case has or some answer names, and their macro mean (paper Fig. 4)."""
+    """F1 of every class some case has or some answer names, and their macro mean (paper Fig. 4).
+
+    "no finding" (a case without labels; an answer naming it) gets its own F1 row when a case or an
+    answer has it; it is not a pathology, so the macro mean leaves it out.
+    """
     labels = {label for c in cases for label in c.record.labels}
     vocabulary = tuple(dict.fromkeys([*CLASS_PHRASES.get(task, ()), *sorted(labels)]))
     predicted = [named_classes(c.outcome, vocabulary) for c in cases]
@@ -391,8 +396,13 @@ def _classification(task: Task, cases: list[_Case], bootstrap: dict[str, Any]) -
     y_true = np.array([[p in c.record.labels for p in classes] for c in cases], dtype=float)
     y_pred = np.array([[p in found for p in classes] for found in predicted], dtype=float)
     per_class, macro = metrics.bootstrap_f1(y_true, y_pred, **bootstrap)
-    out = {_key(task, name, "f1"): result for name, result in zip(classes, per_class, strict=False)}
+    out = {_key(task, name, "f1"): result for name, result in zip(classes, per_class, strict=True)}
     out[_key(task, "mean", "f1")] = macro
+    none_true = np.array([[not c.record.labels] for c in cases], dtype=float)
+    none_said = np.array([[NO_FINDING in named_classes(c.outcome, (*vocabulary, NO_FINDING))] for c in cases],
+                         dtype=float)
+    if none_true.any() or none_said.any():  # listed beside the classes, outside their macro mean (paper Fig. 4)
+        out[_key(task, NO_FINDING, "f1")] = metrics.bootstrap_f1(none_true, none_said, **bootstrap)[0][0]
     return out
 
 
@@ -534,11 +544,11 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         task_cases = by_task.get(task)
         if not task_cases:
             continue
-        if task.family == "segmentation":
+        if task.family is TaskFamily.SEGMENTATION:
             results.update(_per_class(task, task_cases, "dice", bootstrap))
-        elif task.family == "detection":
+        elif task.family is TaskFamily.DETECTION:
             results.update(_per_class(task, task_cases, "iou", bootstrap))
-        elif task.family == "classification":
+        elif task.family is TaskFamily.CLASSIFICATION:
             results.update(_classification(task, task_cases, bootstrap))
         elif task in REPORT_TASKS:
             results.update(_reports(task, task_cases, text_metrics, bootstrap, baselines.get(task)))
