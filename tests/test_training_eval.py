@@ -703,3 +703,39 @@ def test_no_finding_has_its_own_f1_row_outside_the_macro_mean(tmp_path: Path) ->
     assert always["chest_pathology_classification/no_finding/f1"]["mean"] == 0.0  # the mean hides this
     assert always["chest_pathology_classification/pneumonia/f1"]["mean"] == pytest.approx(2 / 3)
     assert always["chest_pathology_classification/mean/f1"]["mean"] == pytest.approx(2 / 3)
+
+
+# --- tools/demo_report.py -------------------------------------------------------------------------
+def _demo_report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_report", REPO / "tools" / "demo_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_report_takes_a_run_or_its_checkpoint_and_lists_every_row(tmp_path: Path) -> None:
+    report = _demo_report()
+    run = tmp_path / "demo-tune"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "train-config.yaml").write_text("name: demo-tune\n")
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="medversa-checkpoint.json"):
+        report.resolve_run(run)  # no checkpoint written yet
+    (run / "checkpoint" / "medversa-checkpoint.json").write_text("{}")
+    assert report.resolve_run(run) == report.resolve_run(run / "checkpoint") == (run, run / "checkpoint")
+    value = {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 4}
+    scores = {"vqa/answer_yes/accuracy": value, "vqa/mean/accuracy": value, "vqa/all/accuracy": value,
+              "vqa/constant_baseline/accuracy": value, "vqa/all/confusion": value,
+              "skin_lesion_classification/benign_keratosis/f1": value,
+              "abdominal_organ_segmentation/pancreas_training_ct/dice": value}
+    headline = report._headline(scores, "vqa")
+    assert headline.startswith("macro accuracy 0.500 [0.250, 0.750]; accuracy 0.500")
+    assert "constant baseline accuracy" in headline and "task confusion" in headline
+    assert "answer yes" not in headline  # per-class rows are in the table, not the headline
+    rows = "\n".join(report.readme_table(scores))
+    for row in ("| vqa | answer yes | accuracy | 0.500 [0.250, 0.750] | 4 |",
+                "| skin lesion classification | benign keratosis | F1 |",
+                "| abdominal organ segmentation | pancreas training ct | Dice |"):
+        assert row in rows

@@ -12,7 +12,8 @@ RUN_OR_CHECKPOINT is a `medversa train` output folder (runs/demo) or its checkpo
 (runs/demo-tune/checkpoint: the run is the folder above it). The run's metrics.jsonl, and for a
 continued recipe (init_checkpoint) its parent run's too, fix the specialist's budget: as many
 chest radiographs as the generalist's chest-organ steps saw. DATA_DIR is medinterp-mini; OUT_DIR
-gets holdout-scores.json, holdout-scores.md, scores.png, specialist-comparison.md and MODEL_CARD.md
+gets holdout-scores.json/.md, holdout-predictions.jsonl (each case's answer text or per-class score,
+with its reference), scores.png, specialist-comparison.md and MODEL_CARD.md
 (the card tools/package_demo.py ships, written here for review), and the README's demo table is
 regenerated (every holdout row: per class, per question, per caption, constant baselines, task
 confusion) unless --no-readme. VQA and region captioning are scored like the other tasks, with
@@ -138,13 +139,20 @@ TRAINED_ON = {
 
 
 def _headline(scores: dict, task: str) -> str:
-    """The task's main holdout figures with CIs (mean per metric, confusion), or why there are none."""
+    """The task's main holdout figures with CIs (mean per metric, confusion), or why there are none.
+
+    Where a metric has both an "all" (over cases) and a "mean" (over classes, questions) row, the
+    latter is labelled macro.
+    """
     parts = []
+    keys = {tuple(k.split("/")) for k in scores if k.count("/") == 2}
     for key, value in scores.items():
         t, name, metric = key.split("/") if key.count("/") == 2 else ("", "", "")
         if t == task and (name in ("mean", "all", "constant_baseline") or name in ("mean_training_ct",
                                                                                    "all_training_ct")):
-            label = ("constant baseline " if name == "constant_baseline" else "") + METRIC_NAMES.get(metric, metric)
+            macro = name.startswith("mean") and (t, name.replace("mean", "all"), metric) in keys
+            label = (("constant baseline " if name == "constant_baseline" else "") + ("macro " if macro else "")
+                     + METRIC_NAMES.get(metric, metric))
             where = " (training CT)" if "training_ct" in name else ""
             parts.append(f"{label}{where} {_fmt(value)}")
     return "; ".join(parts) or "not scored on the holdout (no holdout records of this kind)"
@@ -314,13 +322,15 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     analyzer = Analyzer.from_checkpoint(checkpoint, device="cpu")
     train = read_all(data, "train")
+    predictions: list[dict] = []
     scores = evaluate(analyzer, holdout, limit=args.limit, baselines=constant_baselines(train),
-                      majority=majority_answers(train))
+                      majority=majority_answers(train), predictions=predictions)
     scores.update(training_volumes(analyzer, train, limit=args.limit))
     eval_minutes = (time.time() - t0) / 60
     partial = f", first {args.limit} records per task (code check)" if args.limit else ""
     title = f"{cfg.name} checkpoint on medinterp-mini holdout{partial}"
     (out / "holdout-scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    (out / "holdout-predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
     (out / "holdout-scores.md").write_text(render_markdown(scores, title) + "\n")
     from medversa.training.plots import plot_scores
 

@@ -641,7 +641,7 @@ def render_markdown(results: dict[str, dict], title: str = "") -> str:
         if key == SKIPPED:
             continue
         task, name, metric = key.split("/")
-        task_name = task.replace("_", " ").capitalize()
+        task_name = "VQA" if task == Task.VQA.value else task.replace("_", " ").capitalize()
         lines.append(f"| {task_name} | {name.replace('_', ' ')} | {METRIC_NAMES.get(metric, metric)} | "
                      f"{_fmt(value['mean'])} [{_fmt(value['ci_low'])}, {_fmt(value['ci_high'])}] | {value['n']} |")
     skipped = results.get(SKIPPED) or {}
