@@ -1,11 +1,13 @@
 """Every coded concept the result objects use, in one place (PS3.16).
 
-Model class names (lower-case phrases as the model writes them) map to SNOMED CT
-concepts: the 33 chest pathologies MedVersa classifies and detects (Chest
-ImaGenome's finding labels), the 7 HAM10000 / ISIC 2018 skin lesion classes,
-and the segmented structures with their CID 7150 category and CID 7151/7159
-type. A label the table does not know is coded in our private scheme
-``99MEDVERSA`` (a local coding scheme, PS3.3 8.1) rather than dropped.
+The model's class phrases (``medversa.inference``'s vocabulary: lower-case
+phrases as the model writes them) map to SNOMED CT concepts: the 33 chest
+pathologies MedVersa classifies and detects (Chest ImaGenome's finding labels),
+the 7 HAM10000 / ISIC 2018 skin lesion classes, and the segmented structures
+with their CID 7150 category and CID 7151/7159 type. Each table is keyed and
+ordered by the vocabulary, and a phrase without a code fails at import. A label
+the tables do not know is coded in our private scheme ``99MEDVERSA`` (a local
+coding scheme, PS3.3 8.1) rather than dropped.
 
 Codes in :data:`VERIFIED_IN_PYDICOM` also appear, with that meaning, in the
 DICOM content-mapping tables pydicom ships; the other SNOMED CT identifiers
@@ -16,10 +18,17 @@ the table before clinical deployment.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
+
+from medversa.inference import CHEST_PATHOLOGIES as PATHOLOGY_PHRASES
+from medversa.inference import SEGMENTED_STRUCTURES as STRUCTURE_PHRASES
+from medversa.inference import SKIN_LESION_ABBREVIATIONS
+from medversa.inference import SKIN_LESION_CLASSES as SKIN_LESION_PHRASES
 
 SCT = "SCT"
 DCM = "DCM"
@@ -37,12 +46,23 @@ def private(label: str) -> CodedConcept:
     return CodedConcept(value, PRIVATE, label[:64] or "unknown")
 
 
+_V = TypeVar("_V")
+
+
+def _by_phrase(phrases: Sequence[str], table: Mapping[str, _V], what: str) -> dict[str, _V]:
+    """``table`` in vocabulary order; a phrase without a code, or a code for no phrase, is an error."""
+    missing, extra = set(phrases) - set(table), set(table) - set(phrases)
+    if missing or extra:
+        raise ValueError(f"{what}: phrases without a code {sorted(missing)}, codes for no phrase {sorted(extra)}")
+    return {phrase: table[phrase] for phrase in phrases}
+
+
 #: The 33 chest pathologies (Chest ImaGenome findings used by MedVersa), model phrase -> code.
 #: SNOMED CT where a code could be sourced here (public value sets such as the IPS free set, DICOM
 #: and FHIR terminology, SNOMED release notes); DICOM (DCM) where PS3.16 has the concept; the rest
 #: in the private scheme until a terminologist assigns SNOMED CT codes: no SNOMED browser is
 #: reachable from this project's machines, and a guessed code would be worse than a private one.
-CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
+CHEST_PATHOLOGIES: dict[str, CodedConcept] = _by_phrase(PATHOLOGY_PHRASES, {
     "lung opacity": CodedConcept("112033", DCM, "Abnormal opacity"),
     "pulmonary edema": sct("19242006", "Pulmonary edema"),
     "atelectasis": sct("46621007", "Atelectasis"),
@@ -80,10 +100,10 @@ CHEST_PATHOLOGIES: dict[str, CodedConcept] = {
     "spinal fracture": sct("50448004", "Fracture of vertebral column"),
     "scoliosis": sct("298382003", "Scoliosis deformity of spine"),
     "spinal degenerative changes": sct("8847002", "Spondylosis"),
-}
+}, "chest pathologies")
 
-#: HAM10000 / ISIC 2018 task 3 diagnostic classes: (abbreviation, model phrase) -> SNOMED CT.
-SKIN_LESION_CLASSES: dict[str, CodedConcept] = {
+#: HAM10000 / ISIC 2018 task 3 diagnostic classes: model phrase -> SNOMED CT.
+SKIN_LESION_CLASSES: dict[str, CodedConcept] = _by_phrase(SKIN_LESION_PHRASES, {
     "actinic keratosis": sct("201101007", "Actinic keratosis"),
     "basal cell carcinoma": sct("254701007", "Basal cell carcinoma of skin"),
     "benign keratosis": sct("69322001", "Seborrheic keratosis"),
@@ -91,18 +111,7 @@ SKIN_LESION_CLASSES: dict[str, CodedConcept] = {
     "melanoma": sct("2092003", "Malignant melanoma"),
     "melanocytic nevus": sct("400096001", "Melanocytic nevus"),
     "vascular lesion": sct("400210000", "Hemangioma"),
-}
-
-#: HAM10000 dx abbreviations -> our phrases.
-HAM10000_ABBREVIATIONS = {
-    "akiec": "actinic keratosis",
-    "bcc": "basal cell carcinoma",
-    "bkl": "benign keratosis",
-    "df": "dermatofibroma",
-    "mel": "melanoma",
-    "nv": "melanocytic nevus",
-    "vasc": "vascular lesion",
-}
+}, "skin lesion classes")
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,7 @@ _ANATOMY = CodedConcept(codes.SCT.AnatomicalStructure.value, SCT, codes.SCT.Anat
 _ABNORMAL = CodedConcept(codes.SCT.MorphologicallyAbnormalStructure.value, SCT,
                          codes.SCT.MorphologicallyAbnormalStructure.meaning)
 
-SEGMENTED_STRUCTURES: dict[str, SegmentCodes] = {
+SEGMENTED_STRUCTURES: dict[str, SegmentCodes] = _by_phrase(STRUCTURE_PHRASES, {
     "left lung": SegmentCodes(_ANATOMY, sct("44029006", "Left lung")),
     "right lung": SegmentCodes(_ANATOMY, sct("3341006", "Right lung")),
     "heart": SegmentCodes(_ANATOMY, sct("80891009", "Heart")),
@@ -128,7 +137,7 @@ SEGMENTED_STRUCTURES: dict[str, SegmentCodes] = {
     "spleen": SegmentCodes(_ANATOMY, sct("78961009", "Spleen")),
     "pancreas": SegmentCodes(_ANATOMY, sct("15776009", "Pancreas")),
     "skin lesion": SegmentCodes(_ABNORMAL, sct("95324001", "Skin lesion"), anatomic=False),
-}
+}, "segmented structures")
 
 #: Anatomical structures the model detects that are not segmentation targets.
 ANATOMY_FINDINGS: dict[str, CodedConcept] = {
@@ -184,7 +193,7 @@ CID_100_PIXELMED_2022 = frozenset({
 def finding_code(label: str) -> CodedConcept:
     """The coded concept for a class phrase the model wrote (pathology, skin class or anatomy)."""
     key = label.strip().lower()
-    key = HAM10000_ABBREVIATIONS.get(key, key)
+    key = SKIN_LESION_ABBREVIATIONS.get(key, key)
     for table in (CHEST_PATHOLOGIES, SKIN_LESION_CLASSES, ANATOMY_FINDINGS):
         if key in table:
             return table[key]

@@ -14,18 +14,7 @@ import numpy as np
 
 from .tasks import TEMPLATES, Modality, Task, comparison_target, fill_template, format_region, join_targets
 from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
-
-#: Default targets asked for when a request names none (paper, Methods: datasets).
-DEFAULT_TARGETS: dict[Task, tuple[str, ...]] = {
-    Task.CHEST_ORGAN_SEGMENTATION: ("left lung", "right lung", "heart"),
-    Task.SKIN_LESION_SEGMENTATION: ("skin lesion",),
-    Task.ABDOMINAL_ORGAN_SEGMENTATION: ("liver", "kidney", "spleen", "pancreas"),
-    Task.ANATOMY_DETECTION: ("left lung", "right lung", "cardiac silhouette", "mediastinum"),
-    Task.PATHOLOGY_DETECTION: (
-        "lung opacity", "pleural effusion", "atelectasis", "pneumothorax",
-        "consolidation", "enlarged cardiac silhouette", "lung lesion", "edema", "pneumonia",
-    ),
-}
+from .vocabulary import DEFAULT_TARGETS
 
 #: The paper asks for at most nine detection classes in one request.
 MAX_DETECTION_TARGETS = 9

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medversa.inference.bundled import BUNDLED_CHECKPOINT, load_default_analyzer, model_identity
+from medversa.inference import BUNDLED_CHECKPOINT, load_analyzer, model_identity
 from medversa.inference.checkpoint import read_meta
 from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.training.config import TrainConfig, recipe_path
@@ -47,7 +47,7 @@ def test_bundled_checkpoint_is_small_documented_and_reproducible():
 
 
 def test_the_default_model_is_the_bundled_demo():
-    analyzer = load_default_analyzer(device="cpu")
+    analyzer = load_analyzer(device="cpu")
     assert model_identity(analyzer) == read_meta(BUNDLED_CHECKPOINT)["weights_sha256"]
     assert analyzer.model.config.name == "demo"
 
@@ -57,7 +57,7 @@ def test_the_demo_model_draws_lesions_and_lungs_it_was_trained_on():
     """Trained, not random: on training-split images (the holdout is for the report only) the lesion
     and the lungs are found; a random model draws nothing there (Dice ~0)."""
     mini = need(MINI)
-    analyzer = load_default_analyzer(device="cpu")
+    analyzer = load_analyzer(device="cpu")
     derm = [line.split(",")[0] for line in (mini / "derm" / "split.csv").read_text().splitlines()[1:]
             if line.endswith(",train")][:3]
     chest = [line.split(",")[0] for line in (mini / "cxr-organs" / "split.csv").read_text().splitlines()[1:]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from medversa.inference.bundled import load_default_analyzer
+from medversa.inference import load_analyzer
 from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.training.metrics import dice
 
@@ -28,7 +28,7 @@ def _train_ids(folder, n: int) -> list[str]:
 
 def test_left_and_right_lung_and_heart_are_distinct_masks_on_their_own_sides():
     organs = need(MINI) / "cxr-organs"
-    analyzer = load_default_analyzer(device="cpu")
+    analyzer = load_analyzer(device="cpu")
     ids = _train_ids(organs, 3)
     images = {i: np.asarray(Image.open(organs / "images" / f"{i}.png").convert("L")) for i in ids}
     answers = analyzer.run([TaskRequest("chest_organ_segmentation", "cxr", [ImageInput(images[i])],

@@ -1,5 +1,7 @@
 import pytest
+
 from medversa.dicom_mapping import codes
+from medversa.inference import SKIN_LESION_ABBREVIATIONS
 
 
 def test_every_chest_pathology_and_skin_class_has_a_code():
@@ -12,7 +14,7 @@ def test_every_chest_pathology_and_skin_class_has_a_code():
 
 
 def test_skin_classes_cover_the_ham10000_labels():
-    assert set(codes.HAM10000_ABBREVIATIONS.values()) == set(codes.SKIN_LESION_CLASSES)
+    assert set(SKIN_LESION_ABBREVIATIONS.values()) == set(codes.SKIN_LESION_CLASSES)
     assert all(c.scheme_designator == "SCT" for c in codes.SKIN_LESION_CLASSES.values())
 
 

@@ -1,9 +1,9 @@
-"""The class phrases the model reads and writes, and each source's labels mapped onto them.
+"""Each source's labels mapped onto the model's class phrases.
 
-One place for the names keeps every reader, the sample builder and evaluation
-on the same strings. The 33 chest pathologies and 7 skin lesion classes are the
-keys of ``dicom_mapping.codes`` (CHEST_PATHOLOGIES, SKIN_LESION_CLASSES); a test
-checks that they agree, since training may only depend on inference.
+The phrases themselves (chest anatomies and pathologies, skin lesion classes)
+are ``medversa.inference``'s one vocabulary, re-exported here so the readers,
+the sample builder and evaluation use the same strings; ``dicom_mapping.codes``
+codes the same phrases.
 
 Sources: Chest ImaGenome 1.0.0 scene graphs (``bbox_name``; ``category|yes|name``
 attribute labels), ISIC 2018 task 3 / HAM10000 (``dx`` and one-hot columns),
@@ -14,28 +14,13 @@ Methods, "Datasets" and Fig. 4a.
 
 from __future__ import annotations
 
-#: Chest ImaGenome's 36 anatomical ``bbox_name`` values (anatomy detection, region captioning).
-CHEST_ANATOMIES: tuple[str, ...] = (
-    "right lung", "right upper lung zone", "right mid lung zone", "right lower lung zone",
-    "right hilar structures", "right apical zone", "right costophrenic angle", "right cardiophrenic angle",
-    "right hemidiaphragm", "left lung", "left upper lung zone", "left mid lung zone", "left lower lung zone",
-    "left hilar structures", "left apical zone", "left costophrenic angle", "left cardiophrenic angle",
-    "left hemidiaphragm", "trachea", "spine", "right clavicle", "left clavicle", "aortic arch", "mediastinum",
-    "upper mediastinum", "svc", "cardiac silhouette", "left cardiac silhouette", "right cardiac silhouette",
-    "cavoatrial junction", "right atrium", "descending aorta", "carina", "left upper abdomen",
-    "right upper abdomen", "abdomen",
-)
+from medversa.inference import CHEST_ANATOMIES, CHEST_PATHOLOGIES, SKIN_LESION_ABBREVIATIONS, SKIN_LESION_CLASSES
 
-#: The 33 chest pathologies MedVersa classifies and detects (Fig. 4a), in ``dicom_mapping.codes`` order.
-CHEST_PATHOLOGIES: tuple[str, ...] = (
-    "lung opacity", "pulmonary edema", "atelectasis", "pleural effusion", "enlarged cardiac silhouette",
-    "consolidation", "pneumonia", "pneumothorax", "hydropneumothorax", "pneumomediastinum", "subcutaneous air",
-    "lung lesion", "mass", "nodule", "calcified nodule", "hyperaeration", "bronchiectasis", "emphysema",
-    "interstitial lung disease", "aspiration", "heart failure", "vascular congestion",
-    "costophrenic angle blunting", "elevated hemidiaphragm", "hernia", "mediastinal widening", "enlarged hilum",
-    "tortuous aorta", "vascular calcification", "rib fracture", "spinal fracture", "scoliosis",
-    "spinal degenerative changes",
-)
+__all__ = [
+    "ABDOMEN_ORGANS", "CHEST_ANATOMIES", "CHEST_PATHOLOGIES", "CHEXMASK_STRUCTURES", "CHEXPERT_OBSERVATIONS",
+    "HAM10000_DX", "IMAGENOME_FINDINGS", "IMAGENOME_MASS_OR_NODULE", "ISIC2018_COLUMNS", "MS_CXR_CATEGORIES",
+    "NIH_FINDINGS", "NIH_PAPER_FINDINGS", "SKIN_LESION_CLASSES", "mass_or_nodule",
+]
 
 #: Chest ImaGenome ``anatomicalfinding``/``disease`` label names -> our phrase. Labels named as ours map
 #: to themselves; ImaGenome's combined names map to the phrase the paper lists.
@@ -57,22 +42,8 @@ def mass_or_nodule(phrase: str) -> str:
     return "mass" if any(w.strip(".,;:()") in ("mass", "masses") for w in words) else "nodule"
 
 
-#: The 7 HAM10000 / ISIC 2018 task 3 classes, as ``dicom_mapping.codes.SKIN_LESION_CLASSES`` names them.
-SKIN_LESION_CLASSES: tuple[str, ...] = (
-    "actinic keratosis", "basal cell carcinoma", "benign keratosis", "dermatofibroma", "melanoma",
-    "melanocytic nevus", "vascular lesion",
-)
-
-#: HAM10000 ``dx`` values -> phrase.
-HAM10000_DX: dict[str, str] = {
-    "akiec": "actinic keratosis",
-    "bcc": "basal cell carcinoma",
-    "bkl": "benign keratosis",
-    "df": "dermatofibroma",
-    "mel": "melanoma",
-    "nv": "melanocytic nevus",
-    "vasc": "vascular lesion",
-}
+#: HAM10000 ``dx`` values -> phrase (the vocabulary's abbreviations).
+HAM10000_DX: dict[str, str] = SKIN_LESION_ABBREVIATIONS
 
 #: ISIC 2018 task 3 ground-truth columns (one-hot) -> phrase.
 ISIC2018_COLUMNS: dict[str, str] = {key.upper(): phrase for key, phrase in HAM10000_DX.items()}
