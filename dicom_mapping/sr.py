@@ -41,7 +41,7 @@ import numpy as np
 from pydicom import Dataset
 from skimage.measure import approximate_polygon, find_contours
 
-from medversa.inference.tasks import Task
+from medversa.inference.tasks import Task, TaskFamily
 
 from . import codes as mv
 from .identity import AlgorithmInfo, derive_uid
@@ -363,13 +363,13 @@ def build_sr(
     segmentations = segmentations or {}
     for index, result in enumerate(results):
         family = result.task.family
-        if family == "detection":
+        if family is TaskFamily.DETECTION:
             builder.detection(result)
-        elif family == "classification":
+        elif family is TaskFamily.CLASSIFICATION:
             builder.classification(result)
-        elif family == "segmentation":
+        elif family is TaskFamily.SEGMENTATION:
             builder.segmentation(result, {label: ref for (i, label), ref in segmentations.items() if i == index})
-        elif family == "report generation":
+        elif family is TaskFamily.REPORT_GENERATION:
             builder.report(result)
         elif result.task in (Task.VQA, Task.REGION_CAPTIONING):
             builder.question_answer(result)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tasks import TEMPLATES, Modality, Task, comparison_target, fill_template, format_region, join_targets
+from .tasks import TEMPLATES, Modality, Task, TaskFamily, comparison_target, fill_template, format_region, join_targets
 from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 from .vocabulary import DEFAULT_TARGETS
 
@@ -111,7 +111,7 @@ class TaskRequest:
                 raise ValueError("a longitudinal comparison needs num_current images of the current study "
                                  f"and at least one prior image; got num_current={n} of {len(self.images)} images")
         self.targets = tuple(t.strip() for t in self.targets if t.strip()) or DEFAULT_TARGETS.get(self.task, ())
-        if self.task.family == "detection" and len(self.targets) > MAX_DETECTION_TARGETS:
+        if self.task.family is TaskFamily.DETECTION and len(self.targets) > MAX_DETECTION_TARGETS:
             raise ValueError(f"at most {MAX_DETECTION_TARGETS} detection classes per request, got {len(self.targets)}")
 
     @property
@@ -126,9 +126,9 @@ class TaskRequest:
         main = self.main_images
         task = self.task
         template = TEMPLATES[task][0]
-        if task.family == "segmentation":
+        if task.family is TaskFamily.SEGMENTATION:
             return [(t, fill_template(template, main, t)) for t in self.targets]
-        if task.family == "detection":
+        if task.family is TaskFamily.DETECTION:
             return [("", fill_template(template, main, join_targets(list(self.targets))))]
         if task is Task.REGION_CAPTIONING:
             assert self.region is not None

@@ -10,10 +10,25 @@ paper's prompts were generated from); training samples among all of them.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 
-class Task(str, Enum):
+class TaskFamily(StrEnum):
+    """The paper's seven task groups (Methods, domain-aware minibatches); each task belongs to one.
+
+    A :class:`~enum.StrEnum`, so a member prints and serialises as its value ("detection").
+    """
+
+    REPORT_GENERATION = "report generation"
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+    VQA = "vqa"
+    REGION_CAPTIONING = "region captioning"
+    LONGITUDINAL_COMPARISON = "longitudinal comparison"
+
+
+class Task(str, Enum):  # noqa: UP042 (not StrEnum: str(Task.VQA) is "Task.VQA" where it is printed)
     """A MedVersa task (the paper's eleven, with report sections split)."""
 
     REPORT_FINDINGS = "report_findings"
@@ -31,17 +46,17 @@ class Task(str, Enum):
     LONGITUDINAL_COMPARISON = "longitudinal_comparison"
 
     @property
-    def family(self) -> str:
-        """The paper's seven task groups used for domain-aware minibatches."""
+    def family(self) -> TaskFamily:
+        """The paper's task group this task belongs to (domain-aware minibatches)."""
         return _FAMILY[self]
 
     @property
     def uses_context(self) -> bool:
         """Report generation and classification wrap clinical context in <context> (utils.generate)."""
-        return self.family in ("report generation", "classification")
+        return self.family in (TaskFamily.REPORT_GENERATION, TaskFamily.CLASSIFICATION)
 
 
-class Modality(str, Enum):
+class Modality(str, Enum):  # noqa: UP042 (as Task)
     CXR = "cxr"
     DERM = "derm"
     CT = "ct"
@@ -51,20 +66,20 @@ class Modality(str, Enum):
         return self is Modality.CT
 
 
-_FAMILY = {
-    Task.REPORT_FINDINGS: "report generation",
-    Task.REPORT_IMPRESSION: "report generation",
-    Task.REPORT_FULL: "report generation",
-    Task.CHEST_PATHOLOGY_CLASSIFICATION: "classification",
-    Task.SKIN_LESION_CLASSIFICATION: "classification",
-    Task.ANATOMY_DETECTION: "detection",
-    Task.PATHOLOGY_DETECTION: "detection",
-    Task.CHEST_ORGAN_SEGMENTATION: "segmentation",
-    Task.SKIN_LESION_SEGMENTATION: "segmentation",
-    Task.ABDOMINAL_ORGAN_SEGMENTATION: "segmentation",
-    Task.VQA: "vqa",
-    Task.REGION_CAPTIONING: "region captioning",
-    Task.LONGITUDINAL_COMPARISON: "longitudinal comparison",
+_FAMILY: dict[Task, TaskFamily] = {
+    Task.REPORT_FINDINGS: TaskFamily.REPORT_GENERATION,
+    Task.REPORT_IMPRESSION: TaskFamily.REPORT_GENERATION,
+    Task.REPORT_FULL: TaskFamily.REPORT_GENERATION,
+    Task.CHEST_PATHOLOGY_CLASSIFICATION: TaskFamily.CLASSIFICATION,
+    Task.SKIN_LESION_CLASSIFICATION: TaskFamily.CLASSIFICATION,
+    Task.ANATOMY_DETECTION: TaskFamily.DETECTION,
+    Task.PATHOLOGY_DETECTION: TaskFamily.DETECTION,
+    Task.CHEST_ORGAN_SEGMENTATION: TaskFamily.SEGMENTATION,
+    Task.SKIN_LESION_SEGMENTATION: TaskFamily.SEGMENTATION,
+    Task.ABDOMINAL_ORGAN_SEGMENTATION: TaskFamily.SEGMENTATION,
+    Task.VQA: TaskFamily.VQA,
+    Task.REGION_CAPTIONING: TaskFamily.REGION_CAPTIONING,
+    Task.LONGITUDINAL_COMPARISON: TaskFamily.LONGITUDINAL_COMPARISON,
 }
 
 _FINDINGS = (

@@ -10,7 +10,7 @@ import pytest
 import torch
 from medversa.inference.checkpoint import build_model
 from medversa.inference.labels import label_tokens
-from medversa.inference.tasks import TEMPLATES, Modality, Task
+from medversa.inference.tasks import TEMPLATES, Modality, Task, TaskFamily
 from medversa.inference.tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN
 from medversa.training.batching import IGNORE, collate
 from medversa.training.config import OptimizerConfig, TrainConfig, recipe_path
@@ -178,7 +178,7 @@ def test_every_pool_trains_and_losses_fall_on_a_repeated_batch(mini, tiny):
         with torch.no_grad():
             last = {k: float(v) for k, v in objective(batch).items()}
         assert last["total"] < first["total"], (task, first, last)
-        if tasks_for(pool.records[0])[0].family == "segmentation":
+        if tasks_for(pool.records[0])[0].family is TaskFamily.SEGMENTATION:
             assert "seg" in last
         if task is Task.ANATOMY_DETECTION:
             assert "det" in last
