@@ -55,7 +55,7 @@ def _complete_enough(ctx: NodeContext, study: Study, have: int, now: dt.datetime
     pacs = ctx.settings.pacs
     if pacs.peer is None or not pacs.confirm_completeness:
         return True, ""
-    from .dimse import AssociationFailed, count_study_instances
+    from .scu import AssociationFailed, count_study_instances
 
     try:
         expected = count_study_instances(pacs.peer, ctx.settings.scp.ae_title, study.study_instance_uid,

@@ -109,7 +109,7 @@ def send(ctx: NodeContext, claimed: list[ClaimedExport]) -> list[ExportOutcome]:
 
     Writes nothing: the caller records the outcomes (:func:`medversa.node.jobs.apply_export_outcomes`).
     """
-    from .dimse import AssociationFailed, store_datasets
+    from .scu import AssociationFailed, store_datasets
 
     by_destination: dict[str, list[ClaimedExport]] = defaultdict(list)
     for row in claimed:

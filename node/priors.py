@@ -42,7 +42,7 @@ from pydicom import Dataset
 from sqlalchemy import func, select
 
 from .context import NodeContext
-from .dimse import (
+from .scu import (
     AssociationFailed,
     QueryFailed,
     SeriesMatch,

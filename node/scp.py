@@ -29,8 +29,8 @@ would claim the data set cannot be parsed, which is not so. What the study alrea
 holds is kept and processed.
 
 Memory: data sets are received with pynetdicom's chunked receive
-(``_config.STORE_RECV_CHUNKED_DATASET``): each fragment goes to disk as it arrives, into
-the spool's own ``.incoming`` folder (:class:`medversa.node.spool.IncomingFile`), at most
+(``STORE_RECV_CHUNKED_DATASET``, set by :mod:`medversa.node.pynetdicom_settings`): each
+fragment goes to disk as it arrives, into the spool's own ``.incoming`` folder (:class:`medversa.node.spool.IncomingFile`), at most
 ``max_instance_bytes`` of it; the rest of an over-size data set is read and dropped. An
 association holds one PDU, plus the one instance being checked once it is complete:
 memory is bounded by ``max_associations x max_instance_bytes``. pynetdicom 3 makes that
@@ -73,7 +73,6 @@ from medversa.dicom_mapping.pixels import PixelDataError, check_pixel_data
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom import dimse_messages
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
@@ -85,6 +84,7 @@ from .config import NodeSettings
 from .dicom_classes import ACCEPTED_SYNTAXES, STORAGE_CLASSES
 from .job_states import move_study_state
 from .phi import pseudonym
+from .pynetdicom_settings import configure_pynetdicom
 from .spool import IncomingFile, Spool, SpoolFull, StudyFull
 from .store import Instance, Store, Study, StudyState, utcnow
 
@@ -218,7 +218,7 @@ def route_chunked_receive(receiver: StorageSCP) -> None:
         raise RuntimeError("this pynetdicom no longer makes its chunked-receive file with "
                            "dimse_messages.NamedTemporaryFile: the SCP cannot receive into its spool")
     _RECEIVERS[receiver.ae] = receiver
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
+    configure_pynetdicom(chunked_receive=True)
     dimse_messages.NamedTemporaryFile = _incoming_file  # type: ignore[attr-defined]
 
 

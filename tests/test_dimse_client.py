@@ -1,4 +1,4 @@
-"""medversa.node.dimse against a real Orthanc PACS, pynetdicom peers and dcmtk (echoscu, findscu)."""
+"""medversa.node.scu against a real Orthanc PACS, pynetdicom peers and dcmtk (echoscu, findscu)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from medversa.node.config import Peer, TLSSettings
-from medversa.node.dimse import (
+from medversa.node.scu import (
     AssociationFailed,
     count_study_instances,
     echo,

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from medversa.node.config import load_settings
 from medversa.node.context import NodeContext
-from medversa.node.dimse import find_study_series
+from medversa.node.scu import find_study_series
 from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
 from medversa.node.scp import StorageSCP
 from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState

@@ -50,7 +50,7 @@ def _answers(orthanc, study_uid: str) -> int:
 
 def bench_ask(asks: int = 10, preset: str | None = None, timeout_s: float = 300.0) -> dict:
     """Run the benchmark; returns the figures (seconds)."""
-    from medversa.node.dimse import store_datasets
+    from medversa.node.scu import store_datasets
     from medversa.benchmarks.local_orthanc import OrthancServer
     from medversa.benchmarks.peers import free_port, wait_port
     from tests import dicom_factory as f
