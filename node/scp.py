@@ -30,10 +30,10 @@ holds is kept and processed.
 
 Memory: data sets are received with pynetdicom's chunked receive
 (``STORE_RECV_CHUNKED_DATASET``, set by :mod:`medversa.node.pynetdicom_settings`): each
-fragment goes to disk as it arrives, into the spool's own ``.incoming`` folder (:class:`medversa.node.spool.IncomingFile`), at most
-``max_instance_bytes`` of it; the rest of an over-size data set is read and dropped. An
-association holds one PDU, plus the one instance being checked once it is complete:
-memory is bounded by ``max_associations x max_instance_bytes``. pynetdicom 3 makes that
+fragment goes to disk as it arrives, into the spool's own ``.incoming`` folder
+(:class:`medversa.node.spool.IncomingFile`), at most ``max_instance_bytes`` of it; the rest of
+an over-size data set is read and dropped. An association holds one PDU, plus the one
+instance being checked once it is complete: memory is bounded by ``max_associations x max_instance_bytes``. pynetdicom 3 makes that
 file with ``tempfile.NamedTemporaryFile`` in the system's temporary folder and offers no
 setting for the folder; :func:`route_chunked_receive` points the name its decoder calls
 at a function that gives our listening AE's associations an :class:`IncomingFile` (and
