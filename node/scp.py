@@ -33,12 +33,12 @@ Memory: data sets are received with pynetdicom's chunked receive
 fragment goes to disk as it arrives, into the spool's own ``.incoming`` folder
 (:class:`medversa.node.spool.IncomingFile`), at most ``max_instance_bytes`` of it; the rest of
 an over-size data set is read and dropped. An association holds one PDU, plus the one
-instance being checked once it is complete: memory is bounded by ``max_associations x max_instance_bytes``. pynetdicom 3 makes that
-file with ``tempfile.NamedTemporaryFile`` in the system's temporary folder and offers no
-setting for the folder; :func:`route_chunked_receive` points the name its decoder calls
-at a function that gives our listening AE's associations an :class:`IncomingFile` (and
-every other association pynetdicom's own temporary file), so the file lands on the
-spool's disk (a rename, not a copy, makes it a spooled instance; a RAM-backed ``/tmp``
+instance being checked once it is complete: memory is bounded by ``max_associations x
+max_instance_bytes``. pynetdicom 3 makes that file with ``tempfile.NamedTemporaryFile`` in
+the system's temporary folder and offers no setting for the folder;
+:func:`route_chunked_receive` points the name its decoder calls at a function that gives
+our listening AE's associations an :class:`IncomingFile` (and every other association
+pynetdicom's own temporary file), so the file lands on the spool's disk (a rename, not a copy, makes it a spooled instance; a RAM-backed ``/tmp``
 never fills) and a full disk or the size limit still ends in a C-STORE status.
 
 Rows: the spooled, fsynced file is the durable record; its row is written by the
