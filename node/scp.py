@@ -38,8 +38,9 @@ max_instance_bytes``. pynetdicom 3 makes that file with ``tempfile.NamedTemporar
 the system's temporary folder and offers no setting for the folder;
 :func:`route_chunked_receive` points the name its decoder calls at a function that gives
 our listening AE's associations an :class:`IncomingFile` (and every other association
-pynetdicom's own temporary file), so the file lands on the spool's disk (a rename, not a copy, makes it a spooled instance; a RAM-backed ``/tmp``
-never fills) and a full disk or the size limit still ends in a C-STORE status.
+pynetdicom's own temporary file), so the file lands on the spool's disk (a rename, not a
+copy, makes it a spooled instance; a RAM-backed ``/tmp`` never fills) and a full disk or
+the size limit still ends in a C-STORE status.
 
 Rows: the spooled, fsynced file is the durable record; its row is written by the
 :class:`Recorder` thread. When the job store cannot be written (its disk full), the
