@@ -60,7 +60,7 @@ def eval_command(
         exists=True, dir_okay=False)] = None,
 ) -> None:
     """Score a model on a dataset split: Dice, IoU, F1, BLEU-4, VQA/caption accuracy, task confusion (95% CIs)."""
-    from medversa.inference.bundled import load_default_analyzer, model_identity
+    from medversa.inference import load_analyzer, model_identity
 
     from .evaluate import (
         SKIPPED,
@@ -86,7 +86,7 @@ def eval_command(
                                                   radgraph_annotations=radgraph_annotations)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    analyzer = load_default_analyzer(checkpoint, preset, device)
+    analyzer = load_analyzer(checkpoint, preset=preset, device=device)
     if max_new_tokens:
         analyzer.max_new_tokens = max_new_tokens
     outputs: list[dict] | None = [] if predictions else None
