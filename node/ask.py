@@ -46,10 +46,12 @@ from medversa.dicom_mapping.annotations import (
     own_result_reason,
     read_annotation,
 )
-from medversa.dicom_mapping.answer_sr import RegionAnswer, build_answer_sr
-from medversa.dicom_mapping.identity import AlgorithmInfo, derive_uid
+from medversa.dicom_mapping.answer_sr import RegionAnswer
+from medversa.dicom_mapping.identity import AlgorithmInfo
 from medversa.dicom_mapping.inputs import prepare_study
+from medversa.dicom_mapping.plan import with_image_tag
 from medversa.dicom_mapping.references import SeriesKind
+from medversa.dicom_mapping.study_objects import ObjectKind, answer_uids, build_answer_object
 from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.inference.tasks import Modality, Task
 from pydicom import Dataset
@@ -210,11 +212,8 @@ def compute_ask(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
     answers = _answer(ctx, answerable, images, ask, notes)
     algorithm = ctx.algorithm
     key = ask_key(study_uid, ask, algorithm.model_id)
-    ds = build_answer_sr(answers, source,
-                         [images[uid].dataset for uid in dict.fromkeys(a.region.image.sop_instance_uid
-                                                                       for a in answers)],
-                         algorithm, derive_uid(algorithm.org_root, key, "series"),
-                         derive_uid(algorithm.org_root, key, "SR"))
+    shown = [images[uid].dataset for uid in dict.fromkeys(a.region.image.sop_instance_uid for a in answers)]
+    ds = build_answer_object(answers, source, shown, algorithm, key).dataset
     _record_objects(ctx, job_id, study_uid, ds, notes)
     LOGGER.info("ask job %d: %d region(s) answered in %.1f s", job_id, len(answers), time.perf_counter() - started)
 
@@ -275,7 +274,7 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
                     continue
                 requests.append(TaskRequest(task, modality, [pixels], region=box))
             else:
-                asked = question if "<img" in question else f"{question.rstrip()} <img0>"
+                asked = with_image_tag(question)
                 requests.append(TaskRequest(task, modality, [pixels], question=asked))
             slots.append((k, task.value))
     answers = ctx.analyzer.run(requests, choose_for=ctx.choose_for) if requests else []
@@ -297,7 +296,7 @@ def _record_objects(ctx: NodeContext, job_id: int, study_uid: str, ds: Dataset, 
 
     folder = ctx.settings.results_dir / study_uid
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"SR_{ds.SOPInstanceUID}.dcm"
+    path = folder / f"{ObjectKind.SR}_{ds.SOPInstanceUID}.dcm"
     _write_atomic(ds, path)
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
@@ -305,8 +304,8 @@ def _record_objects(ctx: NodeContext, job_id: int, study_uid: str, ds: Dataset, 
             exists = s.scalars(select(Export).where(Export.job_id == job_id, Export.destination == str(dest),
                                                     Export.sop_instance_uid == str(ds.SOPInstanceUID))).first()
             if exists is None:
-                s.add(Export(job_id=job_id, sop_instance_uid=str(ds.SOPInstanceUID), kind="SR", path=str(path),
-                             destination=str(dest)))
+                s.add(Export(job_id=job_id, sop_instance_uid=str(ds.SOPInstanceUID), kind=ObjectKind.SR,
+                             path=str(path), destination=str(dest)))
         job.notes = list(job.notes or []) + notes
         move_job(job, JobState.EXPORTING, reason="answer SR written")
         job.finished_at = utcnow()
@@ -463,8 +462,8 @@ def ask_command(ctx: NodeContext, study_uid: str, question: str, region: tuple[f
         error, notes = job.error, list(job.notes or [])
     if not paths and not error:
         folder = ctx.settings.results_dir / study_uid
-        uid = derive_uid(ctx.algorithm.org_root, ask_key(study_uid, ask, ctx.algorithm.model_id), "SR")
-        paths = {str(p) for p in folder.glob(f"SR_{uid}.dcm")}
+        _, uid = answer_uids(ctx.algorithm.org_root, ask_key(study_uid, ask, ctx.algorithm.model_id))
+        paths = {str(p) for p in folder.glob(f"{ObjectKind.SR}_{uid}.dcm")}
     sr_path = Path(next(iter(paths))) if paths else None
     answers = read_answers(pydicom.dcmread(sr_path)) if sr_path is not None else []
     return AskOutcome(job_id, state, error, notes, sr_path, answers)

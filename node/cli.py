@@ -43,14 +43,14 @@ def infer(
     from medversa.inference.bundled import load_default_analyzer
 
     from .infer import algorithm_for, run_infer
-    from .pipeline import PipelineOptions
+    from medversa.dicom_mapping.plan import StudyOptions
 
     try:
         tasks = tuple(Task(t) for t in task) if task else None
     except ValueError:
         raise typer.BadParameter(f"unknown task in {task}; known: {[t.value for t in Task]}") from None
     analyzer = load_default_analyzer(checkpoint, preset, device)
-    options = PipelineOptions(
+    options = StudyOptions(
         algorithm=algorithm_for(analyzer, org_root), tasks=tasks, ask=ask, region=_region(region),
         clinical_context=context, presentation_states=not no_overlays, burned_in=not no_burned_in,
         key_objects=key_objects, context_fields=analyzer.declaration.context_fields,

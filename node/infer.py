@@ -13,9 +13,10 @@ from pydicom.errors import InvalidDicomError
 
 from medversa.dicom_mapping.header import truncation
 from medversa.dicom_mapping.identity import AlgorithmInfo
+from medversa.dicom_mapping.plan import StudyOptions
 from medversa.inference.bundled import model_identity
 
-from .pipeline import PipelineOptions, StudyOutput, analyze_study
+from .pipeline import StudyOutput, analyze_study
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def write_outputs(output: StudyOutput, out_dir: Path) -> list[Path]:
     return written
 
 
-def run_infer(paths: list[Path], out_dir: Path, analyzer, options: PipelineOptions,
+def run_infer(paths: list[Path], out_dir: Path, analyzer, options: StudyOptions,
               prior_paths: list[Path] | None = None,
               choose_for=None) -> tuple[list[tuple[str, Path, Dataset]], list[str]]:
     """Process every study found; return (kind, path, dataset) per object written and the messages."""

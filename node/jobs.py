@@ -39,7 +39,7 @@ from .store import (
 )
 
 if TYPE_CHECKING:
-    from .pipeline import PipelineOptions
+    from medversa.dicom_mapping.plan import StudyOptions
 
 LOGGER = logging.getLogger(__name__)
 
@@ -163,13 +163,13 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
 
 
 def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple[str, ...],
-                     study_uid: str) -> PipelineOptions:
+                     study_uid: str) -> StudyOptions:
     """What the worker runs on a study: the routed tasks, as far as the checkpoint declares them."""
-    from .pipeline import PipelineOptions  # torch and the model code: the worker's, not serve's start-up
+    from medversa.dicom_mapping.plan import StudyOptions  # the worker's, not serve's start-up
 
     declaration = ctx.analyzer.declaration
     override = ctx.settings.model.context_fields
-    return PipelineOptions(
+    return StudyOptions(
         algorithm=ctx.algorithm, tasks=tasks, presentation_states=ctx.settings.presentation_states,
         burned_in=ctx.settings.burned_in, key_objects=ctx.settings.key_objects,
         context_fields=context_fields_from(override) if override is not None else declaration.context_fields,

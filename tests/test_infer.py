@@ -5,10 +5,12 @@ import sys
 
 import highdicom as hd
 import pydicom
+from medversa.dicom_mapping.plan import StudyOptions
+from medversa.dicom_mapping.study_objects import ObjectKind
 from medversa.inference.scripted import scripted_chooser
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for, run_infer
-from medversa.node.pipeline import PipelineOptions, analyze_study
+from medversa.node.pipeline import analyze_study
 
 from . import dicom_factory as f
 from .conftest import SHARED, need
@@ -35,7 +37,7 @@ def scripted(tokenizer):
 
 
 def _options(analyzer, **kwargs):
-    return PipelineOptions(algorithm=algorithm_for(analyzer), **kwargs)
+    return StudyOptions(algorithm=algorithm_for(analyzer), **kwargs)
 
 
 def _chest_study():
@@ -59,14 +61,15 @@ def test_chest_study_gives_sr_seg_gsps_and_burned_in_capture(tiny_analyzer, tmp_
     frontal = datasets[1]
     out = analyze_study(datasets, tiny_analyzer, _options(tiny_analyzer), choose_for=scripted(tiny_analyzer.tokenizer))
     kinds = [o.kind for o in out.objects]
-    assert kinds[:2] == ["SR", "SR-TEXT"] and {"SEG", "PR", "SC"} <= set(kinds)
+    assert kinds[:2] == [ObjectKind.SR, ObjectKind.SR_TEXT]
+    assert {ObjectKind.SEG, ObjectKind.PR, ObjectKind.SC} <= set(kinds)
     assert "longitudinal comparison skipped: no prior study" in out.notes
     for obj in out.objects:
         assert obj.dataset.StudyInstanceUID == frontal.StudyInstanceUID
         assert "AI-generated" in obj.dataset.SeriesDescription
     _assert_all_valid(out.objects, tmp_path)
     # Detection and segmentation ran on the frontal view only; the lateral view went to the report.
-    seg = next(o.dataset for o in out.objects if o.kind == "SEG")
+    seg = next(o.dataset for o in out.objects if o.kind is ObjectKind.SEG)
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == frontal.SOPInstanceUID
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert set(labels) <= {"left lung", "right lung", "heart"} and labels
@@ -91,11 +94,13 @@ def test_dermoscopy_gives_classification_seg_and_a_colour_presentation_state(tin
     photo = f.make_vl_photo(96, 128)
     out = analyze_study([photo], tiny_analyzer, _options(tiny_analyzer), choose_for=scripted(tiny_analyzer.tokenizer))
     kinds = [o.kind for o in out.objects]
-    assert kinds.count("SR") == 1 and "SC" not in kinds  # no burned-in copy of colour photos by default
+    assert kinds.count(ObjectKind.SR) == 1
+    assert ObjectKind.SC not in kinds  # no burned-in copy of colour photos by default
     _assert_all_valid(out.objects, tmp_path)
     assert "2092003" in str(out.objects[0].dataset)  # melanoma, coded
-    if "PR" in kinds:
-        assert next(o for o in out.objects if o.kind == "PR").dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.2"
+    if ObjectKind.PR in kinds:
+        pr = next(o for o in out.objects if o.kind is ObjectKind.PR)
+        assert pr.dataset.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.2"
 
 
 def test_abdominal_ct_gives_a_3d_seg_of_the_organs_with_volumes(tiny_analyzer, tmp_path):
@@ -104,7 +109,7 @@ def test_abdominal_ct_gives_a_3d_seg_of_the_organs_with_volumes(tiny_analyzer, t
     masks = [m.label for r in out.results for m in r.answer.masks_3d]
     assert masks == ["liver", "kidney", "spleen", "pancreas"]
     _assert_all_valid(out.objects, tmp_path)
-    segs = [o.dataset for o in out.objects if o.kind == "SEG"]
+    segs = [o.dataset for o in out.objects if o.kind is ObjectKind.SEG]
     if segs:  # random weights may leave every mask empty
         assert segs[0].FrameOfReferenceUID == series[0].FrameOfReferenceUID
         assert "ml" in str(out.objects[0].dataset)
@@ -116,7 +121,7 @@ def test_longitudinal_comparison_references_the_prior_study(tiny_analyzer, tmp_p
     out = analyze_study([current], tiny_analyzer, _options(tiny_analyzer, tasks=(Task.LONGITUDINAL_COMPARISON,)),
                         prior_datasets=[prior], choose_for=scripted(tiny_analyzer.tokenizer))
     sr = out.objects[0].dataset
-    assert [o.kind for o in out.objects] == ["SR", "SR-TEXT"]  # the SR and its text report
+    assert [o.kind for o in out.objects] == [ObjectKind.SR, ObjectKind.SR_TEXT]  # the SR and its text report
     assert prior.StudyInstanceUID in {s.StudyInstanceUID for s in sr.PertinentOtherEvidenceSequence}
     assert "new since the prior study" in str(sr.ContentSequence[-1].ContentSequence[0].TextValue)
     _assert_all_valid(out.objects, tmp_path)
@@ -150,7 +155,7 @@ def test_medversa_infer_on_files_from_a_plain_checkout(tmp_path):
                   "--ask", "Is the heart enlarged?")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert lines and all(line.split("\t")[0] in {"SR", "SR-TEXT", "SEG", "PR", "SC", "KO"} for line in lines)
+    assert lines and all(line.split("\t")[0] in {k.value for k in ObjectKind} for line in lines)
     written = sorted((tmp_path / "out").glob("*.dcm"))
     assert len(written) == len(lines)
     assert "notes.txt: not a readable DICOM file" in result.stderr

@@ -18,12 +18,13 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 
+from medversa.dicom_mapping.plan import StudyOptions
 from medversa.dicom_mapping.references import SeriesKind
 from medversa.dicom_mapping.routing_table import DEFAULT_TASKS
 from medversa.inference.scripted import scripted_chooser
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for
-from medversa.node.pipeline import PipelineOptions, analyze_study
+from medversa.node.pipeline import analyze_study
 
 from . import dicom_factory as f
 
@@ -71,7 +72,7 @@ class ProcessedStudy:
 
 def _process(name: str, sources: list[Dataset], analyzer, tasks: tuple[Task, ...] | None = None,
              prior: list[Dataset] | None = None, **options) -> ProcessedStudy:
-    settings = PipelineOptions(algorithm=algorithm_for(analyzer), tasks=tasks, **options)
+    settings = StudyOptions(algorithm=algorithm_for(analyzer), tasks=tasks, **options)
     chooser = scripted_chooser(analyzer.tokenizer, {task.value: text for task, text in SCRIPT.items()})
     out = analyze_study(sources, analyzer, settings, prior_datasets=prior, choose_for=chooser)
     return ProcessedStudy(name, sources, [(o.kind, o.dataset) for o in out.objects])

@@ -1,0 +1,112 @@
+"""dicom_mapping's side of a study: plan -> (the tiny model) -> build_study_objects, one call for all kinds."""
+
+import highdicom as hd
+import pytest
+
+from medversa.dicom_mapping.inputs import prepare_study
+from medversa.dicom_mapping.plan import PlannedRequest, StudyOptions, plan, with_image_tag
+from medversa.dicom_mapping.study_objects import ObjectKind, WrittenObject, answer_uids, build_study_objects
+from medversa.inference.tasks import Task
+from medversa.node.infer import algorithm_for
+
+from . import dicom_factory as f
+from .test_infer import scripted
+
+
+def test_object_kinds_keep_the_names_files_and_export_rows_use():
+    assert [k.value for k in ObjectKind] == ["SR", "SR-TEXT", "SEG", "PR", "SC", "KO"]
+    assert f"{ObjectKind.SR_TEXT}_1.2.3.dcm" == "SR-TEXT_1.2.3.dcm" and str(ObjectKind.SEG) == "SEG"
+    assert ObjectKind("PR") is ObjectKind.PR and ObjectKind.KO == "KO"
+    # UIDs derive from the names the first versions used: the same job keeps its UIDs.
+    assert ObjectKind.SR_TEXT.uid_part == "SR-text" and ObjectKind.SEG.uid_part == "SEG"
+
+
+def test_a_question_names_its_image_once():
+    assert with_image_tag("Is there an effusion? ") == "Is there an effusion? <img0>"
+    assert with_image_tag("Compare <img1> with <img0>.") == "Compare <img1> with <img0>."
+
+
+@pytest.fixture(scope="module")
+def chest(tiny_analyzer):
+    """A two-view chest radiograph planned with the defaults and answered by the tiny model (scripted text)."""
+    study = hd.UID()
+    frontal = f.make_cr(128, 112, study_uid=study, instance_number=1)
+    lateral = f.make_cr(128, 112, study_uid=study, view_position="LL", instance_number=2,
+                        series_uid=frontal.SeriesInstanceUID, sop_uid=hd.UID())
+    datasets = [lateral, frontal]
+    inputs = prepare_study(datasets)
+    options = StudyOptions(algorithm=algorithm_for(tiny_analyzer), key_objects=True, job_key="job-1:v1")
+    planned, notes = plan(inputs, options)
+    answers = tiny_analyzer.run([p.request for p in planned], choose_for=scripted(tiny_analyzer.tokenizer))
+    return datasets, inputs, options, planned, answers, notes
+
+
+def test_planning_keeps_each_request_with_the_images_it_was_made_from(chest):
+    datasets, inputs, _, planned, answers, notes = chest
+    lateral, frontal = datasets
+    assert "longitudinal comparison skipped: no prior study" in notes
+    assert all(isinstance(p, PlannedRequest) for p in planned)
+    by_task = {p.request.task: p for p in planned}
+    # Reports read both views (frontal first); detection and segmentation the frontal view alone.
+    assert [i.ref.sop_instance_uid for i in by_task[Task.REPORT_FINDINGS].images] == [frontal.SOPInstanceUID,
+                                                                                     lateral.SOPInstanceUID]
+    assert [i.ref.sop_instance_uid for i in by_task[Task.PATHOLOGY_DETECTION].images] == [frontal.SOPInstanceUID]
+    result = by_task[Task.PATHOLOGY_DETECTION].result(answers[planned.index(by_task[Task.PATHOLOGY_DETECTION])])
+    assert [r.sop_instance_uid for r in result.images] == [frontal.SOPInstanceUID] and result.volume is None
+
+
+def test_one_call_builds_sr_text_seg_pr_sc_and_ko_with_one_header(chest):
+    datasets, inputs, options, planned, answers, _ = chest
+    built = build_study_objects(datasets, inputs, planned, answers, options)
+    kinds = [o.kind for o in built.objects]
+    assert kinds[:2] == [ObjectKind.SR, ObjectKind.SR_TEXT]
+    assert {ObjectKind.SEG, ObjectKind.PR, ObjectKind.SC, ObjectKind.KO} <= set(kinds)
+    assert all(isinstance(o, WrittenObject) and isinstance(o.kind, ObjectKind) for o in built.objects)
+    assert [r.task for r in built.results] == [p.request.task for p in planned]
+    alg = options.algorithm
+    for obj in built.objects:
+        ds = obj.dataset
+        assert ds.StudyInstanceUID == inputs.study_instance_uid
+        assert ds.Manufacturer == alg.manufacturer and ds.ManufacturerModelName == alg.model_name
+        assert list(ds.SoftwareVersions) == list(alg.software_versions)
+        assert ds.SpecificCharacterSet == "ISO_IR 192" and "AI-generated, unverified" in ds.SeriesDescription
+        [equipment] = ds.ContributingEquipmentSequence
+        assert equipment.DeviceUID == alg.device_uid
+        assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+        # Device Serial Number: required by SEG and presentation states only, written by them only.
+        assert ("DeviceSerialNumber" in ds) == (obj.kind in (ObjectKind.SEG, ObjectKind.PR)), obj.kind
+        if obj.kind in (ObjectKind.SEG, ObjectKind.PR):
+            assert ds.ContentLabel == "MEDVERSA" and "AI-generated" in ds.ContentDescription
+    # Each kind in a series of its own, instances numbered from 1 in build order.
+    assert len({o.dataset.SeriesInstanceUID for o in built.objects}) == len(set(kinds))
+    for kind in set(kinds):
+        numbers = [int(o.dataset.InstanceNumber) for o in built.objects if o.kind is kind]
+        assert numbers == list(range(1, len(numbers) + 1)), kind
+
+
+def test_building_again_gives_the_same_uids_and_another_key_other_ones(chest):
+    datasets, inputs, options, planned, answers, _ = chest
+    first = build_study_objects(datasets, inputs, planned, answers, options)
+    again = build_study_objects(datasets, inputs, planned, answers, options)
+    assert [o.dataset.SOPInstanceUID for o in first.objects] == [o.dataset.SOPInstanceUID for o in again.objects]
+    other = StudyOptions(algorithm=options.algorithm, key_objects=True, job_key="job-1:v2")
+    moved = build_study_objects(datasets, inputs, planned, answers, other)
+    assert not {o.dataset.SOPInstanceUID for o in first.objects} & {o.dataset.SOPInstanceUID for o in moved.objects}
+    # The answer SR of an ask job derives from the ask's own key, never from the study's.
+    assert answer_uids(options.algorithm.org_root, "job-1:v1")[1] not in {o.dataset.SOPInstanceUID
+                                                                         for o in first.objects}
+
+
+def test_what_the_options_leave_out_is_not_built(chest):
+    datasets, inputs, options, planned, answers, _ = chest
+    plain = StudyOptions(algorithm=options.algorithm, presentation_states=False, burned_in=False, job_key="k")
+    kinds = [o.kind for o in build_study_objects(datasets, inputs, planned, answers, plain).objects]
+    assert kinds[:2] == [ObjectKind.SR, ObjectKind.SR_TEXT] and not {ObjectKind.PR, ObjectKind.SC,
+                                                                      ObjectKind.KO} & set(kinds)
+
+
+def test_answers_must_match_the_planned_requests(chest):
+    datasets, inputs, options, planned, answers, _ = chest
+    with pytest.raises(ValueError, match="answer"):
+        build_study_objects(datasets, inputs, planned, answers[:-1], options)
+    assert build_study_objects(datasets, inputs, [], [], options).objects == []
