@@ -50,9 +50,9 @@ def _answers(orthanc, study_uid: str) -> int:
 
 def bench_ask(asks: int = 10, preset: str | None = None, timeout_s: float = 300.0) -> dict:
     """Run the benchmark; returns the figures (seconds)."""
-    from medversa.node.scu import store_datasets
     from medversa.benchmarks.local_orthanc import OrthancServer
     from medversa.benchmarks.peers import free_port, wait_port
+    from medversa.node.scu import store_datasets
     from tests import dicom_factory as f
     from tests.ask_fixtures import ohif_measurement_report, rectangle_group
 
