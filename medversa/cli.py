@@ -39,9 +39,16 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at D
     # Never reach for a model hub: everything loads from local paths.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if not verbose:
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+    if not verbose:  # known third-party warnings the user cannot act on; --verbose shows them
+        # peft 0.21's PeftModel.__init__ reads transformers 5's deprecated is_gradient_checkpointing
+        # alias on every model load (inference.model.build_llm); nothing in our code uses it.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning, module=r"transformers\.modeling_utils")
+        # highdicom warns when a person name has one component; result objects copy the patient's
+        # and referring physician's names from the source images unchanged (PS3.3 C.7.1.1, C.7.2.1),
+        # so such a name belongs to the input and is not ours to correct.
+        warnings.filterwarnings("ignore", message=r'The string ".*" is unlikely to represent the intended person name',
+                                category=UserWarning, module=r"highdicom\.")
 
 
 def main() -> None:
