@@ -164,3 +164,30 @@ def test_no_module_assigns_a_job_or_study_state_directly():
     offenders = [f"{path.name}:{n}" for path in sorted(NODE.glob("*.py")) if path.name != "job_states.py"
                  for n, line in enumerate(path.read_text().splitlines(), 1) if direct.search(line)]
     assert offenders == []
+
+
+def test_the_sender_returns_typed_outcomes_and_writes_nothing(node, tmp_path):
+    """node/export.py only claims and sends; the rows change when jobs.py applies the outcomes."""
+    from medversa.node.export import ExportOutcome, claim_due, next_try, send
+    from medversa.node.store import utcnow
+
+    _, job_id = _study_with_job(node)
+    result = f.make_cr(16, 16)
+    path = f.write_datasets([result], tmp_path / "results")[0]
+    with node.store.session() as s:
+        s.add(Export(job_id=job_id, sop_instance_uid=str(result.SOPInstanceUID), kind="SR", path=str(path),
+                     destination="NOWHERE@127.0.0.1:9"))  # discard port: connection refused
+    claimed = claim_due(node, job_id, utcnow())
+    assert [(c.job_id, c.sop_instance_uid, c.path) for c in claimed] == [(job_id, str(result.SOPInstanceUID), path)]
+    assert claim_due(node, job_id, utcnow()) == []  # claimed once: a concurrent sender gets nothing
+    [outcome] = send(node, claimed)
+    assert isinstance(outcome, ExportOutcome) and outcome.export == claimed[0]
+    assert not outcome.delivered and outcome.status.startswith("association failed")
+    with node.store.session() as s:
+        export = s.scalars(select(Export)).one()
+        assert export.attempts == 0 and export.state is ExportState.PENDING and export.last_status == ""
+    now = utcnow()
+    settings = node.settings.export
+    assert next_try(settings.max_attempts, settings, now) == (ExportState.DEAD, None)
+    state, retry_at = next_try(1, settings, now)
+    assert state is ExportState.PENDING and (retry_at - now).total_seconds() == settings.backoff_initial_s
