@@ -27,8 +27,10 @@ _J = JobState
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # Created; queued by the scheduler, or run by a worker that got the task before the scheduler
     # recorded the enqueue; superseded by a newer version; failed when its attempts were used up.
-    _J.RECEIVED: frozenset({_J.QUEUED, _J.RUNNING, _J.SUPERSEDED, _J.FAILED}),
-    _J.QUEUED: frozenset({_J.RUNNING, _J.SUPERSEDED, _J.FAILED}),
+    # -> EXPORTING: an embedded worker that outlived its `serve` finishes the job after the restarted
+    # `serve` queued it again (RUNNING -> RECEIVED at start-up); its results stand, as they did before.
+    _J.RECEIVED: frozenset({_J.QUEUED, _J.RUNNING, _J.SUPERSEDED, _J.FAILED, _J.EXPORTING}),
+    _J.QUEUED: frozenset({_J.RUNNING, _J.SUPERSEDED, _J.FAILED, _J.EXPORTING}),
     # RUNNING -> RUNNING: a task redelivered after its worker was lost runs the job again (idempotent).
     # RUNNING -> RECEIVED: the embedded worker died with it (the service queues it again at start-up).
     _J.RUNNING: frozenset({_J.RUNNING, _J.EXPORTING, _J.QUEUED, _J.FAILED, _J.RECEIVED}),

@@ -75,6 +75,7 @@ def test_a_legal_move_changes_the_state():
 @pytest.mark.parametrize(("current", "to"), [(JobState.SUPERSEDED, JobState.RUNNING),
                                              (JobState.DONE, JobState.QUEUED),
                                              (JobState.RECEIVED, JobState.DONE),
+                                             (JobState.QUEUED, JobState.RECEIVED),
                                              (JobState.FAILED, JobState.EXPORTING)])
 def test_an_illegal_job_move_raises_naming_both_states(current, to):
     job = Job(id=7, state=current)
