@@ -246,6 +246,7 @@ EXPECTED_KEYS = {
     "region_captioning/mean/accuracy", "region_captioning/all/accuracy",
     *(f"{task}/all/confusion" for task in ("chest_organ_segmentation", "skin_lesion_segmentation",
                                            "skin_lesion_classification", "anatomy_detection", "report_findings",
+                                           "report_impression", "report_full",  # confusion probes: no reference
                                            "vqa", "region_captioning")),
 }
 
@@ -269,6 +270,7 @@ def test_a_perfect_model_scores_one_on_every_metric(tmp_path: Path) -> None:
     report = next(r for r in analyzer.requests if r.task is Task.REPORT_FINDINGS)
     assert report.context == "Age: 60. Sex: female."
     assert results["vqa/answer_yes/accuracy"]["n"] == 1 and results["vqa/all/accuracy"]["n"] == 4
+    assert results["report_impression/all/confusion"]["n"] == 2  # asked of both radiographs with findings only
     assert results["region_captioning/all/accuracy"]["n"] == 4
 
 
@@ -366,7 +368,11 @@ def test_missing_predictions_score_zero_and_limit_takes_the_first_records(tmp_pa
     assert "skin_lesion_classification/melanocytic_nevus/f1" not in results  # only case0 (melanoma) was scored
     assert results["vqa/all/accuracy"]["mean"] == 0.0 and results["vqa/all/confusion"]["mean"] == 1.0  # no answer
     assert results["region_captioning/all/confusion"]["mean"] == 1.0
-    assert len(predictions) == 7 and {p["record_id"].split("/")[0] for p in predictions} == {"case0"}
+    assert results["report_impression/all/confusion"]["n"] == 1  # a probe: no reference, confusion only
+    assert "report_impression/all/bleu4" not in results
+    assert len(predictions) == 9 and {p["record_id"].split("/")[0] for p in predictions} == {"case0"}
+    probe = next(p for p in predictions if p["task"] == "report_impression")
+    assert probe["reference"] is None and probe["output"] == ""
     vqa = next(p for p in predictions if p["task"] == "vqa")
     assert vqa["reference"] == "yes" and vqa["question"] == "Is this skin lesion a melanoma?" and not vqa["correct"]
     json.dumps(predictions)  # external scorers read it as JSON lines
@@ -737,3 +743,22 @@ def test_demo_report_takes_a_run_or_its_checkpoint_and_lists_every_row(tmp_path:
                 "| skin lesion classification | benign keratosis | F1 |",
                 "| abdominal organ segmentation | pancreas training ct | Dice |"):
         assert row in rows
+
+
+def test_report_sections_without_a_reference_are_probed_for_confusion_only(tmp_path: Path) -> None:
+    reports = [r for r in _records(tmp_path) if isinstance(r, ReportRecord)]
+
+    class Sections:
+        def run(self, requests: list[TaskRequest]) -> list[Answer]:
+            text = {Task.REPORT_FINDINGS: "The lungs are clear.", Task.REPORT_IMPRESSION: "Melanoma.",
+                    Task.REPORT_FULL: "Findings: the lungs are clear. Impression: no acute disease."}
+            return [Answer(r.request_id, r.task, text[r.task]) for r in requests]
+
+    results = evaluate(Sections(), reports, resamples=20)
+    assert results["report_findings/all/confusion"]["mean"] == 0.0
+    assert results["report_impression/all/confusion"]["mean"] == 1.0  # a lesion class as a chest impression
+    assert results["report_full/all/confusion"]["mean"] == 0.0
+    assert not any(k.startswith(("report_impression/", "report_full/")) and not k.endswith("/confusion")
+                   for k in results if k != SKIPPED)
+    plain = evaluate(Sections(), reports, resamples=20, confusion_probes=False)
+    assert "report_impression/all/confusion" not in plain

@@ -54,6 +54,9 @@ def eval_command(
     training_ct: Annotated[bool, typer.Option(
         help="Also score Dice per organ on the training split's CT volume(s) (medinterp-mini has no held-out CT; "
              "keys say 'training_ct')")] = True,
+    confusion_probes: Annotated[bool, typer.Option(
+        help="Also ask each radiograph the report sections it has no reference for, scored for task confusion "
+             "only (keys task/all/confusion)")] = True,
     radgraph_annotations: Annotated[Path | None, typer.Option(
         help="RadGraph annotations (JSON, RadGraph's layout) of the generated and reference reports "
              "(instead of --radgraph)",
@@ -100,7 +103,8 @@ def eval_command(
         results = evaluate(analyzer, records, limit=limit, batch_size=batch_size, resamples=resamples, seed=seed,
                            text_metrics=text_metrics, skipped=skipped, predictions=outputs,
                            baselines=constant_baselines(train_records) if baseline else None,
-                           majority=majority_answers(train_records) if baseline else None)
+                           majority=majority_answers(train_records) if baseline else None,
+                           confusion_probes=confusion_probes)
         if training_ct and train_records:
             results.update(training_volumes(analyzer, train_records, resamples=resamples, seed=seed))
     except ValueError as exc:  # e.g. a report the RadGraph annotation file does not cover

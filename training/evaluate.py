@@ -107,6 +107,8 @@ class _Case:
     record: Record
     outcome: Any = None
     confused: bool = False
+    #: False for a confusion probe: a task the record has no reference for, asked only for its answer's kind.
+    scored: bool = True
 
 
 #: Record kinds with a scoring rule here (comparisons have no training text in medinterp-mini yet).
@@ -121,6 +123,17 @@ def tasks_of(record: Record) -> list[Task]:
     if isinstance(record, ClassificationRecord) and record.modality not in CLASSIFICATION_TASK:
         return []
     return tasks_for(record) if isinstance(record, EVALUATED) else []
+
+
+def probe_tasks(record: Record) -> list[Task]:
+    """Tasks asked of a record only to measure task confusion (no reference to score the answer).
+
+    A radiograph with clinical notes has findings only; the impression and full report are still
+    requests the node sends for it, so their answers' kind is checked on the same images.
+    """
+    if isinstance(record, ReportRecord) and record.images:
+        return [t for t in REPORT_TASKS if t not in tasks_for(record)]
+    return []
 
 
 def _image_input(source: ImageSource | None, record: Record) -> ImageInput:
@@ -255,7 +268,8 @@ def _prediction(case: _Case) -> dict[str, Any]:
     entry = {"task": case.task.value, "source": case.record.source, "record_id": case.record.record_id,
              "output": case.outcome}
     if isinstance(case.record, ReportRecord):
-        entry["reference"] = _report_reference(case.record, case.task)
+        entry["reference"] = _report_reference(case.record, case.task) if case.scored else None
+        entry["confused"] = case.confused
     elif isinstance(case.record, ClassificationRecord):
         entry["reference"] = list(case.record.labels)
     elif isinstance(case.record, (VQARecord, RegionCaptionRecord)):
@@ -464,7 +478,8 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
              skipped: dict[str, str] | None = None,
              predictions: list[dict[str, Any]] | None = None,
              baselines: dict[Task, str] | None = None,
-             majority: dict[Task, dict[str, str]] | None = None) -> dict[str, dict]:
+             majority: dict[Task, dict[str, str]] | None = None,
+             confusion_probes: bool = True) -> dict[str, dict]:
     """Run ``analyzer`` on ``records`` and score the answers.
 
     Parameters
@@ -493,6 +508,9 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
     majority
         VQA and region captioning: the training split's most frequent answer per question kind
         (:func:`majority_answers`), scored as ``task/constant_baseline/accuracy``.
+    confusion_probes
+        Also ask each record the tasks it has no reference for (:func:`probe_tasks`: the impression
+        and full report of a radiograph with findings only) and report their task confusion alone.
 
     Returns
     -------
@@ -510,10 +528,11 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         tasks = tasks_of(record)
         if not tasks:
             ignored[type(record).__name__] += 1
-        for task in tasks:
+        probes = probe_tasks(record) if confusion_probes else []
+        for task in [*tasks, *probes]:
             if limit is None or per_task[task] < limit:
                 per_task[task] += 1
-                cases.append(_Case(task, record))
+                cases.append(_Case(task, record, scored=task not in probes))
     for kind, count in ignored.items():
         LOGGER.info("not evaluated: %d %s record(s) (no evaluation task for them yet)", count, kind)
     LOGGER.info("evaluating %d case(s): %s", len(cases), ", ".join(f"{t.value} {n}" for t, n in per_task.items()))
@@ -541,10 +560,13 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
     bootstrap = {"resamples": resamples, "seed": seed}
     results: dict[str, dict] = {}
     for task in Task:
-        task_cases = by_task.get(task)
-        if not task_cases:
+        asked = by_task.get(task)
+        if not asked:
             continue
-        if task.family is TaskFamily.SEGMENTATION:
+        task_cases = [c for c in asked if c.scored]
+        if not task_cases:  # confusion probes only: no reference to score their answers against
+            pass
+        elif task.family is TaskFamily.SEGMENTATION:
             results.update(_per_class(task, task_cases, "dice", bootstrap))
         elif task.family is TaskFamily.DETECTION:
             results.update(_per_class(task, task_cases, "iou", bootstrap))
@@ -554,7 +576,7 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
             results.update(_reports(task, task_cases, text_metrics, bootstrap, baselines.get(task)))
         elif task in ANSWER_TASKS:
             results.update(_answers(task, task_cases, bootstrap, (majority or {}).get(task)))
-        results[_key(task, "all", "confusion")] = metrics.bootstrap_mean([float(c.confused) for c in task_cases],
+        results[_key(task, "all", "confusion")] = metrics.bootstrap_mean([float(c.confused) for c in asked],
                                                                          **bootstrap)
     results[SKIPPED] = dict(skipped or {})
     return results
@@ -652,5 +674,5 @@ def render_markdown(results: dict[str, dict], title: str = "") -> str:
 
 
 __all__ = ["SKIPPED", "closed_options", "confused", "constant_baselines", "evaluate", "majority_answers",
-           "named_classes", "normal_answer", "question_kind", "read_records", "render_markdown", "requests_for",
-           "tasks_of", "training_volumes"]
+           "named_classes", "normal_answer", "probe_tasks", "question_kind", "read_records", "render_markdown",
+           "requests_for", "tasks_of", "training_volumes"]
