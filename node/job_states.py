@@ -2,12 +2,12 @@
 
 Every module that changes a job's (or a study's) state calls :func:`move_job` (:func:`move_study_state`),
 so the tables below are the whole truth about which moves are legal; a move they do not list raises
-:class:`IllegalTransition` and the transaction it runs in rolls back. A job's way::
+:class:`IllegalTransition` and the transaction it runs in rolls back.
 
-    RECEIVED -> QUEUED -> RUNNING -> EXPORTING -> DONE
-        \\          \\         \\-> QUEUED (transient failure: retried with backoff)
-         \\          \\         \\-> FAILED -> RECEIVED (`medversa retry`: queued again)
-          \\-> SUPERSEDED (a later version of the study's job; ask jobs are never superseded)
+A job's usual way is RECEIVED -> QUEUED -> RUNNING -> EXPORTING -> DONE. A transient failure
+sends a RUNNING job back to QUEUED (retried with backoff); any other failure, or the last attempt,
+ends it FAILED until ``medversa retry`` puts it back to RECEIVED; a newer version of the study's
+job supersedes one that has not started yet (SUPERSEDED, the only end).
 
 Ask jobs (node/ask.py: a reader's question or region) share the table: they are created RECEIVED
 (annotations) or QUEUED (``medversa ask`` runs its job at once) and never become SUPERSEDED.
