@@ -121,8 +121,13 @@ def _image_input(img: PreparedImage) -> ImageInput:
     return ImageInput(img.pixels, source_id=img.ref.sop_instance_uid)
 
 
+#: The model's modality for each kind of 2D image it reads (a reader's question or region goes to one of these).
+MODALITY_2D: dict[SeriesKind, Modality] = {SeriesKind.CHEST_RADIOGRAPH: Modality.CXR,
+                                           SeriesKind.DERMOSCOPY: Modality.DERM}
+
+
 def _modality_2d(img: PreparedImage) -> Modality:
-    return Modality.CXR if img.kind is SeriesKind.CHEST_RADIOGRAPH else Modality.DERM
+    return MODALITY_2D[img.kind]
 
 
 def plan(inputs: StudyInputs, options: StudyOptions,
