@@ -738,6 +738,8 @@ def test_demo_report_takes_a_run_or_its_checkpoint_and_lists_every_row(tmp_path:
     assert headline.startswith("macro accuracy 0.500 [0.250, 0.750]; accuracy 0.500")
     assert "constant baseline accuracy" in headline and "task confusion" in headline
     assert "answer yes" not in headline  # per-class rows are in the table, not the headline
+    probed = report._headline({"report_full/all/confusion": value}, "report_full")
+    assert probed.startswith("task confusion 0.500") and "no reference text" in probed
     rows = "\n".join(report.readme_table(scores))
     for row in ("| vqa | answer yes | accuracy | 0.500 [0.250, 0.750] | 4 |",
                 "| skin lesion classification | benign keratosis | F1 |",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from medversa.inference.analyzer import Analyzer
+from medversa.inference import Analyzer
 from medversa.training.config import TrainConfig
 from medversa.training.datasets.medinterp_mini import read_all
 from medversa.training.evaluate import (
@@ -97,7 +97,7 @@ def parent_organ_steps(cfg: TrainConfig) -> int:
 
 def specialist_scores(cfg: TrainConfig, data: Path, out: Path, organ_steps: int) -> dict:
     """Train the specialist for ``organ_steps`` steps and score it on the holdout (reused when done)."""
-    from medversa.inference.presets import create_config
+    from medversa.inference import create_config
 
     path = out / "specialist-scores.json"
     if path.is_file():
@@ -155,6 +155,8 @@ def _headline(scores: dict, task: str) -> str:
                      + METRIC_NAMES.get(metric, metric))
             where = " (training CT)" if "training_ct" in name else ""
             parts.append(f"{label}{where} {_fmt(value)}")
+    if len(parts) == 1 and (task, "all", "confusion") in keys:
+        parts[0] += " (asked of holdout radiographs without this section: no reference text to score)"
     return "; ".join(parts) or "not scored on the holdout (no holdout records of this kind)"
 
 
@@ -223,7 +225,7 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
     """MODEL_CARD.md: what the model is, every task with its data and holdout score, what was not trained."""
     scores = json.loads((report / "holdout-scores.json").read_text())
     declared = set(meta.get("declared_tasks", []))
-    from medversa.inference.tasks import Task
+    from medversa.inference import Task
 
     chain = [json.loads((f / "checkpoint" / "medversa-checkpoint.json").read_text())["training"]
              for f in runs_of(run)]
