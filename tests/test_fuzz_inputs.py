@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 # Imported here so that the first example does not pay for importing the model code.
-from medversa.dicom_mapping.plan import plan  # noqa: F401
+from medversa.node.pipeline import analyze_study  # noqa: F401 - torch and the Analyzer (plan needs neither)
 
 from .bad_inputs import clear_errors, mutated_inputs, run_input_path, time_limit
 from .reliability import record_case
