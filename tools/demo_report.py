@@ -20,7 +20,11 @@ confusion) unless --no-readme. VQA and region captioning are scored like the oth
 each question's most frequent training answer as their constant baseline. --no-specialist uses
 OUT_DIR's specialist-scores.json only when its budget matches (no comparison otherwise); --limit N
 scores the first N holdout records per task (a code check: implies --no-readme). Only the
-holdout split is scored, and nothing here feeds back into training.
+holdout split is scored, and nothing here feeds back into training. Run it from the repository
+root: recipes name their init_checkpoint relative to it.
+
+Example (the continued run): MEDVERSA_THREADS=2 python tools/demo_report.py runs/demo-tune/checkpoint
+../shared/data/medinterp-mini /tmp/demo-tune-report --no-readme
 """
 
 from __future__ import annotations
