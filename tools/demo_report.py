@@ -279,7 +279,8 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
 def resolve_run(path: Path) -> tuple[Path, Path]:
     """``(run folder, checkpoint folder)`` of a run folder or of a checkpoint folder inside one."""
     path = Path(path)
-    if (path / "medversa-checkpoint.json").is_file():
+    inside_run = (path.parent / "train-config.yaml").is_file() and not (path / "train-config.yaml").is_file()
+    if (path / "medversa-checkpoint.json").is_file() or inside_run:
         run, checkpoint = path.parent, path
     else:
         run, checkpoint = path, path / "checkpoint"
