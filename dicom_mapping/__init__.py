@@ -35,25 +35,28 @@ if TYPE_CHECKING:
     from .answer_sr import RegionAnswer, build_answer_sr, read_answers
     from .identity import AlgorithmInfo, derive_uid
     from .plan import StudyOptions, with_image_tag
-    from .study_objects import WrittenObject, build_study_objects
+    from .study_objects import ObjectKind, WrittenObject, answer_uids, build_answer_object, build_study_objects
 
 #: Names whose modules need highdicom, and the module that defines each (imported on first access).
 _LAZY: dict[str, str] = {
     "RegionAnswer": "answer_sr", "build_answer_sr": "answer_sr", "read_answers": "answer_sr",
     "AlgorithmInfo": "identity", "derive_uid": "identity",
     "StudyOptions": "plan", "with_image_tag": "plan",
-    "WrittenObject": "study_objects", "build_study_objects": "study_objects",
+    "ObjectKind": "study_objects", "WrittenObject": "study_objects", "build_study_objects": "study_objects",
+    "answer_uids": "study_objects", "build_answer_object": "study_objects",
 }
 
 __all__ = [
     # a study's way: prepare -> plan -> (the model) -> build
     "StudyInputs", "SeriesKind", "prepare_study", "classify", "check_pixel_data", "PixelDataError", "truncation",
-    "StudyOptions", "TaskResult", "AlgorithmInfo", "derive_uid", "WrittenObject", "build_study_objects",
+    "StudyOptions", "TaskResult", "AlgorithmInfo", "derive_uid", "ObjectKind", "WrittenObject",
+    "build_study_objects",
     # the routing table
     "DEFAULT_RULE_NAMES", "DEFAULT_TASKS", "INTERACTIVE_TASKS", "MODALITIES", "fits", "kinds_for",
     # reader annotations and the answers to them
     "ANNOTATION_CLASSES", "ImageReference", "Region", "bounding_box", "in_pixels", "own_result_reason",
-    "read_annotation", "RegionAnswer", "build_answer_sr", "read_answers", "with_image_tag",
+    "read_annotation", "with_image_tag", "RegionAnswer", "answer_uids", "build_answer_object", "build_answer_sr",
+    "read_answers",
     # header readers (``header.text(ds, "PatientID")``, ...): every attribute read the same way
     "header",
 ]

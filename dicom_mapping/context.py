@@ -22,8 +22,9 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 
-from medversa.inference.context import ClinicalContext
 from pydicom.dataset import Dataset
+
+from medversa.inference import ClinicalContext
 
 from . import header as h
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from skimage import measure
 
-from medversa.inference.schema import Answer
+from medversa.inference import Answer
 
 if TYPE_CHECKING:
     from PIL import Image

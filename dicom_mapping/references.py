@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
-from medversa.inference.context import ClinicalContext
+
+from medversa.inference import ClinicalContext
 
 
 class SeriesKind(str, Enum):

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medversa.inference.schema import Answer
-from medversa.inference.tasks import Task
+from medversa.inference import Answer, Task
 
 from .references import ImageRef, VolumeRef
 

@@ -8,7 +8,7 @@ that does not fit an image's kind.
 
 from __future__ import annotations
 
-from medversa.inference.tasks import Task
+from medversa.inference import Task
 
 from .references import SeriesKind
 

@@ -22,7 +22,7 @@ from .context import ClinicalContext, ContextFields, render_context
 from .declaration import Declaration, context_fields_from
 from .presets import create_config
 from .schema import MAX_DETECTION_TARGETS, Answer, Box, ImageInput, Mask2D, Mask3D, TaskRequest
-from .tasks import TEMPLATES, Modality, Task, comparison_target, fill_template, format_region, join_targets
+from .tasks import TEMPLATES, Modality, Task, TaskFamily, comparison_target, fill_template, format_region, join_targets
 from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 from .vocabulary import (
     ABDOMINAL_ORGANS,
@@ -64,7 +64,7 @@ __all__ = [
     "Analyzer", "BUNDLED_CHECKPOINT", "ChooserFactory", "load_analyzer", "model_identity", "scripted_chooser",
     # what crosses the boundary
     "Answer", "Box", "ImageInput", "MAX_DETECTION_TARGETS", "Mask2D", "Mask3D", "TaskRequest",
-    "Modality", "Task",
+    "Modality", "Task", "TaskFamily",
     "ClinicalContext", "ContextFields", "Declaration", "context_fields_from", "render_context",
     # the one vocabulary of class phrases
     "ABDOMINAL_ORGANS", "CHEST_ANATOMIES", "CHEST_ORGANS", "CHEST_PATHOLOGIES", "DEFAULT_TARGETS",

@@ -33,7 +33,7 @@ def need(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_analyzer():
-    from medversa.inference.analyzer import Analyzer
+    from medversa.inference import Analyzer
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     return Analyzer.from_preset("tiny", device="cpu", seed=0, max_new_tokens=24)

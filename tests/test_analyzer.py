@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+
+from medversa.inference import ImageInput, Modality, Task, TaskRequest
 from medversa.inference.generation import ForcedTokens
-from medversa.inference.schema import ImageInput, TaskRequest
-from medversa.inference.tasks import Modality, Task
 
 
 def _run(analyzer, request, *answers):
@@ -31,7 +31,7 @@ def test_report_generation_returns_the_text_before_the_end_symbol(tiny_analyzer,
 
 
 def test_report_prompt_wraps_context_as_published(tiny_analyzer, cxr):
-    from medversa.inference.prompting import build_prompt_ids
+    from medversa.inference import build_prompt_ids
 
     prompt = build_prompt_ids(tiny_analyzer.tokenizer, 1, "Q?", "Age: 70.", True)
     text = tiny_analyzer.tokenizer.decode(prompt.ids)

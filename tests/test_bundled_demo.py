@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medversa.inference import BUNDLED_CHECKPOINT, load_analyzer, model_identity
+from medversa.inference import BUNDLED_CHECKPOINT, ImageInput, TaskRequest, load_analyzer, model_identity
 from medversa.inference.checkpoint import read_meta
-from medversa.inference.schema import ImageInput, TaskRequest
 from medversa.training.config import TrainConfig, recipe_path
 from medversa.training.metrics import dice
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from medversa.inference import load_analyzer
-from medversa.inference.schema import ImageInput, TaskRequest
+from medversa.inference import ImageInput, TaskRequest, load_analyzer
 from medversa.training.metrics import dice
 
 from .conftest import SHARED, need

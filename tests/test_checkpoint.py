@@ -3,19 +3,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from medversa.inference.analyzer import Analyzer
-from medversa.inference.checkpoint import (
-    META_FILE,
-    WEIGHTS_FILE,
+from safetensors.torch import load_file, save_file
+
+from medversa.inference import (
+    Analyzer,
+    ImageInput,
+    Modality,
+    Task,
+    TaskRequest,
     build_model,
     load_checkpoint,
-    read_meta,
     save_checkpoint,
 )
+from medversa.inference.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
 from medversa.inference.generation import ForcedTokens
-from medversa.inference.schema import ImageInput, TaskRequest
-from medversa.inference.tasks import Modality, Task
-from safetensors.torch import load_file, save_file
 
 from .conftest import TINY_OFFICIAL, need
 
@@ -89,8 +90,9 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
 def test_official_weights_load_onto_a_meta_built_model():
     """The published loader works without first initialising random weights (assign=True)."""
     from accelerate import init_empty_weights
+
+    from medversa.inference import MedVersaModel
     from medversa.inference.equivalence import config_from_fixture, load_fixture_model
-    from medversa.inference.model import MedVersaModel
     from medversa.inference.official import load_official_state_dict
 
     folder = need(TINY_OFFICIAL)

@@ -3,9 +3,9 @@ import time
 
 import pytest
 import torch
-from medversa.inference.config import MedVersaConfig
-from medversa.inference.model import MedVersaModel
-from medversa.inference.presets import create_config, list_presets
+
+from medversa.inference import MedVersaConfig, MedVersaModel, create_config
+from medversa.inference.presets import list_presets
 
 
 def test_presets_are_registered():

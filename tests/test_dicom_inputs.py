@@ -7,16 +7,13 @@ import logging
 import numpy as np
 import pydicom
 import pytest
-from medversa.dicom_mapping.inputs import (
-    longitudinal_images,
-    order_chest_views,
-    pixel_spacing,
-    prepare_study,
-)
-from medversa.dicom_mapping.references import SeriesKind, StudyInputs, View
-from medversa.dicom_mapping.series import chest_view, classify
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+
+from medversa.dicom_mapping import SeriesKind, StudyInputs, classify, prepare_study
+from medversa.dicom_mapping.inputs import longitudinal_images, order_chest_views, pixel_spacing
+from medversa.dicom_mapping.references import View
+from medversa.dicom_mapping.series import chest_view
 
 from . import dicom_factory as fac
 from .conftest import SHARED, need

@@ -6,17 +6,15 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from medversa.dicom_mapping.identity import AlgorithmInfo
-from medversa.dicom_mapping.inputs import prepare_study
+from PIL import Image
+
+from medversa.dicom_mapping import AlgorithmInfo, TaskResult, prepare_study
 from medversa.dicom_mapping.ko import build_key_objects
 from medversa.dicom_mapping.pr import build_presentation_state
-from medversa.dicom_mapping.results import TaskResult
 from medversa.dicom_mapping.sc import build_secondary_capture
 from medversa.dicom_mapping.seg import build_segmentation
 from medversa.dicom_mapping.sr import SegReference, build_sr
-from medversa.inference.schema import Answer, Box, Mask2D
-from medversa.inference.tasks import Task
-from PIL import Image
+from medversa.inference import Answer, Box, Mask2D, Task
 
 from . import dicom_factory as f
 from .dicom_tools import assert_valid, need_tool

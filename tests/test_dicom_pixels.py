@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from medversa.dicom_mapping import pixels as pixels_mod
-from medversa.dicom_mapping.pixels import PixelDataError, display_frames, hounsfield
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -14,6 +12,10 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+
+from medversa.dicom_mapping import PixelDataError
+from medversa.dicom_mapping import pixels as pixels_mod
+from medversa.dicom_mapping.pixels import display_frames, hounsfield
 
 from . import dicom_factory as fac
 from .conftest import SHARED, need

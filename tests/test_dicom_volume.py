@@ -7,9 +7,10 @@ import random
 import numpy as np
 import pydicom
 import pytest
-from medversa.dicom_mapping.references import SeriesKind
-from medversa.dicom_mapping.volume import VolumeError, build_volume
 from pydicom.uid import generate_uid
+
+from medversa.dicom_mapping import SeriesKind
+from medversa.dicom_mapping.volume import VolumeError, build_volume
 
 from . import dicom_factory as fac
 from .conftest import SHARED, need

@@ -2,11 +2,17 @@
 
 import numpy as np
 import torch
+
+from medversa.inference import (
+    ImageInput,
+    Modality,
+    Task,
+    TaskRequest,
+    build_prompt_ids,
+    embed_with_images,
+    preprocess_image,
+)
 from medversa.inference.generation import ForcedTokens, generate, greedy
-from medversa.inference.processing import preprocess_image
-from medversa.inference.prompting import build_prompt_ids, embed_with_images
-from medversa.inference.schema import ImageInput, TaskRequest
-from medversa.inference.tasks import Modality, Task
 
 
 def _prompt_embeds(analyzer, pixels, question, task=Task.VQA):

@@ -10,24 +10,27 @@ import numpy as np
 import pydicom
 import pytest
 import yaml
-from medversa.dicom_mapping.annotations import (
+from sqlalchemy import select
+
+from medversa.dicom_mapping import (
+    AlgorithmInfo,
     Region,
+    RegionAnswer,
     bounding_box,
+    build_answer_sr,
     in_pixels,
-    is_question,
     own_result_reason,
     read_annotation,
+    read_answers,
 )
-from medversa.dicom_mapping.answer_sr import RegionAnswer, build_answer_sr, read_answers
-from medversa.dicom_mapping.identity import AlgorithmInfo
+from medversa.dicom_mapping.annotations import is_question
+from medversa.inference import Task
 from medversa.node.ask import ask_key, queue_annotations
 from medversa.node.config import load_settings
 from medversa.node.context import NodeContext
 from medversa.node.jobs import create_job_version, run_job
 from medversa.node.scp import record_instance
-from medversa.inference.tasks import Task
 from medversa.node.store import Instance, Job, JobState, Study, StudyState
-from sqlalchemy import select
 
 from . import dicom_factory as f
 from .ask_fixtures import arrow_group, gsps_with_text, ohif_measurement_report, rectangle_group
@@ -121,7 +124,7 @@ def test_the_nodes_own_results_are_told_apart(image):
 
 
 def _region(kind: str, points: list) -> Region:
-    from medversa.dicom_mapping.annotations import ImageReference
+    from medversa.dicom_mapping import ImageReference
 
     return Region(kind, np.asarray(points, dtype=float), ImageReference("1.2", "1.2.3"), origin="test")
 
@@ -254,7 +257,7 @@ def test_the_bundled_model_answers_in_the_form_of_each_task(tmp_path):
     """A region gets a caption and a question an answer: plain text, no task tokens, not the prompt echoed.
     Only where the bundled checkpoint declares both tasks (an undeclared task is never run: the answer SR
     says so at the region, see test_the_answer_sr_is_valid_and_holds_question_answer_and_reference)."""
-    from medversa.inference.bundled import BUNDLED_CHECKPOINT
+    from medversa.inference import BUNDLED_CHECKPOINT
 
     if not (BUNDLED_CHECKPOINT / "medversa-checkpoint.json").is_file():
         pytest.skip("no bundled model in this checkout")

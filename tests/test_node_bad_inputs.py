@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from medversa.dicom_mapping.header import truncation
-from medversa.node.store import JobState, Store, Study, StudyState
-from medversa.benchmarks.peers import free_port, wait_port
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import free_port, wait_port
+from medversa.dicom_mapping import truncation
+from medversa.node.store import JobState, Store, Study, StudyState
 
 from . import dicom_factory as f
 from .bad_inputs import CASE_NAMES, BadInput, build_corpus, send_raw, study_uid_of

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 import torch
-from medversa.inference.model import MedVersaModel
+
+from medversa.inference import MedVersaModel, create_config
 from medversa.inference.official import (
     OfficialCheckpointError,
     check_mapping,
@@ -11,7 +12,6 @@ from medversa.inference.official import (
     map_official_key,
     read_key_list,
 )
-from medversa.inference.presets import create_config
 
 from .conftest import OFFICIAL_TSV, need
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from medversa.inference.context import render_context
-from medversa.inference.tasks import Modality
+
+from medversa.inference import Modality, render_context
 from medversa.training.datasets.abdomenct1k import read_abdomenct1k
 from medversa.training.datasets.common import hashed_split
 from medversa.training.datasets.ham10000 import read_ham10000

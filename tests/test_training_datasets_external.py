@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from medversa.inference.context import ClinicalContext, render_context
-from medversa.inference.tasks import Modality
+
+from medversa.inference import ClinicalContext, Modality, render_context
 from medversa.training.datasets.chexpert import CANDIDATES, read_chexpert_test
 from medversa.training.datasets.iu_xray import read_iu_xray
 from medversa.training.datasets.nih_chestxray import read_nih_boxes

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medversa.inference.context import render_context
-from medversa.inference.tasks import Modality
+
+from medversa.inference import Modality, render_context
 from medversa.training.datasets.chest_imagenome import read_chest_imagenome
 from medversa.training.datasets.chexmask import read_chexmask
 from medversa.training.datasets.medical_diff_vqa import read_medical_diff_vqa

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from medversa.inference.declaration import Declaration
-from medversa.inference.tasks import Modality
 from safetensors.torch import load_file
+
+from medversa.inference import Declaration, Modality
 
 from .training_fixtures import write_medinterp_mini
 

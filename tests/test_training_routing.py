@@ -13,9 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from medversa.inference.checkpoint import build_model
-from medversa.inference.schema import Answer, Box, Mask2D
-from medversa.inference.tasks import Modality, Task
+
+from medversa.inference import Answer, Box, Mask2D, Modality, Task, build_model
 from medversa.training.batching import collate
 from medversa.training.config import StageConfig, TrainConfig
 from medversa.training.evaluate import confused, constant_baselines

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from medversa.inference.checkpoint import build_model
+
+from medversa.inference import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, TEMPLATES, Modality, Task, TaskFamily, build_model
 from medversa.inference.labels import label_tokens
-from medversa.inference.tasks import TEMPLATES, Modality, Task, TaskFamily
-from medversa.inference.tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN
 from medversa.training.batching import IGNORE, collate
 from medversa.training.config import OptimizerConfig, TrainConfig, recipe_path
 from medversa.training.datasets.medinterp_mini import read_all

@@ -29,9 +29,15 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from medversa.dicom_mapping.annotations import in_pixels, read_annotation
-from medversa.dicom_mapping.answer_sr import RegionAnswer, build_answer_sr, read_answers
-from medversa.dicom_mapping.identity import AlgorithmInfo, derive_uid
+from medversa.dicom_mapping import (
+    AlgorithmInfo,
+    RegionAnswer,
+    build_answer_sr,
+    derive_uid,
+    in_pixels,
+    read_annotation,
+    read_answers,
+)
 from medversa.node.ask import ask_key
 
 from . import dicom_factory as f

@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from medversa.inference.config import MedVersaConfig
-from medversa.inference.processing import (
+
+from medversa.inference import (
+    MedVersaConfig,
+    MedVersaTokenizer,
+    Modality,
+    Task,
+    build_prompt_ids,
     preprocess_image,
     preprocess_volume,
     resize_nearest,
 )
-from medversa.inference.prompting import build_prompt_ids
-from medversa.inference.tasks import Modality, Task
-from medversa.inference.tokenizer import MedVersaTokenizer
 
 from .samples import Sample
 

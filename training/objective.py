@@ -13,9 +13,9 @@ import zlib
 
 import torch
 import torch.nn.functional as F
-from medversa.inference.model import MedVersaModel
-from medversa.inference.prompting import embed_with_images
 from torch import nn
+
+from medversa.inference import MedVersaModel, embed_with_images
 
 from .batching import Batch
 from .losses import MaskLoss, box_loss, language_loss

@@ -17,18 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from medversa.inference.context import ContextFields, render_context
-from medversa.inference.schema import MAX_DETECTION_TARGETS
-from medversa.inference.tasks import (
+
+from medversa.inference import (
+    DET_TOKEN,
+    MAX_DETECTION_TARGETS,
+    NA_TOKEN,
+    SEG2D_TOKEN,
+    SEG3D_TOKEN,
     TEMPLATES,
+    ContextFields,
     Modality,
     Task,
     comparison_target,
     fill_template,
     format_region,
     join_targets,
+    render_context,
 )
-from medversa.inference.tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 
 from .augment import flip_volume, hflip, random_resized_crop, swap_sides
 from .records import (

@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 import torch
-from medversa.inference.config import MedVersaConfig
-from medversa.inference.processing import postprocess_mask_2d, preprocess_image
-from medversa.inference.unet2d import ResNetUNet2d
+
+from medversa.inference import MedVersaConfig, ResNetUNet2d, postprocess_mask_2d, preprocess_image
 
 from . import metrics
 from .augment import hflip

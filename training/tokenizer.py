@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from medversa.inference.tasks import TEMPLATES
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -25,6 +24,8 @@ from tokenizers import (
     trainers,
 )
 from transformers import PreTrainedTokenizerFast
+
+from medversa.inference import TEMPLATES
 
 BASE_VOCAB_SIZE = 4096
 SPECIALS = ["<unk>", "<s>", "</s>"]

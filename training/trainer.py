@@ -23,11 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from medversa.inference.context import ContextFields
-from medversa.inference.declaration import Declaration, context_fields_from
-from medversa.inference.checkpoint import build_model, load_checkpoint, save_checkpoint
-from medversa.inference.model import MedVersaModel
-from medversa.inference.tasks import Task
+
+from medversa.inference import (
+    ContextFields,
+    Declaration,
+    MedVersaModel,
+    Task,
+    build_model,
+    context_fields_from,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 from . import distributed
 from .batching import collate

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import LabelVolumeMask, RecordError, SegmentationRecord, VolumeFile
 from ..vocabulary import ABDOMEN_ORGANS

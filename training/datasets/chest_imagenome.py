@@ -32,7 +32,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import (
     ClassificationRecord,

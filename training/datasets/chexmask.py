@@ -27,7 +27,7 @@ import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import (
     CsvRleMask,

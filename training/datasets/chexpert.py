@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import ClassificationRecord, ImageFile, RecordError
 from ..vocabulary import CHEST_PATHOLOGIES, CHEXPERT_OBSERVATIONS

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medversa.inference.context import ClinicalContext
-from medversa.inference.tasks import Modality
+from medversa.inference import ClinicalContext, Modality
 
 from ..records import (
     ClassificationRecord,

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import ImageFile, Record, RecordError, ReportRecord, TextRecord
 from .common import check_split, clean, find_file, read_table

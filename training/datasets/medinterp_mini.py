@@ -20,23 +20,22 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from medversa.inference.context import ClinicalContext
-from medversa.inference.tasks import Modality
+from medversa.inference import ClinicalContext, Modality
 
 from ..records import (
     ClassificationRecord,
     DetectionRecord,
-    RegionCaptionRecord,
-    VQARecord,
     ImageFile,
     LabelVolumeMask,
     MaskFile,
     Record,
     RecordError,
+    RegionCaptionRecord,
     ReportRecord,
     SegmentationRecord,
     TextRecord,
     VolumeFile,
+    VQARecord,
 )
 
 SOURCE = "medinterp-mini"

@@ -21,8 +21,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from medversa.inference.context import ClinicalContext
-from medversa.inference.tasks import Modality
+from medversa.inference import ClinicalContext, Modality
 
 from ..records import ImageFile, RecordError, ReportRecord
 from . import mimic_jpg

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import (
     DetectionRecord,

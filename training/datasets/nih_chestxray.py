@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from medversa.inference.tasks import Modality
+from medversa.inference import Modality
 
 from ..records import DetectionRecord, ImageFile, PixelBox, RecordError
 from ..vocabulary import NIH_FINDINGS, NIH_PAPER_FINDINGS
