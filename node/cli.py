@@ -40,7 +40,7 @@ def infer(
     Inputs that cannot be used are skipped with a one-line note each; the exit status is 1 when
     no result object was written at all.
     """
-    from medversa.inference.bundled import load_default_analyzer
+    from medversa.inference import load_analyzer
 
     from .infer import algorithm_for, run_infer
     from medversa.dicom_mapping.plan import StudyOptions
@@ -49,7 +49,7 @@ def infer(
         tasks = tuple(Task(t) for t in task) if task else None
     except ValueError:
         raise typer.BadParameter(f"unknown task in {task}; known: {[t.value for t in Task]}") from None
-    analyzer = load_default_analyzer(checkpoint, preset, device)
+    analyzer = load_analyzer(checkpoint, preset=preset, device=device)
     options = StudyOptions(
         algorithm=algorithm_for(analyzer, org_root), tasks=tasks, ask=ask, region=_region(region),
         clinical_context=context, presentation_states=not no_overlays, burned_in=not no_burned_in,

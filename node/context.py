@@ -33,11 +33,11 @@ class NodeContext:
     @cached_property
     def analyzer(self):
         """The model, loaded once per process (a worker keeps it for every job)."""
-        from medversa.inference.bundled import load_default_analyzer
+        from medversa.inference import load_analyzer
 
         with self._model_lock:
             m = self.settings.model
-            analyzer = load_default_analyzer(m.checkpoint, m.preset, m.device)
+            analyzer = load_analyzer(m.checkpoint, preset=m.preset, device=m.device)
             LOGGER.info("model loaded: %s (%s)", analyzer.model.config.name, model_identity(analyzer))
             return analyzer
 
