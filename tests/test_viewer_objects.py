@@ -14,6 +14,8 @@ import subprocess
 import highdicom as hd
 import pytest
 
+from medversa.dicom_mapping.study_objects import ObjectKind
+
 from . import viewer_study
 from .conftest import SHARED
 from .dicom_tools import dciodvfy_errors, need_tool, pixelmed_sr_report
@@ -62,7 +64,7 @@ def test_every_object_is_valid_for_dciodvfy(studies, tmp_path):
 def test_every_sr_has_no_pixelmed_error_and_only_explained_warnings(studies, tmp_path):
     checked = set()
     for study in studies:
-        for i, ds in enumerate(study.of_kind("SR") + study.of_kind("SR-TEXT")):
+        for i, ds in enumerate(study.of_kind(ObjectKind.SR) + study.of_kind(ObjectKind.SR_TEXT)):
             path = tmp_path / f"{study.name}_sr{i}.dcm"
             ds.save_as(path, enforce_file_format=True)
             errors, warnings = pixelmed_sr_report(path)
@@ -83,7 +85,7 @@ def test_every_sr_variant_has_no_pixelmed_or_dciodvfy_error(tiny_analyzer, tmp_p
     need_tool("dciodvfy")
     variants = viewer_study.sr_variant_studies(tiny_analyzer)
     for study in variants:
-        srs = study.of_kind("SR") + study.of_kind("SR-TEXT")
+        srs = study.of_kind(ObjectKind.SR) + study.of_kind(ObjectKind.SR_TEXT)
         assert len(srs) == 2, (study.name, [k for k, _ in study.results])
         for i, ds in enumerate(srs):
             path = tmp_path / f"{study.name}_sr{i}.dcm"
@@ -93,7 +95,7 @@ def test_every_sr_variant_has_no_pixelmed_or_dciodvfy_error(tiny_analyzer, tmp_p
             assert not errors, (study.name, errors)
             assert not [w for w in warnings if not EXPLAINED_WARNINGS.search(w)], (study.name, warnings)
     # The answers-only SR has an empty Imaging Measurements container (no group without coordinates).
-    asked = next(s for s in variants if s.name == "asked").of_kind("SR")[0]
+    asked = next(s for s in variants if s.name == "asked").of_kind(ObjectKind.SR)[0]
     measurements = next(i for i in asked.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
     assert "ContentSequence" not in measurements
 
@@ -103,20 +105,21 @@ def test_sr_and_seg_read_back_with_highdicom(studies, tmp_path):
         for i, (kind, ds) in enumerate(study.results):
             path = tmp_path / f"{study.name}_{i}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            if kind == "SEG":
+            if kind is ObjectKind.SEG:
                 seg = hd.seg.segread(path)
                 assert seg.number_of_segments >= 1
                 for item in ds.get("SharedFunctionalGroupsSequence", []):  # never a zero spacing
                     for measures in item.get("PixelMeasuresSequence", []):
                         assert min(float(v) for v in measures.PixelSpacing) > 0
-            elif kind in ("SR", "SR-TEXT"):
+            elif kind in (ObjectKind.SR, ObjectKind.SR_TEXT):
                 sr = hd.sr.srread(path)
                 assert sr.VerificationFlag == "UNVERIFIED"
                 if _kind(ds) == "SR TID 1500":
                     groups = sr.content.get_planar_roi_measurement_groups()
                     # Every planar group a viewer draws has coordinates (an outline or a box).
                     assert any(g.reference_type.value == "111030" for g in groups)
-    for kind in sorted({_kind(ds) for s in studies for k, ds in s.results if k in ("SR", "SR-TEXT", "SEG")}):
+    read_back = (ObjectKind.SR, ObjectKind.SR_TEXT, ObjectKind.SEG)
+    for kind in sorted({_kind(ds) for s in studies for k, ds in s.results if k in read_back}):
         record(kind, "highdicom read-back", "pass", "reads back (segread / srread)")
 
 
@@ -125,7 +128,7 @@ def test_presentation_states_render_with_dcmp2pgm(studies, tmp_path):
     rendered = 0
     for study in studies:
         sources = {str(ds.SOPInstanceUID): ds for ds in study.sources}
-        for i, pr in enumerate(study.of_kind("PR")):
+        for i, pr in enumerate(study.of_kind(ObjectKind.PR)):
             ref = pr.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
             image, state, out = tmp_path / f"img{i}.dcm", tmp_path / f"pr{i}.dcm", tmp_path / f"out{i}.pgm"
             source = sources[ref]
@@ -157,7 +160,7 @@ def test_a_zero_pixel_spacing_is_never_copied(tiny_analyzer):
     for kind, ds in study.results:
         for keyword, values in _spacings(ds):
             assert min(values) > 0, (kind, keyword, values)
-    sr = study.of_kind("SR")[0]
+    sr = study.of_kind(ObjectKind.SR)[0]
     units = [e.value[0].CodeValue for e in sr.iterall() if e.keyword == "MeasurementUnitsCodeSequence"]
     assert "mm2" not in units  # no area without a spacing
     assert any(e.keyword == "GraphicData" for e in sr.iterall())  # the outlines and boxes are still there

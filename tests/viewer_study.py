@@ -21,6 +21,7 @@ from pydicom import Dataset
 from medversa.dicom_mapping.plan import StudyOptions
 from medversa.dicom_mapping.references import SeriesKind
 from medversa.dicom_mapping.routing_table import DEFAULT_TASKS
+from medversa.dicom_mapping.study_objects import ObjectKind
 from medversa.inference.scripted import scripted_chooser
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for
@@ -50,13 +51,13 @@ class ProcessedStudy:
 
     name: str
     sources: list[Dataset]
-    results: list[tuple[str, Dataset]]
+    results: list[tuple[ObjectKind, Dataset]]
 
     @property
     def study_uid(self) -> str:
         return str(self.sources[0].StudyInstanceUID)
 
-    def of_kind(self, kind: str) -> list[Dataset]:
+    def of_kind(self, kind: ObjectKind) -> list[Dataset]:
         return [ds for k, ds in self.results if k == kind]
 
     def write(self, folder: Path, *, with_results: bool = True) -> list[Path]:
