@@ -1,7 +1,7 @@
 """DICOM in -> model inputs, model outputs -> SR / SEG / presentation states, and what the node uses of it.
 
 The node reads received instances with :func:`prepare_study`, plans the model's requests
-(``plan``) and turns the answers into the study's result objects with
+(:func:`plan_study`) and turns the answers into the study's result objects with
 :func:`build_study_objects`; the interactive path reads annotations and writes answer SRs.
 
 Reading (pydicom only) imports at once; the result builders, which need highdicom (and, through
@@ -34,14 +34,14 @@ from .series import classify
 if TYPE_CHECKING:
     from .answer_sr import RegionAnswer, build_answer_sr, read_answers
     from .identity import AlgorithmInfo, derive_uid
-    from .plan import StudyOptions, with_image_tag
+    from .plan import PlannedRequest, StudyOptions, plan_study, with_image_tag
     from .study_objects import ObjectKind, WrittenObject, answer_uids, build_answer_object, build_study_objects
 
 #: Names whose modules need highdicom, and the module that defines each (imported on first access).
 _LAZY: dict[str, str] = {
     "RegionAnswer": "answer_sr", "build_answer_sr": "answer_sr", "read_answers": "answer_sr",
     "AlgorithmInfo": "identity", "derive_uid": "identity",
-    "StudyOptions": "plan", "with_image_tag": "plan",
+    "StudyOptions": "plan", "PlannedRequest": "plan", "plan_study": "plan", "with_image_tag": "plan",
     "ObjectKind": "study_objects", "WrittenObject": "study_objects", "build_study_objects": "study_objects",
     "answer_uids": "study_objects", "build_answer_object": "study_objects",
 }
@@ -49,8 +49,8 @@ _LAZY: dict[str, str] = {
 __all__ = [
     # a study's way: prepare -> plan -> (the model) -> build
     "StudyInputs", "SeriesKind", "prepare_study", "classify", "check_pixel_data", "PixelDataError", "truncation",
-    "StudyOptions", "TaskResult", "AlgorithmInfo", "derive_uid", "ObjectKind", "WrittenObject",
-    "build_study_objects",
+    "StudyOptions", "plan_study", "PlannedRequest", "TaskResult", "AlgorithmInfo", "derive_uid", "ObjectKind",
+    "WrittenObject", "build_study_objects",
     # the routing table
     "DEFAULT_RULE_NAMES", "DEFAULT_TASKS", "INTERACTIVE_TASKS", "MODALITIES", "fits", "kinds_for",
     # reader annotations and the answers to them

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from medversa.inference.context import ContextFields, render_context
-from medversa.inference.schema import Answer, ImageInput, TaskRequest
-from medversa.inference.tasks import Modality, Task
+from medversa.inference import Answer, ContextFields, ImageInput, Modality, Task, TaskRequest, render_context
 
 from .identity import AlgorithmInfo
 from .inputs import longitudinal_images, order_chest_views
@@ -130,8 +128,8 @@ def _modality_2d(img: PreparedImage) -> Modality:
     return MODALITY_2D[img.kind]
 
 
-def plan(inputs: StudyInputs, options: StudyOptions,
-         prior: StudyInputs | None = None) -> tuple[list[PlannedRequest], list[str]]:
+def plan_study(inputs: StudyInputs, options: StudyOptions,
+               prior: StudyInputs | None = None) -> tuple[list[PlannedRequest], list[str]]:
     """The task requests for a study, and notes on what was skipped and why."""
     planned: list[PlannedRequest] = []
     notes: list[str] = _undeclared(inputs, options)

@@ -12,7 +12,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 
-from medversa.inference.schema import Answer
+from medversa.inference import Answer
 
 from .identity import AlgorithmInfo
 from .overlay import Shape, rasterize, shapes_for_image

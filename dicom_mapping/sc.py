@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from medversa.inference.schema import Answer
+from medversa.inference import Answer
 
 from .identity import AlgorithmInfo
 from .overlay import draw_shapes, shapes_for_image

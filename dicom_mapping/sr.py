@@ -41,7 +41,7 @@ import numpy as np
 from pydicom import Dataset
 from skimage.measure import approximate_polygon, find_contours
 
-from medversa.inference.tasks import Task, TaskFamily
+from medversa.inference import Task, TaskFamily
 
 from . import codes as mv
 from .identity import AlgorithmInfo, derive_uid

@@ -15,7 +15,7 @@ from enum import StrEnum
 import numpy as np
 from pydicom import Dataset
 
-from medversa.inference.schema import Answer
+from medversa.inference import Answer
 
 from .answer_sr import RegionAnswer, build_answer_sr
 from .identity import AlgorithmInfo, derive_uid

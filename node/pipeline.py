@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 
 from pydicom import Dataset
 
-from medversa.dicom_mapping.inputs import prepare_study
-from medversa.dicom_mapping.plan import StudyOptions, plan
-from medversa.dicom_mapping.references import StudyInputs
-from medversa.dicom_mapping.results import TaskResult
-from medversa.dicom_mapping.study_objects import WrittenObject, build_study_objects
-from medversa.inference.analyzer import Analyzer, ChooserFactory
+from medversa.dicom_mapping import (
+    StudyInputs,
+    StudyOptions,
+    TaskResult,
+    WrittenObject,
+    build_study_objects,
+    plan_study,
+    prepare_study,
+)
+from medversa.inference import Analyzer, ChooserFactory
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ def analyze_study(
     """Run the fitting tasks on one study and build its result objects."""
     inputs = prepare_study(datasets)
     prior = prepare_study(prior_datasets) if prior_datasets else None
-    planned, notes = plan(inputs, options, prior)
+    planned, notes = plan_study(inputs, options, prior)
     for note in notes:
         LOGGER.info("study %s: %s", inputs.study_instance_uid, note)
     if not planned:

@@ -379,7 +379,7 @@ def run_input_path(blobs: list[bytes]) -> str:
     import tempfile
 
     from medversa.dicom_mapping.inputs import prepare_study
-    from medversa.dicom_mapping.plan import StudyOptions, plan
+    from medversa.dicom_mapping.plan import StudyOptions, plan_study
     from medversa.node.infer import read_inputs
     from medversa.node.scp import check_received
 
@@ -402,7 +402,7 @@ def run_input_path(blobs: list[bytes]) -> str:
     outcomes = []
     for datasets in studies.values():
         inputs = prepare_study(datasets)
-        planned, _ = plan(inputs, StudyOptions())
+        planned, _ = plan_study(inputs, StudyOptions())
         for item in planned:
             for image in item.request.images:
                 assert np.isfinite(image.pixels).all(), f"{item.request.task}: a model input with non-finite values"

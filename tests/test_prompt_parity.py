@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from medversa.dicom_mapping.context import clinical_context
 from medversa.dicom_mapping.inputs import prepare_study
-from medversa.dicom_mapping.plan import StudyOptions, plan
+from medversa.dicom_mapping.plan import StudyOptions, plan_study
 from medversa.inference.checkpoint import build_model
 from medversa.inference.context import ClinicalContext
 from medversa.inference.declaration import Declaration, context_fields_from
@@ -82,7 +82,7 @@ def assert_same_prompt(record: ReportRecord | ClassificationRecord, task: Task, 
     """The node's request for ``record`` as DICOM == the training sample of ``record``."""
     options = StudyOptions(tasks=(task,), context_fields=DEMO_FIELDS, declared_tasks=tuple(Task))
     inputs = prepare_study([record_as_dicom(record)])
-    [planned], _ = plan(inputs, options)
+    [planned], _ = plan_study(inputs, options)
     request = planned.request
     sample = build_sample(record, task, np.random.default_rng(0), augment=False, context_fields=DEMO_FIELDS)
     assert request.context == sample.context, (request.context, sample.context)
@@ -128,7 +128,7 @@ def test_the_prompt_never_carries_names_ids_or_birth_dates(tmp_path):
     ds.ReasonForTheRequestedProcedure = "Doe Jane MRN-0042 cough and fever since 19700101"
     inputs = prepare_study([ds])
     everything = Declaration().context_fields  # every field, the indication too
-    [planned], _ = plan(inputs, StudyOptions(tasks=(Task.REPORT_FINDINGS,), context_fields=everything))
+    [planned], _ = plan_study(inputs, StudyOptions(tasks=(Task.REPORT_FINDINGS,), context_fields=everything))
     context = planned.request.context
     assert "Indication: cough and fever since." in context, context
     for identifier in ("Doe", "Jane", "MRN-0042", "19700101", "1970"):
@@ -143,7 +143,7 @@ def test_the_context_fields_are_the_checkpoints(tmp_path):
     inputs = prepare_study([ds])
     contexts = {}
     for name, fields in (("none", {Modality.CXR: ()}), ("demo", DEMO_FIELDS), ("all", None)):
-        [planned], _ = plan(inputs, StudyOptions(tasks=(Task.REPORT_FINDINGS,), context_fields=fields))
+        [planned], _ = plan_study(inputs, StudyOptions(tasks=(Task.REPORT_FINDINGS,), context_fields=fields))
         contexts[name] = planned.request.context
     assert contexts == {"none": "", "demo": "Age: 46. Sex: male. View: PA.",
                         "all": "Age: 46. Sex: male. View: PA. Indication: XR CHEST PA. Shortness of breath."}

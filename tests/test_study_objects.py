@@ -4,7 +4,7 @@ import highdicom as hd
 import pytest
 
 from medversa.dicom_mapping.inputs import prepare_study
-from medversa.dicom_mapping.plan import PlannedRequest, StudyOptions, plan, with_image_tag
+from medversa.dicom_mapping.plan import PlannedRequest, StudyOptions, plan_study, with_image_tag
 from medversa.dicom_mapping.study_objects import ObjectKind, WrittenObject, answer_uids, build_study_objects
 from medversa.inference.tasks import Task
 from medversa.node.infer import algorithm_for
@@ -36,7 +36,7 @@ def chest(tiny_analyzer):
     datasets = [lateral, frontal]
     inputs = prepare_study(datasets)
     options = StudyOptions(algorithm=algorithm_for(tiny_analyzer), key_objects=True, job_key="job-1:v1")
-    planned, notes = plan(inputs, options)
+    planned, notes = plan_study(inputs, options)
     answers = tiny_analyzer.run([p.request for p in planned], choose_for=scripted(tiny_analyzer.tokenizer))
     return datasets, inputs, options, planned, answers, notes
 
