@@ -335,7 +335,7 @@ def find_image(ctx: NodeContext, study_uid: str, ref: ImageReference) -> tuple[_
         pacs = ctx.settings.pacs
         if pacs.peer is None:
             return None, "not on the node and no PACS configured to retrieve it from", False
-        from .dimse import AssociationFailed
+        from .scu import AssociationFailed
 
         series = [ref.series_instance_uid] if ref.series_instance_uid else None
         try:

@@ -353,7 +353,7 @@ def _length_fields(blob: bytes) -> list[tuple[int, int]]:
 
 def clear_errors() -> tuple[type[BaseException], ...]:
     """The error types the input path may raise: everything else is a bug."""
-    from medversa.dicom_mapping.pixels import PixelDataError
+    from medversa.dicom_mapping import PixelDataError
     from medversa.dicom_mapping.volume import VolumeError
 
     return (InvalidDicomError, PixelDataError, VolumeError)
@@ -378,8 +378,8 @@ def run_input_path(blobs: list[bytes]) -> str:
     """
     import tempfile
 
-    from medversa.dicom_mapping.inputs import prepare_study
-    from medversa.dicom_mapping.plan import StudyOptions, plan_study
+    from medversa.dicom_mapping import StudyOptions, prepare_study
+    from medversa.dicom_mapping.plan import plan_study
     from medversa.node.infer import read_inputs
     from medversa.node.scp import check_received
 

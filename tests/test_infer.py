@@ -5,10 +5,9 @@ import sys
 
 import highdicom as hd
 import pydicom
-from medversa.dicom_mapping.plan import StudyOptions
-from medversa.dicom_mapping.study_objects import ObjectKind
-from medversa.inference.scripted import scripted_chooser
-from medversa.inference.tasks import Task
+
+from medversa.dicom_mapping import ObjectKind, StudyOptions
+from medversa.inference import Task, scripted_chooser
 from medversa.node.infer import algorithm_for, run_infer
 from medversa.node.pipeline import analyze_study
 

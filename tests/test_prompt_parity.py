@@ -14,19 +14,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medversa.dicom_mapping.context import clinical_context
-from medversa.dicom_mapping.inputs import prepare_study
-from medversa.dicom_mapping.plan import StudyOptions, plan_study
-from medversa.inference.checkpoint import build_model
-from medversa.inference.context import ClinicalContext
-from medversa.inference.declaration import Declaration, context_fields_from
-from medversa.inference.prompting import build_prompt_ids
-from medversa.inference.tasks import TEMPLATES, Modality, Task, fill_template
-from medversa.training.records import ClassificationRecord, ImageFile, ReportRecord
-from medversa.training.samples import build_sample
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+
+from medversa.dicom_mapping import StudyOptions, prepare_study
+from medversa.dicom_mapping.context import clinical_context
+from medversa.dicom_mapping.plan import plan_study
+from medversa.inference import (
+    TEMPLATES,
+    ClinicalContext,
+    Declaration,
+    Modality,
+    Task,
+    build_model,
+    build_prompt_ids,
+    context_fields_from,
+    fill_template,
+)
+from medversa.training.records import ClassificationRecord, ImageFile, ReportRecord
+from medversa.training.samples import build_sample
 
 from . import dicom_factory as f
 
@@ -175,7 +182,7 @@ def test_medinterp_mini_training_notes_sent_as_dicom_get_their_training_prompts(
 
 
 def test_the_bundled_checkpoint_declares_the_context_its_recipe_trains_with():
-    from medversa.inference.bundled import BUNDLED_CHECKPOINT
+    from medversa.inference import BUNDLED_CHECKPOINT
     from medversa.inference.checkpoint import read_meta
     from medversa.training.config import TrainConfig, recipe_path
 

@@ -18,12 +18,8 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 
-from medversa.dicom_mapping.plan import StudyOptions
-from medversa.dicom_mapping.references import SeriesKind
-from medversa.dicom_mapping.routing_table import DEFAULT_TASKS
-from medversa.dicom_mapping.study_objects import ObjectKind
-from medversa.inference.scripted import scripted_chooser
-from medversa.inference.tasks import Task
+from medversa.dicom_mapping import DEFAULT_TASKS, ObjectKind, SeriesKind, StudyOptions
+from medversa.inference import Task, scripted_chooser
 from medversa.node.infer import algorithm_for
 from medversa.node.pipeline import analyze_study
 

@@ -15,11 +15,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from medversa.inference.context import ContextFields
-from medversa.inference.tasks import Modality, Task
 
-from .records import Record
-from .records import ClassificationRecord, ReportRecord, SegmentationRecord, TextRecord, VQARecord
+from medversa.inference import ContextFields, Modality, Task, TaskFamily
+
+from .records import ClassificationRecord, Record, ReportRecord, SegmentationRecord, TextRecord, VQARecord
 from .samples import Sample, build_sample, tasks_for
 
 
@@ -146,7 +145,8 @@ class DomainAwareSampler:
         mine = range(self.rank * size, (self.rank + 1) * size)
         return [build_sample(pool.records[picks[i]], pool.task,
                              np.random.default_rng([self.seed, step, 2, i]), self.augment,
-                             self.context_fields, structure=chosen[i] if pool.task.family == "segmentation" else None)
+                             self.context_fields,
+                             structure=chosen[i] if pool.task.family is TaskFamily.SEGMENTATION else None)
                 for i in mine]
 
     def describe_strata(self) -> dict[str, dict[str, int]]:
