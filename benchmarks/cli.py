@@ -98,7 +98,7 @@ def bench_load(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Many associations at once against `serve`: every study processed once, no instance lost, peak memory."""
-    from medversa.inference.tasks import Task
+    from medversa.inference import Task
 
     from .node_load import bench_load as run
 

@@ -16,11 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medversa.inference.analyzer import Analyzer
+from medversa.inference import Analyzer, ImageInput, Modality, Task, TaskRequest, build_prompt_ids, embed_with_images
 from medversa.inference.generation import ForcedTokens, generate, greedy
-from medversa.inference.prompting import build_prompt_ids, embed_with_images
-from medversa.inference.schema import ImageInput, TaskRequest
-from medversa.inference.tasks import Modality, Task
 
 
 def _sync(device: torch.device) -> None:

@@ -17,10 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medversa.inference.model import MedVersaModel
-from medversa.inference.presets import create_config
-from medversa.inference.tasks import Modality
-from medversa.inference.tokenizer import MedVersaTokenizer
+from medversa.inference import MedVersaModel, MedVersaTokenizer, Modality, create_config
 from medversa.training.batching import collate
 from medversa.training.objective import TrainingObjective
 from medversa.training.records import ArrayImage, ArrayMask, Record, SegmentationRecord, TextRecord

@@ -36,29 +36,32 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from medversa.dicom_mapping import header as h
-from medversa.dicom_mapping.annotations import (
-    ANNOTATION_CLASSES,
-    ImageReference,
-    Region,
-    bounding_box,
-    in_pixels,
-    own_result_reason,
-    read_annotation,
-)
-from medversa.dicom_mapping.answer_sr import RegionAnswer
-from medversa.dicom_mapping.identity import AlgorithmInfo
-from medversa.dicom_mapping.inputs import prepare_study
-from medversa.dicom_mapping.plan import with_image_tag
-from medversa.dicom_mapping.references import SeriesKind
-from medversa.dicom_mapping.study_objects import ObjectKind, answer_uids, build_answer_object
-from medversa.inference.schema import ImageInput, TaskRequest
-from medversa.inference.tasks import Modality, Task
 from pydicom import Dataset
 from sqlalchemy import func, select
 
+from medversa.dicom_mapping import (
+    ANNOTATION_CLASSES,
+    AlgorithmInfo,
+    ImageReference,
+    ObjectKind,
+    Region,
+    RegionAnswer,
+    SeriesKind,
+    bounding_box,
+    build_answer_object,
+    in_pixels,
+    own_result_reason,
+    prepare_study,
+    read_annotation,
+    with_image_tag,
+)
+from medversa.dicom_mapping import header as h
+from medversa.inference import ImageInput, Modality, Task, TaskRequest
+
 from .context import NodeContext
+from .job_failures import TransientJobError
 from .job_states import move_job
+from .result_files import write_atomic
 from .store import Export, Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
@@ -171,8 +174,6 @@ def compute_ask(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
     image (retried); an image that is nowhere, or not one the model reads, ends the job without an
     SR, the reason logged and kept in the job's error and notes.
     """
-    from .jobs import TransientJobError
-
     started = time.perf_counter()
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
@@ -292,12 +293,10 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
 
 def _record_objects(ctx: NodeContext, job_id: int, study_uid: str, ds: Dataset, notes: list[str]) -> None:
     """Write the answer SR into the results folder and its export rows (as the study's jobs do)."""
-    from .jobs import _write_atomic
-
     folder = ctx.settings.results_dir / study_uid
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ObjectKind.SR}_{ds.SOPInstanceUID}.dcm"
-    _write_atomic(ds, path)
+    write_atomic(ds, path)
     with ctx.store.session() as s:
         job = ctx.store.job(s, job_id)
         for dest in ctx.settings.export.destinations:
@@ -406,64 +405,3 @@ def _retrieve_held(ctx: NodeContext, study_uid: str, series_uids: list[str] | No
                 if row.annotation == "new":
                     row.annotation = "ignored: retrieved for an ask, not sent by the PACS"
             study.is_prior = before[0]
-
-
-# -- `medversa ask` ------------------------------------------------------------------------------
-
-
-@dataclass
-class AskOutcome:
-    """What `medversa ask` did: its job, the job's final state, the answer SR (if any) and its groups."""
-
-    job_id: int
-    state: str
-    error: str
-    notes: list[str]
-    sr_path: Path | None
-    answers: list[dict]
-
-
-def ask_command(ctx: NodeContext, study_uid: str, question: str, region: tuple[float, float, float, float] | None,
-                image_uid: str | None) -> AskOutcome:
-    """Ask about a study on the node or on the PACS, now, in this process (the model loads here).
-
-    The study's image (``image_uid``, else its first chest radiograph or skin image) comes from the
-    spool or is retrieved from the PACS (C-GET works without a running node; C-MOVE needs `medversa
-    serve` listening to receive it). The answer SR is exported to the configured destinations.
-    """
-    from medversa.dicom_mapping.answer_sr import read_answers
-
-    from .jobs import TransientJobError, run_job
-
-    if not question.strip() and region is None:
-        raise ValueError("ask: give a question, a region (--region X0,Y0,X1,Y1) or both")
-    if region is not None and not (region[0] < region[2] and region[1] < region[3]):
-        raise ValueError(f"--region {region}: expected X0 < X1 and Y0 < Y1 in pixels")
-    with ctx.store.session() as s:
-        study = s.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
-        if study is None:  # on the PACS only: a row for what will be retrieved, never analysed for it
-            study = Study(study_instance_uid=study_uid, state=StudyState.DONE)
-            s.add(study)
-            s.flush()
-        study_id = study.id
-    tasks = ([Task.VQA.value] if question.strip() else []) + ([Task.REGION_CAPTIONING.value] if region else [])
-    ask = {"source": "command", "question": question.strip(), "region": list(region) if region else None,
-           "image_uid": image_uid or ""}
-    job_id = _create_ask_job(ctx, 0, tasks, [question.strip()] if question.strip() else [], ask,
-                             ["asked by medversa ask"], study_id=study_id, state=JobState.QUEUED)
-    try:
-        state = run_job(ctx, job_id)
-    except TransientJobError as exc:
-        state = JobState.QUEUED.value
-        LOGGER.warning("ask job %d: %s", job_id, exc)
-    with ctx.store.session() as s:
-        job = ctx.store.job(s, job_id)
-        paths = {e.path for e in job.exports}
-        error, notes = job.error, list(job.notes or [])
-    if not paths and not error:
-        folder = ctx.settings.results_dir / study_uid
-        _, uid = answer_uids(ctx.algorithm.org_root, ask_key(study_uid, ask, ctx.algorithm.model_id))
-        paths = {str(p) for p in folder.glob(f"{ObjectKind.SR}_{uid}.dcm")}
-    sr_path = Path(next(iter(paths))) if paths else None
-    answers = read_answers(pydicom.dcmread(sr_path)) if sr_path is not None else []
-    return AskOutcome(job_id, state, error, notes, sr_path, answers)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from medversa.inference.tasks import Task
+
+from medversa.inference import Task
 
 
 def _region(value: str | None) -> tuple[float, float, float, float] | None:
@@ -22,28 +23,28 @@ def _region(value: str | None) -> tuple[float, float, float, float] | None:
 def infer(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders (one or more studies)")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the result objects")],
-    ask: Annotated[Optional[str], typer.Option("--ask", help="A question about the first image (VQA)")] = None,
-    region: Annotated[Optional[str], typer.Option("--region", help="X0,Y0,X1,Y1: describe this region of the first image")] = None,
-    prior: Annotated[Optional[list[Path]], typer.Option("--prior", help="DICOM of an earlier study (longitudinal comparison)")] = None,
-    task: Annotated[Optional[list[str]], typer.Option("--task", help="Run only these tasks (repeatable)")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Model preset with random weights (testing)")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda")] = None,
+    ask: Annotated[str | None, typer.Option("--ask", help="A question about the first image (VQA)")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="X0,Y0,X1,Y1: describe this region of the first image")] = None,
+    prior: Annotated[list[Path] | None, typer.Option("--prior", help="DICOM of an earlier study (longitudinal comparison)")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="Run only these tasks (repeatable)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Model preset with random weights (testing)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu or cuda")] = None,
     context: Annotated[str, typer.Option("--context", help="Clinical context for report generation")] = "",
     no_overlays: Annotated[bool, typer.Option("--no-overlays", help="Write no presentation states")] = False,
     no_burned_in: Annotated[bool, typer.Option("--no-burned-in", help="Write no burned-in result images")] = False,
     key_objects: Annotated[bool, typer.Option("--key-objects", help="Also write a Key Object Selection")] = False,
-    org_root: Annotated[Optional[str], typer.Option("--org-root", help="Organisation UID root for new UIDs")] = None,
+    org_root: Annotated[str | None, typer.Option("--org-root", help="Organisation UID root for new UIDs")] = None,
 ) -> None:
     """Read DICOM inputs, run the tasks that fit each study, write SR, SEG and overlays to --out.
 
     Inputs that cannot be used are skipped with a one-line note each; the exit status is 1 when
     no result object was written at all.
     """
+    from medversa.dicom_mapping import StudyOptions
     from medversa.inference import load_analyzer
 
     from .infer import algorithm_for, run_infer
-    from medversa.dicom_mapping.plan import StudyOptions
 
     try:
         tasks = tuple(Task(t) for t in task) if task else None
@@ -66,7 +67,7 @@ def infer(
         raise typer.Exit(1)
 
 
-def _settings(config: Optional[Path], **flags):
+def _settings(config: Path | None, **flags):
     from .config import load_settings
 
     try:
@@ -77,16 +78,16 @@ def _settings(config: Optional[Path], **flags):
 
 
 def serve(
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
-    ae_title: Annotated[Optional[str], typer.Option("--ae-title", help="Our AE title")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="DICOM port")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Spool, results and database folder")] = None,
-    idle_seconds: Annotated[Optional[float], typer.Option("--idle-seconds", help="Study complete after this idle time")] = None,
-    destination: Annotated[Optional[list[str]], typer.Option("--destination", help="AE@HOST:PORT to send results to (repeatable)")] = None,
-    pacs: Annotated[Optional[str], typer.Option("--pacs", help="AE@HOST:PORT queried for completeness and priors")] = None,
-    http_port: Annotated[Optional[int], typer.Option("--http-port", help="Metrics/health port (0: any free port)")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Model preset with random weights (testing)")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="DICOM port")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Spool, results and database folder")] = None,
+    idle_seconds: Annotated[float | None, typer.Option("--idle-seconds", help="Study complete after this idle time")] = None,
+    destination: Annotated[list[str] | None, typer.Option("--destination", help="AE@HOST:PORT to send results to (repeatable)")] = None,
+    pacs: Annotated[str | None, typer.Option("--pacs", help="AE@HOST:PORT queried for completeness and priors")] = None,
+    http_port: Annotated[int | None, typer.Option("--http-port", help="Metrics/health port (0: any free port)")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Model preset with random weights (testing)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
 ) -> None:
     """Run the node: SCP, study completion, queue, embedded worker (default), exports, HTTP."""
     from .config import Peer
@@ -107,7 +108,7 @@ def serve(
 
     log = logging.getLogger("medversa.node")
     if not (settings.model.checkpoint or settings.model.preset):
-        from medversa.inference.bundled import BUNDLED_CHECKPOINT
+        from medversa.inference import BUNDLED_CHECKPOINT
 
         if not (BUNDLED_CHECKPOINT / "medversa-checkpoint.json").is_file():
             log.warning("no bundled demo model yet: the node runs the 'tiny' preset with RANDOM weights "
@@ -125,13 +126,13 @@ def ask(
     study: Annotated[str, typer.Argument(help="Study Instance UID (on the node, or on the configured PACS)")],
     question: Annotated[str, typer.Argument(help='The question, e.g. "Is there a pneumothorax?" ("" with --region: '
                                                  "describe the region)")],
-    region: Annotated[Optional[str], typer.Option("--region", help="X0,Y0,X1,Y1 in pixels of the image: describe "
+    region: Annotated[str | None, typer.Option("--region", help="X0,Y0,X1,Y1 in pixels of the image: describe "
                                                                     "this region (region captioning)")] = None,
-    image: Annotated[Optional[str], typer.Option(
+    image: Annotated[str | None, typer.Option(
         "--image", help="SOP Instance UID of the image (default: the study's first chest radiograph or skin image)")
     ] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="The node's data folder")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="The node's data folder")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Ask the model about a study's image now (VQA, region captioning); the answer SR goes to the PACS.
@@ -142,7 +143,7 @@ def ask(
     """
     import json
 
-    from .ask import ask_command
+    from .ask_command import ask_command
     from .context import NodeContext
     from .logs import configure
 
@@ -173,8 +174,8 @@ def ask(
 
 
 def worker(
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
-    queues: Annotated[Optional[str], typer.Option("--queues", help="Comma-separated queues to consume")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
+    queues: Annotated[str | None, typer.Option("--queues", help="Comma-separated queues to consume")] = None,
 ) -> None:
     """A Celery worker (production: on each GPU host, against the Redis broker)."""
     from .logs import configure
@@ -185,8 +186,8 @@ def worker(
     run_worker(settings, (queues or settings.model.queue).split(","))
 
 
-def status(config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
-           data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None,
+def status(config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
+           data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
            limit: Annotated[int, typer.Option(help="Jobs to list")] = 20) -> None:
     """Jobs and exports at a glance."""
     from sqlalchemy import func, select
@@ -210,8 +211,8 @@ def status(config: Annotated[Optional[Path], typer.Option("--config", help="YAML
 
 
 def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)")],
-          config: Annotated[Optional[Path], typer.Option("--config", help="YAML configuration file")] = None,
-          data_dir: Annotated[Optional[Path], typer.Option("--data-dir")] = None) -> None:
+          config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
+          data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None) -> None:
     """Send a job's dead-lettered (or pending) exports again, now; a FAILED job is queued again."""
     from .context import NodeContext
     from .jobs import deliver_claimed, requeue_failed_job, retry_job_exports

@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 
 import pydicom
-from medversa.dicom_mapping.series import classify
 from sqlalchemy import func, select
+
+from medversa.dicom_mapping import classify
 
 from .context import NodeContext
 from .job_states import move_job, move_study_state

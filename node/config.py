@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .routing import RoutingRule, default_rules
+
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash, 16 chars
 _PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 
@@ -107,7 +109,7 @@ class Peer(BaseModel):
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
     @classmethod
-    def parse(cls, text: str) -> "Peer":
+    def parse(cls, text: str) -> Peer:
         match = _PEER_RE.match(text.strip())
         if not match:
             raise ValueError(f"{text!r} is not AE@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242)")
@@ -187,55 +189,6 @@ class ExportSettings(BaseModel):
         return [_peer(v) for v in values or []]
 
 
-class RoutingRule(BaseModel):
-    """When a study matches (all given criteria, case-insensitive regexes), run ``tasks``.
-
-    ``series_kind`` matches what the series classifier recognised (``chest_radiograph``,
-    ``dermoscopy``, ``abdominal_ct``, ``ct``): the default rules use it, so every kind the
-    classifier accepts is routed whatever its Modality/Body Part spelling. ``questions`` are
-    asked (VQA) of every matching study and answered in its SR.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    series_kind: str | None = None
-    modality: str | None = None
-    body_part: str | None = None
-    sop_class: str | None = None
-    calling_ae: str | None = None
-    study_description: str | None = None
-    tasks: list[str] = Field(default_factory=list)
-    questions: list[str] = Field(default_factory=list)
-
-    @field_validator("tasks")
-    @classmethod
-    def _known(cls, tasks: list[str]) -> list[str]:
-        from medversa.inference.tasks import Task
-
-        known = {t.value for t in Task}
-        unknown = [t for t in tasks if t not in known]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(known)}")
-        return tasks
-
-    @model_validator(mode="after")
-    def _runnable(self) -> RoutingRule:
-        from .routing import rule_problems
-
-        problems = rule_problems(self)
-        if problems:
-            raise ValueError(f"routing rule {self.name!r}: " + "; ".join(problems))
-        return self
-
-
-def default_rules() -> list[RoutingRule]:
-    """One rule per series kind that has default tasks (dicom_mapping's routing table)."""
-    from medversa.dicom_mapping.routing_table import DEFAULT_RULE_NAMES, DEFAULT_TASKS
-
-    return [RoutingRule(name=DEFAULT_RULE_NAMES[kind], series_kind=kind.value, tasks=[t.value for t in tasks])
-            for kind, tasks in DEFAULT_TASKS.items() if tasks]
-
-
 class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: A checkpoint folder; empty: the bundled model.
@@ -257,7 +210,7 @@ class ModelSettings(BaseModel):
     @classmethod
     def _fields(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
         if value is not None:
-            from medversa.inference.declaration import context_fields_from
+            from medversa.inference import context_fields_from
 
             context_fields_from(value)  # raises with the unknown modality or field
         return value

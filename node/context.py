@@ -7,8 +7,8 @@ import logging
 import threading
 from functools import cached_property
 
-from medversa.dicom_mapping.identity import AlgorithmInfo
-from medversa.inference.bundled import model_identity
+from medversa.dicom_mapping import AlgorithmInfo
+from medversa.inference import model_identity
 
 from . import phi
 from .config import NodeSettings
@@ -48,7 +48,8 @@ class NodeContext:
         if path is None:
             return None
         import yaml
-        from medversa.inference.scripted import scripted_chooser
+
+        from medversa.inference import scripted_chooser
 
         LOGGER.warning("SCRIPTED ANSWERS from %s: results are planted, not the model's (testing only)", path)
         return scripted_chooser(self.analyzer.tokenizer, yaml.safe_load(path.read_text()))

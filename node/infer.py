@@ -11,10 +11,8 @@ import pydicom
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medversa.dicom_mapping.header import truncation
-from medversa.dicom_mapping.identity import AlgorithmInfo
-from medversa.dicom_mapping.plan import StudyOptions
-from medversa.inference.bundled import model_identity
+from medversa.dicom_mapping import AlgorithmInfo, StudyOptions, truncation
+from medversa.inference import model_identity
 
 from .pipeline import StudyOutput, analyze_study
 

@@ -11,22 +11,23 @@ that :func:`apply_export_outcomes` records here.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
-from medversa.inference.declaration import context_fields_from
-from medversa.inference.tasks import Task
 from sqlalchemy import select
 
+from medversa.inference import Task, context_fields_from
+
+from .ask import compute_ask
 from .context import NodeContext
 from .export import CLAIM_LEASE_S, ClaimedExport, ExportOutcome, claim_due, next_try, send
+from .job_failures import TransientJobError, is_transient, retry_delay
 from .job_states import FINISHED_JOB_STATES, move_job, move_study_state
 from .phi import phi, scrub
+from .result_files import write_atomic
 from .store import (
     Export,
     ExportState,
@@ -39,39 +40,9 @@ from .store import (
 )
 
 if TYPE_CHECKING:
-    from medversa.dicom_mapping.plan import StudyOptions
+    from medversa.dicom_mapping import StudyOptions
 
 LOGGER = logging.getLogger(__name__)
-
-
-class TransientJobError(RuntimeError):
-    """A failure worth another try later (PACS or database unreachable, disk momentarily full, worker
-    lost): the job goes back to QUEUED and the queue runs it again after ``retry_in`` seconds."""
-
-    def __init__(self, message: str, retry_in: float = 0.0) -> None:
-        super().__init__(message)
-        self.retry_in = retry_in
-
-
-#: OS errors that pass (disk full, I/O hiccup, a peer or the network not there right now).
-_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ECONNREFUSED,
-                               errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` may pass by itself: retry later. Everything else (unreadable input, a model
-    error on this input, a bug) fails the job at once with its reason."""
-    from sqlalchemy.exc import OperationalError
-
-    if isinstance(exc, TransientJobError | TimeoutError | ConnectionError | OperationalError):
-        return True
-    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
-
-
-def retry_delay(ctx: NodeContext, attempt: int) -> float:
-    """Seconds before attempt ``attempt + 1``: exponential from ``jobs.retry_initial_s``, capped."""
-    jobs = ctx.settings.jobs
-    return min(jobs.retry_max_s, jobs.retry_initial_s * 2 ** max(0, attempt - 1))
 
 
 def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes: list[str],
@@ -99,14 +70,6 @@ def create_job_version(ctx: NodeContext, study_id: int, tasks: list[str], notes:
 def _study_files(ctx: NodeContext, study_id: int) -> list[Path]:
     with ctx.store.session() as s:
         return [Path(p) for p in s.scalars(select(Instance.path).where(Instance.study_id == study_id))]
-
-
-def _write_atomic(ds, path: Path) -> None:
-    temp = path.with_name(f".{path.name}.partial")
-    ds.save_as(temp, enforce_file_format=True)
-    with open(temp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(temp, path)
 
 
 def run_job(ctx: NodeContext, job_id: int) -> str:
@@ -165,7 +128,7 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
 def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple[str, ...],
                      study_uid: str) -> StudyOptions:
     """What the worker runs on a study: the routed tasks, as far as the checkpoint declares them."""
-    from medversa.dicom_mapping.plan import StudyOptions  # the worker's, not serve's start-up
+    from medversa.dicom_mapping import StudyOptions  # the worker's, not serve's start-up
 
     declaration = ctx.analyzer.declaration
     override = ctx.settings.model.context_fields
@@ -192,8 +155,6 @@ def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
         questions = tuple(job.questions or ())
         is_ask = job.ask is not None
     if is_ask:  # a reader's question or a region (node/ask.py): answered on its own image only
-        from .ask import compute_ask
-
         return compute_ask(ctx, job_id, last_attempt)
     datasets = [pydicom.dcmread(p) for p in _study_files(ctx, study_id)]
     if datasets:
@@ -220,7 +181,7 @@ def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
         job = ctx.store.job(s, job_id)
         for obj in output.objects:
             path = folder / f"{obj.kind}_{obj.dataset.SOPInstanceUID}.dcm"
-            _write_atomic(obj.dataset, path)
+            write_atomic(obj.dataset, path)
             for dest in ctx.settings.export.destinations:
                 exists = s.scalars(select(Export).where(
                     Export.job_id == job_id, Export.sop_instance_uid == str(obj.dataset.SOPInstanceUID),

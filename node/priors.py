@@ -37,11 +37,15 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from medversa.dicom_mapping import header as h
 from pydicom import Dataset
 from sqlalchemy import func, select
 
+from medversa.dicom_mapping import header as h
+
 from .context import NodeContext
+from .job_states import move_study_state
+from .phi import phi
+from .scp import hash_phi, inspect_instance, record_instances
 from .scu import (
     AssociationFailed,
     QueryFailed,
@@ -52,9 +56,6 @@ from .scu import (
     get_study,
     move_study,
 )
-from .job_states import move_study_state
-from .phi import phi
-from .scp import hash_phi, inspect_instance, record_instances
 from .store import Instance, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from medversa.dicom_mapping.references import SeriesKind
-from medversa.dicom_mapping.routing_table import INTERACTIVE_TASKS, MODALITIES, fits, kinds_for
-from medversa.inference.tasks import Task
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:
-    from .config import RoutingRule
+from medversa.dicom_mapping import (
+    DEFAULT_RULE_NAMES,
+    DEFAULT_TASKS,
+    INTERACTIVE_TASKS,
+    MODALITIES,
+    SeriesKind,
+    fits,
+    kinds_for,
+)
+from medversa.inference import Task
 
 
 @dataclass(frozen=True)
@@ -124,5 +129,48 @@ def rule_problems(rule: RoutingRule) -> list[str]:
     return problems
 
 
-__all__ = ["INTERACTIVE_TASKS", "InstanceFacts", "Routed", "possible_kinds", "route", "rule_for", "rule_problems",
+
+class RoutingRule(BaseModel):
+    """When a study matches (all given criteria, case-insensitive regexes), run ``tasks``.
+
+    ``series_kind`` matches what the series classifier recognised (``chest_radiograph``,
+    ``dermoscopy``, ``abdominal_ct``, ``ct``): the default rules use it, so every kind the
+    classifier accepts is routed whatever its Modality/Body Part spelling. ``questions`` are
+    asked (VQA) of every matching study and answered in its SR.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    series_kind: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    sop_class: str | None = None
+    calling_ae: str | None = None
+    study_description: str | None = None
+    tasks: list[str] = Field(default_factory=list)
+    questions: list[str] = Field(default_factory=list)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, tasks: list[str]) -> list[str]:
+        known = {t.value for t in Task}
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(known)}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _runnable(self) -> RoutingRule:
+        problems = rule_problems(self)
+        if problems:
+            raise ValueError(f"routing rule {self.name!r}: " + "; ".join(problems))
+        return self
+
+
+def default_rules() -> list[RoutingRule]:
+    """One rule per series kind that has default tasks (dicom_mapping's routing table)."""
+    return [RoutingRule(name=DEFAULT_RULE_NAMES[kind], series_kind=kind.value, tasks=[t.value for t in tasks])
+            for kind, tasks in DEFAULT_TASKS.items() if tasks]
+
+__all__ = ["INTERACTIVE_TASKS", "InstanceFacts", "Routed", "RoutingRule", "default_rules", "possible_kinds", "route", "rule_for", "rule_problems",
            "tasks_for"]

@@ -68,17 +68,16 @@ from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 
-from medversa.dicom_mapping import header as h
-from medversa.dicom_mapping.annotations import ANNOTATION_CLASSES
-from medversa.dicom_mapping.pixels import PixelDataError, check_pixel_data
 from pydicom import Dataset, dcmread
 from pydicom.uid import UID
-from pynetdicom import AE, evt
-from pynetdicom import dimse_messages
+from pynetdicom import AE, dimse_messages, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, OperationalError
+
+from medversa.dicom_mapping import ANNOTATION_CLASSES, PixelDataError, check_pixel_data
+from medversa.dicom_mapping import header as h
 
 from . import phi
 from .config import NodeSettings

@@ -39,7 +39,7 @@ from sqlalchemy.orm import (
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
@@ -82,8 +82,8 @@ class Study(Base):
     #: Instances received since the last job version was created.
     pending_instances: Mapped[int] = mapped_column(Integer, default=0)
     completeness_checked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    instances: Mapped[list["Instance"]] = relationship(back_populates="study")
-    jobs: Mapped[list["Job"]] = relationship(back_populates="study", order_by="Job.version")
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.version")
 
 
 class Instance(Base):
@@ -128,7 +128,7 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     study: Mapped[Study] = relationship(back_populates="jobs")
-    exports: Mapped[list["Export"]] = relationship(back_populates="job")
+    exports: Mapped[list[Export]] = relationship(back_populates="job")
 
     @property
     def key(self) -> str:

@@ -378,8 +378,7 @@ def run_input_path(blobs: list[bytes]) -> str:
     """
     import tempfile
 
-    from medversa.dicom_mapping import StudyOptions, prepare_study
-    from medversa.dicom_mapping.plan import plan_study
+    from medversa.dicom_mapping import StudyOptions, plan_study, prepare_study
     from medversa.node.infer import read_inputs
     from medversa.node.scp import check_received
 

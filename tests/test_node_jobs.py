@@ -8,13 +8,15 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+
 from medversa.node.completion import queue_due_studies
-from medversa.node.config import RoutingRule, default_rules, load_settings
+from medversa.node.config import load_settings
 from medversa.node.context import NodeContext
 from medversa.node.export import backoff_s
 from medversa.node.jobs import create_job_version, deliver_due, finish_if_delivered, retry_job_exports
 from medversa.node.retention import apply_retention
-from medversa.node.routing import InstanceFacts, route, tasks_for
+from medversa.node.routing import InstanceFacts, RoutingRule, default_rules, route, tasks_for
 from medversa.node.scp import record_instance
 from medversa.node.store import (
     Export,
@@ -25,7 +27,6 @@ from medversa.node.store import (
     StudyState,
     utcnow,
 )
-from sqlalchemy import select
 
 from . import dicom_factory as f
 

@@ -18,9 +18,8 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from medversa.dicom_mapping import StudyOptions, prepare_study
+from medversa.dicom_mapping import StudyOptions, plan_study, prepare_study
 from medversa.dicom_mapping.context import clinical_context
-from medversa.dicom_mapping.plan import plan_study
 from medversa.inference import (
     TEMPLATES,
     ClinicalContext,

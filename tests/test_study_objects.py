@@ -3,10 +3,18 @@
 import highdicom as hd
 import pytest
 
-from medversa.dicom_mapping.inputs import prepare_study
-from medversa.dicom_mapping.plan import PlannedRequest, StudyOptions, plan_study, with_image_tag
-from medversa.dicom_mapping.study_objects import ObjectKind, WrittenObject, answer_uids, build_study_objects
-from medversa.inference.tasks import Task
+from medversa.dicom_mapping import (
+    ObjectKind,
+    PlannedRequest,
+    StudyOptions,
+    WrittenObject,
+    answer_uids,
+    build_study_objects,
+    plan_study,
+    prepare_study,
+    with_image_tag,
+)
+from medversa.inference import Task
 from medversa.node.infer import algorithm_for
 
 from . import dicom_factory as f

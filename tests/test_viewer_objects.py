@@ -14,7 +14,7 @@ import subprocess
 import highdicom as hd
 import pytest
 
-from medversa.dicom_mapping.study_objects import ObjectKind
+from medversa.dicom_mapping import ObjectKind
 
 from . import viewer_study
 from .conftest import SHARED

@@ -49,14 +49,17 @@ from typing import Any
 
 import numpy as np
 
-from medversa.inference.context import ContextFields, render_context
-from medversa.inference.schema import (
+from medversa.inference import (
     MAX_DETECTION_TARGETS,
     Answer,
+    ContextFields,
     ImageInput,
+    Modality,
+    Task,
+    TaskFamily,
     TaskRequest,
+    render_context,
 )
-from medversa.inference.tasks import Modality, Task, TaskFamily
 
 from . import metrics
 from .records import (

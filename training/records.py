@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medversa.inference.context import ClinicalContext
-from medversa.inference.tasks import Modality
+from medversa.inference import ClinicalContext, Modality
 
 from .errors import RecordError
 from .nifti import read_nifti_labels, read_nifti_volume

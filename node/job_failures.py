@@ -1,0 +1,43 @@
+"""Which job failures pass by themselves, and how long to wait before the next attempt.
+
+Shared by the study jobs (:mod:`.jobs`) and the reader's questions (:mod:`.ask`), which both
+raise :class:`TransientJobError` for a PACS, database or disk that is not there right now.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .context import NodeContext
+
+
+class TransientJobError(RuntimeError):
+    """A failure worth another try later (PACS or database unreachable, disk momentarily full, worker
+    lost): the job goes back to QUEUED and the queue runs it again after ``retry_in`` seconds."""
+
+    def __init__(self, message: str, retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+
+
+#: OS errors that pass (disk full, I/O hiccup, a peer or the network not there right now).
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ECONNREFUSED,
+                               errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may pass by itself: retry later. Everything else (unreadable input, a model
+    error on this input, a bug) fails the job at once with its reason."""
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, TransientJobError | TimeoutError | ConnectionError | OperationalError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def retry_delay(ctx: NodeContext, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential from ``jobs.retry_initial_s``, capped."""
+    jobs = ctx.settings.jobs
+    return min(jobs.retry_max_s, jobs.retry_initial_s * 2 ** max(0, attempt - 1))
