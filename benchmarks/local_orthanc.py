@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medversa.node.config import Peer
+from medversa.node.settings import Peer
 
 from .peers import free_port
 

@@ -97,7 +97,7 @@ def bench_load(associations: int = 20, instances: int = 2000, studies: int = 100
 
     from sqlalchemy import func, select
 
-    from medversa.node.store import Instance, Job, JobState, Store, Study
+    from medversa.node.job_store import Instance, Job, JobState, Store, Study
 
     if not 1 <= studies <= instances:
         raise ValueError(f"studies={studies} must be between 1 and instances={instances}")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from . import header as h
-from .context import clinical_context, projection
+from .header_context import clinical_context, projection
 from .pixels import display_frames
 from .references import ImageRef, PreparedImage, PreparedVolume, SeriesKind, Skipped, StudyInputs, View
 from .series import classify

@@ -4,7 +4,7 @@ Planning is the DICOM side's job: it knows the series kinds, the chest views, th
 the routing table (:mod:`.routing_table`, the one place the defaults live). Each request goes out
 with the images it was made from, so an answer's ``<imgN>`` resolves back to source instances
 (:meth:`PlannedRequest.result`). The prompt's clinical context is rendered by the same function
-that wrote the training prompts (:func:`medversa.inference.context.render_context`).
+that wrote the training prompts (:func:`medversa.inference.clinical_context.render_context`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .bundled import BUNDLED_CHECKPOINT, load_analyzer, model_identity
-from .config import MedVersaConfig
-from .context import ClinicalContext, ContextFields, render_context
+from .model_config import MedVersaConfig
+from .clinical_context import ClinicalContext, ContextFields, render_context
 from .declaration import Declaration, context_fields_from
 from .presets import create_config
 from .schema import MAX_DETECTION_TARGETS, Answer, Box, ImageInput, Mask2D, Mask3D, TaskRequest

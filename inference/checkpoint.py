@@ -20,7 +20,7 @@ import torch
 from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 
-from .config import MedVersaConfig
+from .model_config import MedVersaConfig
 from .model import DTYPES, MedVersaModel
 from .official import load_official_state_dict
 from .presets import create_config

@@ -38,7 +38,7 @@ def info(
 
     from .bundled import BUNDLED_CHECKPOINT
     from .checkpoint import CONFIG_FILE, read_meta
-    from .config import MedVersaConfig
+    from .model_config import MedVersaConfig
     from .declaration import Declaration
     from .model import MedVersaModel
     from .presets import create_config

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .context import ContextFields, check_fields
+from .clinical_context import ContextFields, check_fields
 from .tasks import Modality, Task
 
 TASKS_KEY = "declared_tasks"

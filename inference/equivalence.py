@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from .config import (
+from .model_config import (
     Encoder2DConfig,
     Encoder3DConfig,
     LLMConfig,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, SwinConfig, SwinModel
 
-from .config import MedVersaConfig
+from .model_config import MedVersaConfig
 from .unet2d import ResNetUNet2d
 from .unet3d import UNet3d
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from .config import (
+from .model_config import (
     Encoder2DConfig,
     Encoder3DConfig,
     LLMConfig,

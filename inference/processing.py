@@ -23,7 +23,7 @@ from PIL import Image
 from scipy import ndimage
 from torchvision.transforms import functional as TF
 
-from .config import PreprocessConfig
+from .model_config import PreprocessConfig
 
 
 def to_rgb_uint8(pixels: np.ndarray) -> np.ndarray:

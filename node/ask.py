@@ -58,11 +58,11 @@ from medversa.dicom_mapping import (
 from medversa.dicom_mapping import header as h
 from medversa.inference import ImageInput, Modality, Task, TaskRequest
 
-from .context import NodeContext
+from .node_context import NodeContext
 from .job_failures import TransientJobError
 from .job_states import move_job
 from .result_files import write_atomic
-from .store import Export, Instance, Job, JobState, Study, StudyState, utcnow
+from .job_store import Export, Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ def infer(
 
 
 def _settings(config: Path | None, **flags):
-    from .config import load_settings
+    from .settings import load_settings
 
     try:
         return load_settings(config, **flags)
@@ -90,7 +90,7 @@ def serve(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
 ) -> None:
     """Run the node: SCP, study completion, queue, embedded worker (default), exports, HTTP."""
-    from .config import Peer
+    from .settings import Peer
     from .logs import configure
     from .service import Node
 
@@ -144,7 +144,7 @@ def ask(
     import json
 
     from .ask_command import ask_command
-    from .context import NodeContext
+    from .node_context import NodeContext
     from .logs import configure
 
     settings = _settings(config, data_dir=data_dir)
@@ -192,7 +192,7 @@ def status(config: Annotated[Path | None, typer.Option("--config", help="YAML co
     """Jobs and exports at a glance."""
     from sqlalchemy import func, select
 
-    from .store import Export, Job, Store, Study
+    from .job_store import Export, Job, Store, Study
 
     settings = _settings(config, data_dir=data_dir)
     store = Store(settings.db_url)
@@ -214,7 +214,7 @@ def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)"
           config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
           data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None) -> None:
     """Send a job's dead-lettered (or pending) exports again, now; a FAILED job is queued again."""
-    from .context import NodeContext
+    from .node_context import NodeContext
     from .jobs import deliver_claimed, requeue_failed_job, retry_job_exports
 
     settings = _settings(config, data_dir=data_dir)

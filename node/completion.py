@@ -18,11 +18,11 @@ from sqlalchemy import func, select
 
 from medversa.dicom_mapping import classify
 
-from .context import NodeContext
+from .node_context import NodeContext
 from .job_states import move_job, move_study_state
 from .jobs import create_job_version
 from .routing import InstanceFacts, route
-from .store import Instance, Job, JobState, Study, StudyState, utcnow
+from .job_store import Instance, Job, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Exports: the sender. Claims due export rows, C-STOREs them, and returns each try's outcome.
 
-Every (object, destination) pair is an export row (node/store.py). A sender claims the due rows
+Every (object, destination) pair is an export row (node/job_store.py). A sender claims the due rows
 (:func:`claim_due`), sends them (:func:`send`) and returns one :class:`ExportOutcome` per row; the
 job side (:func:`medversa.node.jobs.deliver_due`) applies the outcomes to the rows and finishes
 the jobs. The retry policy lives here: a failure schedules the next try after
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from .config import ExportSettings, Peer
-from .context import NodeContext
-from .store import Export, ExportState
+from .settings import ExportSettings, Peer
+from .node_context import NodeContext
+from .job_store import Export, ExportState
 
 LOGGER = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .context import NodeContext
+    from .node_context import NodeContext
 
 
 class TransientJobError(RuntimeError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from .store import Job, JobState, Study, StudyState
+from .job_store import Job, JobState, Study, StudyState
 
 LOGGER = logging.getLogger(__name__)
 

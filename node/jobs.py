@@ -22,13 +22,13 @@ from sqlalchemy import select
 from medversa.inference import Task, context_fields_from
 
 from .ask import compute_ask
-from .context import NodeContext
+from .node_context import NodeContext
 from .export import CLAIM_LEASE_S, ClaimedExport, ExportOutcome, claim_due, next_try, send
 from .job_failures import TransientJobError, is_transient, retry_delay
 from .job_states import FINISHED_JOB_STATES, move_job, move_study_state
 from .phi import phi, scrub
 from .result_files import write_atomic
-from .store import (
+from .job_store import (
     Export,
     ExportState,
     Instance,

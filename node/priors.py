@@ -42,7 +42,7 @@ from sqlalchemy import func, select
 
 from medversa.dicom_mapping import header as h
 
-from .context import NodeContext
+from .node_context import NodeContext
 from .job_states import move_study_state
 from .phi import phi
 from .scp import hash_phi, inspect_instance, record_instances
@@ -56,7 +56,7 @@ from .scu import (
     get_study,
     move_study,
 )
-from .store import Instance, Study, StudyState, utcnow
+from .job_store import Instance, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 
 from celery import Celery
 
-from .config import NodeSettings
+from .settings import NodeSettings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def make_celery(settings: NodeSettings) -> Celery:
     # after a lost worker counts as an attempt too.
     @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)
     def analyze_study(self, job_id: int) -> str:
-        from .context import NodeContext
+        from .node_context import NodeContext
         from .jobs import TransientJobError, run_job
 
         ctx = _CONTEXTS.get("node")

@@ -14,9 +14,9 @@ import shutil
 
 from sqlalchemy import select
 
-from .context import NodeContext
+from .node_context import NodeContext
 from .job_states import move_study_state
-from .store import ExportState, JobState, Study, StudyState, utcnow
+from .job_store import ExportState, JobState, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import yaml
 from sqlalchemy import func, select
 
 from .completion import queue_due_studies
-from .config import NodeSettings
-from .context import NodeContext
+from .settings import NodeSettings
+from .node_context import NodeContext
 from .job_states import move_job
 from .jobs import deliver_due
-from .metrics import start_http
+from .monitoring import start_http
 from .queue import enqueue_with, make_celery
 from .retention import apply_retention
 from .scp import StorageSCP, record_spooled_files
-from .store import Job, JobState
+from .job_store import Job, JobState
 
 LOGGER = logging.getLogger(__name__)
 

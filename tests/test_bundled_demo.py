@@ -10,8 +10,8 @@ from PIL import Image
 
 from medversa.inference import BUNDLED_CHECKPOINT, ImageInput, TaskRequest, load_analyzer, model_identity
 from medversa.inference.checkpoint import read_meta
-from medversa.training.config import TrainConfig, recipe_path
-from medversa.training.metrics import dice
+from medversa.training.train_config import TrainConfig, recipe_path
+from medversa.training.eval_metrics import dice
 
 from .conftest import SHARED, need
 

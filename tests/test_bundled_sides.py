@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from medversa.inference import ImageInput, TaskRequest, load_analyzer
-from medversa.training.metrics import dice
+from medversa.training.eval_metrics import dice
 
 from .conftest import SHARED, need
 

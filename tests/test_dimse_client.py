@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medversa.node.config import Peer, TLSSettings
+from medversa.node.settings import Peer, TLSSettings
 from medversa.node.scu import (
     AssociationFailed,
     count_study_instances,

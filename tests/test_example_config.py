@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from medversa.node.config import NodeSettings, Peer, default_rules, load_settings
+from medversa.node.settings import NodeSettings, Peer, default_rules, load_settings
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]

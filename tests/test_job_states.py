@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from medversa.node.completion import requeue_waiting_jobs
-from medversa.node.config import load_settings
-from medversa.node.context import NodeContext
+from medversa.node.settings import load_settings
+from medversa.node.node_context import NodeContext
 from medversa.node.job_states import (
     FINISHED_JOB_STATES,
     INITIAL_JOB_STATES,
@@ -22,7 +22,7 @@ from medversa.node.job_states import (
 )
 from medversa.node.jobs import create_job_version, deliver_due, requeue_failed_job, run_job
 from medversa.node.scp import record_instance
-from medversa.node.store import Export, ExportState, Job, JobState, Study, StudyState
+from medversa.node.job_store import Export, ExportState, Job, JobState, Study, StudyState
 from sqlalchemy import select
 
 from . import dicom_factory as f
@@ -170,7 +170,7 @@ def test_no_module_assigns_a_job_or_study_state_directly():
 def test_the_sender_returns_typed_outcomes_and_writes_nothing(node, tmp_path):
     """node/export.py only claims and sends; the rows change when jobs.py applies the outcomes."""
     from medversa.node.export import ExportOutcome, claim_due, next_try, send
-    from medversa.node.store import utcnow
+    from medversa.node.job_store import utcnow
 
     _, job_id = _study_with_job(node)
     result = f.make_cr(16, 16)

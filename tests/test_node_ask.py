@@ -31,7 +31,7 @@ from sqlalchemy import select
 from medversa.benchmarks.peers import free_port, wait_port
 from medversa.dicom_mapping import read_answers
 from medversa.dicom_mapping.answer_sr import SERIES_DESCRIPTION
-from medversa.node.store import Instance, Job, JobState, Store, Study
+from medversa.node.job_store import Instance, Job, JobState, Store, Study
 
 from . import dicom_factory as f
 from .ask_fixtures import arrow_group, gsps_with_text, ohif_measurement_report, rectangle_group
@@ -298,8 +298,8 @@ def test_what_the_node_moved_to_itself_starts_no_analysis_until_the_pacs_sends_i
     """C-STORE sub-operations of the node's own C-MOVE (Move Originator AE Title = its AE title) are
     recorded as retrieved: no pending instance, no reopened study. The PACS sending the same image for
     analysis later counts. (An in-process SCP known to Orthanc as LOCALASK plays the node here.)"""
-    from medversa.node.config import load_settings
-    from medversa.node.context import NodeContext
+    from medversa.node.settings import load_settings
+    from medversa.node.node_context import NodeContext
     from medversa.node.scp import RETRIEVED, StorageSCP
     from medversa.node.scu import move_study
 

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from medversa.benchmarks.peers import free_port, wait_port
 from medversa.dicom_mapping import truncation
-from medversa.node.store import JobState, Store, Study, StudyState
+from medversa.node.job_store import JobState, Store, Study, StudyState
 
 from . import dicom_factory as f
 from .bad_inputs import CASE_NAMES, BadInput, build_corpus, send_raw, study_uid_of

@@ -13,7 +13,7 @@ import time
 
 import pydicom
 import pytest
-from medversa.node.store import Instance, Job, JobState, Store, Study
+from medversa.node.job_store import Instance, Job, JobState, Store, Study
 from medversa.benchmarks.peers import wait_port
 from pynetdicom import AE
 from sqlalchemy import select
@@ -147,7 +147,7 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
 
 
 def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_path):
-    from medversa.node.store import Export, ExportState
+    from medversa.node.job_store import Export, ExportState
     from sqlalchemy import func
 
     from .orthanc import OrthancServer

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from medversa.node.store import AuditEvent, Instance, Job, JobState, Store, Study
+from medversa.node.job_store import AuditEvent, Instance, Job, JobState, Store, Study
 from medversa.benchmarks.peers import free_port, wait_port
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag

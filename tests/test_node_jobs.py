@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy import select
 
 from medversa.node.completion import queue_due_studies
-from medversa.node.config import load_settings
-from medversa.node.context import NodeContext
+from medversa.node.settings import load_settings
+from medversa.node.node_context import NodeContext
 from medversa.node.export import backoff_s
 from medversa.node.jobs import create_job_version, deliver_due, finish_if_delivered, retry_job_exports
 from medversa.node.retention import apply_retention
 from medversa.node.routing import InstanceFacts, RoutingRule, default_rules, route, tasks_for
 from medversa.node.scp import record_instance
-from medversa.node.store import (
+from medversa.node.job_store import (
     Export,
     ExportState,
     Job,

@@ -12,10 +12,10 @@ import tracemalloc
 import numpy as np
 import pydicom
 import pytest
-from medversa.node.config import load_settings
+from medversa.node.settings import load_settings
 from medversa.node.scp import StorageSCP
 from medversa.node.spool import INCOMING, Spool
-from medversa.node.store import AuditEvent, Instance, Store
+from medversa.node.job_store import AuditEvent, Instance, Store
 from medversa.benchmarks.peers import free_port
 from sqlalchemy import select
 

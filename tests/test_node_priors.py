@@ -22,12 +22,12 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from medversa.node.config import load_settings
-from medversa.node.context import NodeContext
+from medversa.node.settings import load_settings
+from medversa.node.node_context import NodeContext
 from medversa.node.scu import find_study_series
 from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
 from medversa.node.scp import StorageSCP
-from medversa.node.store import Instance, Job, JobState, Store, Study, StudyState
+from medversa.node.job_store import Instance, Job, JobState, Store, Study, StudyState
 from medversa.benchmarks.peers import free_port, wait_port
 from pydicom import Dataset
 from pydicom.uid import generate_uid

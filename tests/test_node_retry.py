@@ -12,11 +12,11 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from medversa.node.config import load_settings
-from medversa.node.context import NodeContext
+from medversa.node.settings import load_settings
+from medversa.node.node_context import NodeContext
 from medversa.node.jobs import TransientJobError, create_job_version, requeue_failed_job, retry_delay, run_job
 from medversa.node.scp import record_instance
-from medversa.node.store import Job, JobState, Study
+from medversa.node.job_store import Job, JobState, Study
 from medversa.benchmarks.peers import free_port
 from sqlalchemy import select
 

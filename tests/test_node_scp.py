@@ -5,10 +5,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from medversa.node.config import load_settings
+from medversa.node.settings import load_settings
 from medversa.node.scp import StorageSCP, record_instance, record_instances
 from medversa.node.spool import Spool, SpoolFull
-from medversa.node.store import AuditEvent, Instance, Store, Study, StudyState
+from medversa.node.job_store import AuditEvent, Instance, Store, Study, StudyState
 from medversa.benchmarks.peers import free_port
 from pydicom import dcmread
 from pynetdicom import AE

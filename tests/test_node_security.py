@@ -15,8 +15,8 @@ import pydicom
 import pytest
 import yaml
 from medversa.node import phi
-from medversa.node.config import NodeSettings, Peer, PeerTLS, load_settings
-from medversa.node.store import Export, ExportState, Job, JobState, Store, Study
+from medversa.node.settings import NodeSettings, Peer, PeerTLS, load_settings
+from medversa.node.job_store import Export, ExportState, Job, JobState, Store, Study
 from medversa.benchmarks.peers import dcmtk, free_port, wait_port
 from pynetdicom import AE, evt
 from sqlalchemy import select
@@ -293,7 +293,7 @@ class _TLSQueryRetrieveSCP:
 
 
 def test_prior_query_and_retrieve_use_the_pacs_tls_settings(tmp_path, certs):
-    from medversa.node.context import NodeContext
+    from medversa.node.node_context import NodeContext
     from medversa.node.priors import fetch_prior
 
     prior_uid = pydicom.uid.generate_uid()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from medversa.inference import postprocess_mask_2d, preprocess_image, preprocess_volume, resize_nearest
-from medversa.inference.config import PreprocessConfig
+from medversa.inference.model_config import PreprocessConfig
 from medversa.inference.processing import box_to_pixels, postprocess_mask_3d
 
 from .conftest import TINY_OFFICIAL, need

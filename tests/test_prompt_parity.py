@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from medversa.dicom_mapping import StudyOptions, plan_study, prepare_study
-from medversa.dicom_mapping.context import clinical_context
+from medversa.dicom_mapping.header_context import clinical_context
 from medversa.inference import (
     TEMPLATES,
     ClinicalContext,
@@ -183,7 +183,7 @@ def test_medinterp_mini_training_notes_sent_as_dicom_get_their_training_prompts(
 def test_the_bundled_checkpoint_declares_the_context_its_recipe_trains_with():
     from medversa.inference import BUNDLED_CHECKPOINT
     from medversa.inference.checkpoint import read_meta
-    from medversa.training.config import TrainConfig, recipe_path
+    from medversa.training.train_config import TrainConfig, recipe_path
 
     declared = Declaration.from_meta(read_meta(BUNDLED_CHECKPOINT))
     assert declared.context_fields == DEMO_FIELDS

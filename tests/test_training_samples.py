@@ -12,7 +12,7 @@ import torch
 from medversa.inference import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, TEMPLATES, Modality, Task, TaskFamily, build_model
 from medversa.inference.labels import label_tokens
 from medversa.training.batching import IGNORE, collate
-from medversa.training.config import OptimizerConfig, TrainConfig, recipe_path
+from medversa.training.train_config import OptimizerConfig, TrainConfig, recipe_path
 from medversa.training.datasets.medinterp_mini import read_all
 from medversa.training.objective import TrainingObjective
 from medversa.training.records import (

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from medversa.inference import Analyzer
-from medversa.training.config import TrainConfig
+from medversa.training.train_config import TrainConfig
 from medversa.training.datasets.medinterp_mini import read_all
 from medversa.training.evaluate import (
     METRIC_NAMES,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .config import TrainConfig, recipe_path
+from .train_config import TrainConfig, recipe_path
 
 LOGGER = logging.getLogger(__name__)
 

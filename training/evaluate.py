@@ -61,7 +61,7 @@ from medversa.inference import (
     render_context,
 )
 
-from . import metrics
+from . import eval_metrics
 from .records import (
     ClassificationRecord,
     DetectionRecord,

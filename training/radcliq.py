@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import metrics
+from . import eval_metrics
 from .report_metric import TextMetric
 
 FEATURES = ("radgraph", "bertscore", "semb_score", "bleu_score")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .config import OptimizerConfig
+from .train_config import OptimizerConfig
 
 
 def learning_rate(step: int, total_steps: int, cfg: OptimizerConfig) -> float:

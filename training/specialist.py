@@ -18,10 +18,10 @@ import torch
 
 from medversa.inference import MedVersaConfig, ResNetUNet2d, postprocess_mask_2d, preprocess_image
 
-from . import metrics
+from . import eval_metrics
 from .augment import hflip
 from .batching import mask_to_model_2d
-from .config import OptimizerConfig
+from .train_config import OptimizerConfig
 from .losses import MaskLoss
 from .records import SegmentationRecord
 from .schedule import make_scheduler

@@ -37,7 +37,7 @@ from medversa.inference import (
 
 from . import distributed
 from .batching import collate
-from .config import StageConfig, TrainConfig
+from .train_config import StageConfig, TrainConfig
 from .objective import TrainingObjective
 from .records import Record
 from .sampler import DomainAwareSampler

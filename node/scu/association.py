@@ -18,7 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 from medversa.node.pynetdicom_settings import configure_pynetdicom
 
 from .diagnosis import Negotiation, may_succeed_later, why_not_established

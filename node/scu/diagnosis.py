@@ -17,7 +17,7 @@ from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 
 from .tls import tls_for
 

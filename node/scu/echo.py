@@ -6,7 +6,7 @@ import logging
 
 from pynetdicom import build_context, sop_class
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 
 from .association import OpenAssociation
 from .responses import no_response

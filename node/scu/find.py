@@ -18,7 +18,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import QR_FIND_SERVICE_CLASS_STATUS, code_to_category
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 
 from .association import OpenAssociation
 from .responses import int_or_none, no_response, status_text

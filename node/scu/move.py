@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pynetdicom import build_context, sop_class
 from pynetdicom.status import QR_MOVE_SERVICE_CLASS_STATUS
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 
 from .association import OpenAssociation
 from .results import RetrieveOutcome

@@ -10,7 +10,7 @@ from typing import Any
 
 from pynetdicom.status import GENERAL_STATUS, code_to_category
 
-from medversa.node.config import Peer
+from medversa.node.settings import Peer
 
 
 def no_response(peer: Peer, service: str, timeout: float) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from medversa.node.config import Peer
+from medversa.node.settings import Peer
 
 
 class AssociationFailed(ConnectionError):

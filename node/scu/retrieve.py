@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from pydicom import Dataset
 from pynetdicom.status import code_to_category
 
-from medversa.node.config import Peer
+from medversa.node.settings import Peer
 
 from .responses import int_or_none, no_response, status_text
 from .results import AssociationFailed, RetrieveOutcome

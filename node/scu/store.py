@@ -23,7 +23,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 from medversa.node.dicom_classes import UNCOMPRESSED
 
 from .association import MAX_CONTEXTS, request_association

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 
-from medversa.node.config import Peer, PeerTLS
+from medversa.node.settings import Peer, PeerTLS
 
 
 def client_ssl_context(tls: PeerTLS) -> ssl.SSLContext:

@@ -11,10 +11,10 @@ from medversa.dicom_mapping import AlgorithmInfo
 from medversa.inference import model_identity
 
 from . import phi
-from .config import NodeSettings
-from .metrics import Metrics
+from .settings import NodeSettings
+from .monitoring import Metrics
 from .spool import Spool
-from .store import Store
+from .job_store import Store
 
 LOGGER = logging.getLogger(__name__)
 

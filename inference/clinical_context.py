@@ -4,7 +4,7 @@ The published model reads clinical context inside ``<context>...</context>`` for
 generation and classification. What it learned is only what it is asked if training and the
 node write that text with the same function: training readers fill a :class:`ClinicalContext`
 from a dataset's columns, the node fills one from DICOM headers
-(:mod:`medversa.dicom_mapping.context`), and both call :func:`render_context` with the fields
+(:mod:`medversa.dicom_mapping.header_context`), and both call :func:`render_context` with the fields
 the checkpoint was trained with (recorded in its metadata, see :mod:`.declaration`).
 
 Never names, IDs or dates of birth: the dataclass has no place for them.

@@ -5,7 +5,7 @@ tokenizer but with a 4,096-piece vocabulary learned from report text, so the
 small models need no Llama download. The five MedVersa tokens are appended by
 :class:`medversa.inference.tokenizer.MedVersaTokenizer` (ids 4096..4100).
 
-Regenerate with ``python -m medversa.training.tokenizer IU_REPORTS_JSONL OUT_DIR``.
+Regenerate with ``python -m medversa.training.train_tokenizer IU_REPORTS_JSONL OUT_DIR``.
 """
 
 from __future__ import annotations

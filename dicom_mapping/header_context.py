@@ -1,7 +1,7 @@
 """Clinical context from DICOM headers, in the form training wrote it.
 
 The model was trained on ``<context>`` text written by
-:func:`medversa.inference.context.render_context` from dataset columns (age, sex, view,
+:func:`medversa.inference.clinical_context.render_context` from dataset columns (age, sex, view,
 indication). This module fills the same :class:`ClinicalContext` from a study's headers, so the
 node asks in the words the model learned:
 
