@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from .node_context import NodeContext
 
 
+class JobFailedError(RuntimeError):
+    """A job failed for good; the message is the job's recorded error, patient identifiers scrubbed.
+
+    Raised in place of the original exception (whose message and traceback may quote a patient's
+    name or ID read from a header) so that the queue's own logging of the failure carries no PHI.
+    """
+
+
 class TransientJobError(RuntimeError):
     """A failure worth another try later (PACS or database unreachable, disk momentarily full, worker
     lost): the job goes back to QUEUED and the queue runs it again after ``retry_in`` seconds."""

@@ -24,9 +24,9 @@ from medversa.inference import Task, context_fields_from
 from .ask import compute_ask
 from .node_context import NodeContext
 from .export import CLAIM_LEASE_S, ClaimedExport, ExportOutcome, claim_due, next_try, send
-from .job_failures import TransientJobError, is_transient, retry_delay
+from .job_failures import JobFailedError, TransientJobError, is_transient, retry_delay
 from .job_states import FINISHED_JOB_STATES, move_job, move_study_state
-from .phi import phi, scrub
+from .phi import identifiers_in_file, identifiers_scope, phi, scrub
 from .result_files import write_atomic
 from .job_store import (
     Export,
@@ -99,30 +99,50 @@ def run_job(ctx: NodeContext, job_id: int) -> str:
             job.attempts += 1
             job.started_at = utcnow()
         attempt = job.attempts
+        study_id = job.study_id
     if compute:
-        try:
-            _compute(ctx, job_id, last_attempt=attempt >= max_attempts)
-        except Exception as exc:
-            transient = is_transient(exc) and attempt < max_attempts
-            with ctx.store.session() as s:
-                job = ctx.store.job(s, job_id)
-                reason = f"{type(exc).__name__}: {scrub(str(exc))}"
-                if transient:
-                    delay = retry_delay(ctx, attempt)
-                    move_job(job, JobState.QUEUED, reason="transient failure")
-                    job.error = f"attempt {attempt} of {max_attempts} failed, retry in {delay:.0f} s: {reason}"[:2000]
-                else:
-                    move_job(job, JobState.FAILED, reason="failure")
-                    job.error = reason[:2000] if attempt < max_attempts or not is_transient(exc) else \
-                        f"gave up after {attempt} attempt(s): {reason}"[:2000]
-            if transient:
-                LOGGER.warning("job %d: %s", job_id, job.error)
-                raise TransientJobError(job.error, retry_in=delay) from exc
-            ctx.metrics.job_failures.inc()
-            LOGGER.error("job %d failed: %s", job_id, job.error)
-            raise
+        with identifiers_scope(_patient_identifiers(ctx, study_id)):
+            _compute_attempt(ctx, job_id, attempt, max_attempts)
     deliver_due(ctx, job_id=job_id)
     return finish_if_delivered(ctx, job_id)
+
+
+def _patient_identifiers(ctx: NodeContext, study_id: int) -> tuple[str, ...]:
+    """The identifiers in the study's spooled headers (a study may mix spellings of one name)."""
+    found: list[str] = []
+    for path in _study_files(ctx, study_id)[:_IDENTIFIER_FILES]:
+        found.extend(identifiers_in_file(path))
+    return tuple(dict.fromkeys(found))
+
+
+#: Headers read for the identifiers to scrub from a job's error: a study's instances share them.
+_IDENTIFIER_FILES = 8
+
+
+def _compute_attempt(ctx: NodeContext, job_id: int, attempt: int, max_attempts: int) -> None:
+    """One attempt, with the identifiers in scope so that the job's error, its log lines and the
+    exception the queue sees (and logs with its traceback) carry none of them."""
+    try:
+        _compute(ctx, job_id, last_attempt=attempt >= max_attempts)
+    except Exception as exc:
+        transient = is_transient(exc) and attempt < max_attempts
+        with ctx.store.session() as s:
+            job = ctx.store.job(s, job_id)
+            reason = f"{type(exc).__name__}: {scrub(str(exc))}"
+            if transient:
+                delay = retry_delay(ctx, attempt)
+                move_job(job, JobState.QUEUED, reason="transient failure")
+                job.error = f"attempt {attempt} of {max_attempts} failed, retry in {delay:.0f} s: {reason}"[:2000]
+            else:
+                move_job(job, JobState.FAILED, reason="failure")
+                job.error = reason[:2000] if attempt < max_attempts or not is_transient(exc) else \
+                    f"gave up after {attempt} attempt(s): {reason}"[:2000]
+        if transient:
+            LOGGER.warning("job %d: %s", job_id, job.error)
+            raise TransientJobError(job.error, retry_in=delay) from None
+        ctx.metrics.job_failures.inc()
+        LOGGER.error("job %d failed: %s", job_id, job.error)
+        raise JobFailedError(f"job {job_id}: {job.error}") from None
 
 
 def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple[str, ...],

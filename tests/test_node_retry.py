@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from medversa.node.settings import load_settings
 from medversa.node.node_context import NodeContext
+from medversa.node.job_failures import JobFailedError
 from medversa.node.jobs import TransientJobError, create_job_version, requeue_failed_job, retry_delay, run_job
 from medversa.node.scp import record_instance
 from medversa.node.job_store import Job, JobState, Study
@@ -194,3 +195,27 @@ def test_serve_retries_through_the_queue_until_the_pacs_is_back(tmp_path, tmp_pa
                 "countdown) and the next attempt used the prior", attempts=finished.attempts,
                 waited_s=round((finished.finished_at - finished.created_at).total_seconds(), 1))
 
+
+
+def test_a_failed_jobs_error_and_the_exception_the_queue_logs_carry_no_patient_identifier(tmp_path, monkeypatch,
+                                                                                           caplog):
+    """A library error that quotes a header value (as pydicom's and pynetdicom's do) is scrubbed on the
+    worker too: in the job's recorded error, in its log lines and in the exception Celery logs."""
+    node = _node(tmp_path)
+    ds = f.make_cr(32, 32, PatientID="PHI-98765", PatientName="Hostile^Quentin", StudyDate="20240102")
+    job_id = _job(node, datasets=[ds], tasks=["report_impression"])
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot decode (0010,0010) 'Hostile^Quentin' of patient PHI-98765")
+
+    monkeypatch.setattr("medversa.node.pipeline.analyze_study", broken)
+    with pytest.raises(JobFailedError) as raised:
+        run_job(node, job_id)
+    job = _state(node, job_id)
+    assert job.state is JobState.FAILED and job.error.startswith("ValueError: cannot decode"), job.error
+    texts = [job.error, str(raised.value), *(r.getMessage() for r in caplog.records)]
+    for text in texts:
+        assert "Hostile" not in text and "Quentin" not in text and "PHI-98765" not in text, text
+    assert "[patient identifier" in job.error
+    # The original exception (and its message) is not chained: Celery's traceback cannot show it.
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
