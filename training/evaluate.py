@@ -202,7 +202,7 @@ def _segmentation_outcome(record: SegmentationRecord, answers: list[Answer]) -> 
                     raise ValueError(f"record {record.source}/{record.record_id}: predicted mask of {name!r} is "
                                      f"{m.mask.shape}, ground truth {truth.shape}")
                 predicted |= m.mask
-        out[name] = metrics.dice(predicted, truth)
+        out[name] = eval_metrics.dice(predicted, truth)
     return out
 
 
@@ -219,11 +219,11 @@ def named_classes(text: str, phrases: Iterable[str]) -> set[str]:
 
 
 def _detection_outcome(record: DetectionRecord, answers: list[Answer]) -> dict[str, list[float]]:
-    predicted: dict[str, list[metrics.PixelBox]] = defaultdict(list)
+    predicted: dict[str, list[eval_metrics.PixelBox]] = defaultdict(list)
     for answer in answers:
         for b in answer.boxes:
             predicted[" ".join(b.label.lower().split())].append((b.x0, b.y0, b.x1, b.y1))
-    return {name: metrics.match_boxes(boxes, predicted.get(" ".join(name.lower().split()), []))
+    return {name: eval_metrics.match_boxes(boxes, predicted.get(" ".join(name.lower().split()), []))
             for name, boxes in record.boxes.items() if boxes}
 
 
@@ -392,7 +392,7 @@ def _per_class(task: Task, cases: list[_Case], metric: str, bootstrap: dict[str,
             sums[i, j], counts[i, j] = sum(values), len(values)
     if not names:
         return {}
-    per_class, macro = metrics.bootstrap_class_means(sums, counts, **bootstrap)
+    per_class, macro = eval_metrics.bootstrap_class_means(sums, counts, **bootstrap)
     out = {_key(task, name, metric): result for name, result in zip(names, per_class, strict=False)}
     out[_key(task, "mean", metric)] = macro
     return out
@@ -412,14 +412,14 @@ def _classification(task: Task, cases: list[_Case], bootstrap: dict[str, Any]) -
         return {}
     y_true = np.array([[p in c.record.labels for p in classes] for c in cases], dtype=float)
     y_pred = np.array([[p in found for p in classes] for found in predicted], dtype=float)
-    per_class, macro = metrics.bootstrap_f1(y_true, y_pred, **bootstrap)
+    per_class, macro = eval_metrics.bootstrap_f1(y_true, y_pred, **bootstrap)
     out = {_key(task, name, "f1"): result for name, result in zip(classes, per_class, strict=True)}
     out[_key(task, "mean", "f1")] = macro
     none_true = np.array([[not c.record.labels] for c in cases], dtype=float)
     none_said = np.array([[NO_FINDING in named_classes(c.outcome, (*vocabulary, NO_FINDING))] for c in cases],
                          dtype=float)
     if none_true.any() or none_said.any():  # listed beside the classes, outside their macro mean (paper Fig. 4)
-        out[_key(task, NO_FINDING, "f1")] = metrics.bootstrap_f1(none_true, none_said, **bootstrap)[0][0]
+        out[_key(task, NO_FINDING, "f1")] = eval_metrics.bootstrap_f1(none_true, none_said, **bootstrap)[0][0]
     return out
 
 
@@ -429,7 +429,7 @@ def _grouped_accuracy(task: Task, groups: list[str], correct: np.ndarray, bootst
     names = sorted(set(groups))
     sums = np.array([[float(c) if g == name else 0.0 for name in names] for g, c in zip(groups, correct, strict=False)])
     counts = np.array([[1.0 if g == name else 0.0 for name in names] for g in groups])
-    per_group, mean = metrics.bootstrap_class_means(sums, counts, **bootstrap)
+    per_group, mean = eval_metrics.bootstrap_class_means(sums, counts, **bootstrap)
     out = {_key(task, f"{prefix}{name}", "accuracy"): result for name, result in zip(names, per_group, strict=False)}
     if macro:
         out[_key(task, "mean", "accuracy")] = mean
@@ -450,11 +450,11 @@ def _answers(task: Task, cases: list[_Case], bootstrap: dict[str, Any],
         out.update(_grouped_accuracy(task, references, correct, bootstrap, prefix="answer "))
     else:
         out.update(_grouped_accuracy(task, references, correct, bootstrap, macro=True))
-    out[_key(task, "all", "accuracy")] = metrics.bootstrap_mean(correct, **bootstrap)
+    out[_key(task, "all", "accuracy")] = eval_metrics.bootstrap_mean(correct, **bootstrap)
     if majority:
         constant = [normal_answer(majority.get(question_kind(c.record), "")) for c in cases]
         hits = np.array([bool(a) and a == ref for a, ref in zip(constant, references, strict=False)], dtype=float)
-        out[_key(task, "constant_baseline", "accuracy")] = metrics.bootstrap_mean(hits, **bootstrap)
+        out[_key(task, "constant_baseline", "accuracy")] = eval_metrics.bootstrap_mean(hits, **bootstrap)
     return out
 
 
@@ -462,22 +462,22 @@ def _reports(task: Task, cases: list[_Case], text_metrics: Sequence[TextMetric],
              bootstrap: dict[str, Any], baseline: str | None = None) -> dict[str, dict]:
     hypotheses = [c.outcome for c in cases]
     references = [_report_reference(c.record, task) for c in cases]
-    out = {_key(task, "all", "bleu4"): metrics.bootstrap_bleu(hypotheses, references, **bootstrap),
-           _key(task, "all", "rougeL"): metrics.bootstrap_mean(metrics.rouge_l(hypotheses, references), **bootstrap)}
+    out = {_key(task, "all", "bleu4"): eval_metrics.bootstrap_bleu(hypotheses, references, **bootstrap),
+           _key(task, "all", "rougeL"): eval_metrics.bootstrap_mean(eval_metrics.rouge_l(hypotheses, references), **bootstrap)}
     if baseline is not None:
         constant = [baseline] * len(references)
-        out[_key(task, "constant_baseline", "bleu4")] = metrics.bootstrap_bleu(constant, references, **bootstrap)
-        out[_key(task, "constant_baseline", "rougeL")] = metrics.bootstrap_mean(
-            metrics.rouge_l(constant, references), **bootstrap)
+        out[_key(task, "constant_baseline", "bleu4")] = eval_metrics.bootstrap_bleu(constant, references, **bootstrap)
+        out[_key(task, "constant_baseline", "rougeL")] = eval_metrics.bootstrap_mean(
+            eval_metrics.rouge_l(constant, references), **bootstrap)
     for metric in text_metrics:
         scores = metric.score(hypotheses, references)
-        out[_key(task, "all", metric.name)] = metrics.bootstrap_mean(scores, **bootstrap)
+        out[_key(task, "all", metric.name)] = eval_metrics.bootstrap_mean(scores, **bootstrap)
     return out
 
 
 # --- entry points ---------------------------------------------------------------------------------
 def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = None, batch_size: int = 16,
-             resamples: int = metrics.RESAMPLES, seed: int = 0, text_metrics: Sequence[TextMetric] = (),
+             resamples: int = eval_metrics.RESAMPLES, seed: int = 0, text_metrics: Sequence[TextMetric] = (),
              skipped: dict[str, str] | None = None,
              predictions: list[dict[str, Any]] | None = None,
              baselines: dict[Task, str] | None = None,
@@ -579,7 +579,7 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
             results.update(_reports(task, task_cases, text_metrics, bootstrap, baselines.get(task)))
         elif task in ANSWER_TASKS:
             results.update(_answers(task, task_cases, bootstrap, (majority or {}).get(task)))
-        results[_key(task, "all", "confusion")] = metrics.bootstrap_mean([float(c.confused) for c in asked],
+        results[_key(task, "all", "confusion")] = eval_metrics.bootstrap_mean([float(c.confused) for c in asked],
                                                                          **bootstrap)
     results[SKIPPED] = dict(skipped or {})
     return results
@@ -613,12 +613,12 @@ def constant_baselines(train_records: Sequence[Record], tasks: Iterable[Task] = 
     for task in tasks:
         texts = [_report_reference(r, task) for r in train_records
                  if isinstance(r, ReportRecord) and r.images and task in tasks_for(r)]
-        references = [metrics.tokenize(t) for t in texts]
+        references = [eval_metrics.tokenize(t) for t in texts]
         best, best_score = None, -1.0
         for candidate in dict.fromkeys(texts):
-            tokens = metrics.tokenize(candidate)
-            stats = np.sum([metrics.bleu_stats(tokens, ref) for ref in references], axis=0)
-            score = metrics.bleu_from_stats(stats)
+            tokens = eval_metrics.tokenize(candidate)
+            stats = np.sum([eval_metrics.bleu_stats(tokens, ref) for ref in references], axis=0)
+            score = eval_metrics.bleu_from_stats(stats)
             if score > best_score:
                 best, best_score = candidate, score
         if best is not None:

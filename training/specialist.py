@@ -80,7 +80,7 @@ def train_specialist(records: list, config: MedVersaConfig, steps: int, batch_si
 
 @torch.no_grad()
 def evaluate_specialist(model: ResNetUNet2d, records: list, config: MedVersaConfig,
-                        resamples: int = metrics.RESAMPLES, seed: int = 0) -> dict[str, dict]:
+                        resamples: int = eval_metrics.RESAMPLES, seed: int = 0) -> dict[str, dict]:
     """Dice per structure on ``records`` (holdout), keys as ``medversa eval`` writes them."""
     pool = chest_organ_records(records)
     scores: dict[str, list[float]] = {s: [] for s in STRUCTURES}
@@ -89,10 +89,10 @@ def evaluate_specialist(model: ResNetUNet2d, records: list, config: MedVersaConf
         logits = model.decode(model.encode(preprocess_image(image, config.preprocess)[None]))[0]
         for channel, structure in enumerate(STRUCTURES):
             predicted = postprocess_mask_2d(logits[channel], image.shape[:2], config.preprocess)
-            scores[structure].append(metrics.dice(predicted, record.masks[structure].load()))
+            scores[structure].append(eval_metrics.dice(predicted, record.masks[structure].load()))
     out = {}
     for structure, values in scores.items():
-        out[f"chest_organ_segmentation/{structure.replace(' ', '_')}/dice"] = metrics.bootstrap_mean(values, resamples, seed)
-    out["chest_organ_segmentation/mean/dice"] = metrics.bootstrap_mean(
+        out[f"chest_organ_segmentation/{structure.replace(' ', '_')}/dice"] = eval_metrics.bootstrap_mean(values, resamples, seed)
+    out["chest_organ_segmentation/mean/dice"] = eval_metrics.bootstrap_mean(
         [float(np.mean(v)) for v in zip(*scores.values())], resamples, seed)
     return out
