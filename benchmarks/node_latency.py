@@ -29,8 +29,8 @@ def bench_e2e(studies: int = 20, idle_seconds: float = 2.0, preset: str = "demo"
               modes: tuple[str, ...] = ("embedded", "redis"),
               images_per_study: int = 2, size: int = 512) -> dict:
     """Seconds from the last instance's C-STORE to the SR stored in Orthanc, per study (sequential arrivals)."""
-    from medversa.node.settings import Peer
     from medversa.node.scu import store_datasets
+    from medversa.node.settings import Peer
 
     from .local_orthanc import OrthancServer
 

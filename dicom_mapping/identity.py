@@ -109,7 +109,7 @@ class AlgorithmInfo:
 _AGE = re.compile(r"^\d{3}[DWMY]$")
 
 
-def drop_invalid_copied_attributes(ds: "hd.SOPClass") -> list[str]:
+def drop_invalid_copied_attributes(ds: hd.SOPClass) -> list[str]:
     """Remove patient/study attributes copied from a source whose values break their VR.
 
     Builders copy the Patient and Study modules from the source image; a source

@@ -70,7 +70,7 @@ def shapes_for_image(answers: list[Answer], image_index: int = 0) -> list[Shape]
     return shapes
 
 
-def draw_shapes(image: "Image.Image", shapes: list[Shape], fill: object, width: int = 0) -> None:
+def draw_shapes(image: Image.Image, shapes: list[Shape], fill: object, width: int = 0) -> None:
     """Draw every shape and its label onto a PIL image (in place)."""
     from PIL import ImageDraw
 

@@ -17,9 +17,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .bundled import BUNDLED_CHECKPOINT, load_analyzer, model_identity
-from .model_config import MedVersaConfig
 from .clinical_context import ClinicalContext, ContextFields, render_context
 from .declaration import Declaration, context_fields_from
+from .model_config import MedVersaConfig
 from .presets import create_config
 from .schema import MAX_DETECTION_TARGETS, Answer, Box, ImageInput, Mask2D, Mask3D, TaskRequest
 from .tasks import TEMPLATES, Modality, Task, TaskFamily, comparison_target, fill_template, format_region, join_targets

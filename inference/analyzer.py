@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .declaration import Declaration
-from .generation import TokenChooser, greedy, generate
+from .generation import TokenChooser, generate, greedy
 from .labels import label_tokens
 from .model import MedVersaModel
 from .processing import (
@@ -78,7 +78,7 @@ class Analyzer:
         self.declaration = Declaration()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, **kwargs: object) -> "Analyzer":
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, **kwargs: object) -> Analyzer:
         from .checkpoint import load_checkpoint, read_meta
 
         model, tokenizer = load_checkpoint(path)
@@ -89,7 +89,7 @@ class Analyzer:
         return analyzer
 
     @classmethod
-    def from_preset(cls, name: str, device: str | None = None, seed: int = 0, **kwargs: object) -> "Analyzer":
+    def from_preset(cls, name: str, device: str | None = None, seed: int = 0, **kwargs: object) -> Analyzer:
         """A randomly initialised preset (tests, benchmarks): its answers mean nothing."""
         from .checkpoint import build_model
 
@@ -156,7 +156,7 @@ class Analyzer:
             embeds.append(embed_with_images(self.model.embed_ids, ids, self.tokenizer.ids.image, encoded[job.request_index][0]))
 
         generations = generate(self.model, self.tokenizer, embeds, self.max_new_tokens, choose, cfg.generation.end_sym)
-        for job, gen in zip(jobs, generations):
+        for job, gen in zip(jobs, generations, strict=False):
             request = requests[job.request_index]
             answer = answers[job.request_index]
             raw = self.tokenizer.decode(gen.ids)
@@ -179,21 +179,21 @@ class Analyzer:
         names = self.tokenizer.task_token_ids
         main = request.images[0]
         by_token: dict[str, list[tuple[str, torch.Tensor]]] = defaultdict(list)
-        for state, label in zip(states, labels):
+        for state, label in zip(states, labels, strict=False):
             by_token[names[state.token_id]].append((label, state.hidden))
         if by_token[DET_TOKEN]:
             hidden = torch.stack([h for _, h in by_token[DET_TOKEN]])
-            for (label, _), box in zip(by_token[DET_TOKEN], self.model.detect(hidden)):
+            for (label, _), box in zip(by_token[DET_TOKEN], self.model.detect(hidden), strict=False):
                 x0, y0, x1, y1 = box_to_pixels(box, main.cols, main.rows)
                 answer.boxes.append(Box(label, x0, y0, x1, y1, 0))
         if by_token[SEG2D_TOKEN] and not request.modality.is_volume:
             hidden = torch.stack([h for _, h in by_token[SEG2D_TOKEN]])
             logits = self.model.segment_2d(encoded[2][0][0], hidden)
-            for (label, _), lg in zip(by_token[SEG2D_TOKEN], logits):
+            for (label, _), lg in zip(by_token[SEG2D_TOKEN], logits, strict=False):
                 answer.masks_2d.append(Mask2D(label, postprocess_mask_2d(lg, (main.rows, main.cols), cfg), 0))
         if by_token[SEG3D_TOKEN] and request.modality.is_volume:
             hidden = torch.stack([h for _, h in by_token[SEG3D_TOKEN]])
-            for (label, _), h in zip(by_token[SEG3D_TOKEN], hidden):
+            for (label, _), h in zip(by_token[SEG3D_TOKEN], hidden, strict=False):
                 logits = self.model.segment_3d(encoded[1][0], h[None])[0]
                 answer.masks_3d.append(Mask3D(label, postprocess_mask_3d(logits, main.pixels.shape, cfg), 0))
         wrong = (by_token[SEG2D_TOKEN] and request.modality.is_volume) or (by_token[SEG3D_TOKEN] and not request.modality.is_volume)

@@ -20,8 +20,8 @@ import torch
 from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 
-from .model_config import MedVersaConfig
 from .model import DTYPES, MedVersaModel
+from .model_config import MedVersaConfig
 from .official import load_official_state_dict
 from .presets import create_config
 from .tokenizer import MedVersaTokenizer

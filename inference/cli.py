@@ -38,9 +38,9 @@ def info(
 
     from .bundled import BUNDLED_CHECKPOINT
     from .checkpoint import CONFIG_FILE, read_meta
-    from .model_config import MedVersaConfig
     from .declaration import Declaration
     from .model import MedVersaModel
+    from .model_config import MedVersaConfig
     from .presets import create_config
 
     folder = BUNDLED_CHECKPOINT if name == "bundled" else Path(name)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from .generation import ForcedTokens, generate
+from .model import MedVersaModel
 from .model_config import (
     Encoder2DConfig,
     Encoder3DConfig,
@@ -27,8 +29,6 @@ from .model_config import (
     MedVersaConfig,
     Seg2DConfig,
 )
-from .generation import ForcedTokens, generate
-from .model import MedVersaModel
 from .official import load_official_state_dict
 from .prompting import embed_with_images
 from .tokenizer import MedVersaTokenizer
@@ -116,7 +116,7 @@ def _stats_comparisons(name: str, logits: torch.Tensor, expected: torch.Tensor) 
     ours = [x.sum(), x.mean(), x.std(), x.min(), x.max(), (x * x).sum(), (x * w).sum(), (x > 0).sum().double()]
     labels = ["sum", "mean", "std", "min", "max", "sum_of_squares", "sum(x*w)", "count(x>0)"]
     out = []
-    for i, (label, value) in enumerate(zip(labels, ours)):
+    for i, (label, value) in enumerate(zip(labels, ours, strict=False)):
         ref = float(expected[i])
         diff = abs(float(value) - ref)
         if label == "sum(x*w)":

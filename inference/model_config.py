@@ -156,11 +156,11 @@ class MedVersaConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MedVersaConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MedVersaConfig:
         return _build(cls, data, "config")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "MedVersaConfig":
+    def from_json(cls, path: str | Path) -> MedVersaConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def save(self, path: str | Path) -> None:

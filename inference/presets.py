@@ -8,7 +8,8 @@ branches on a preset name.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .model_config import (
     Encoder2DConfig,

@@ -75,7 +75,7 @@ def resize_nearest(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Nearest-neighbour resize of an N-d array (source index = floor(i * in / out), as cv2)."""
     index = tuple(
         np.minimum((np.arange(out) * (src / out)).astype(np.int64), src - 1)
-        for src, out in zip(mask.shape, shape)
+        for src, out in zip(mask.shape, shape, strict=False)
     )
     return mask[np.ix_(*index)]
 

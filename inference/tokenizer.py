@@ -59,7 +59,7 @@ class MedVersaTokenizer:
         )
 
     @classmethod
-    def from_path(cls, path: str | Path | None = None) -> "MedVersaTokenizer":
+    def from_path(cls, path: str | Path | None = None) -> MedVersaTokenizer:
         """Load from a local folder (tokenizer.json, or a sentencepiece tokenizer.model)."""
         folder = Path(path) if path else BUNDLED_TOKENIZER
         if not folder.is_dir():

@@ -54,7 +54,7 @@ class UNetDecoder(nn.Module):
         skips = list(reversed(encoder_channels[:-1])) + [0]
         ins = [head] + list(decoder_channels[:-1])
         self.blocks = nn.ModuleList(
-            DecoderBlock(i, s, o, num_groups) for i, s, o in zip(ins, skips, decoder_channels)
+            DecoderBlock(i, s, o, num_groups) for i, s, o in zip(ins, skips, decoder_channels, strict=False)
         )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

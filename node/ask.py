@@ -58,11 +58,11 @@ from medversa.dicom_mapping import (
 from medversa.dicom_mapping import header as h
 from medversa.inference import ImageInput, Modality, Task, TaskRequest
 
-from .node_context import NodeContext
 from .job_failures import TransientJobError
 from .job_states import move_job
-from .result_files import write_atomic
 from .job_store import Export, Instance, Job, JobState, Study, StudyState, utcnow
+from .node_context import NodeContext
+from .result_files import write_atomic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
                 requests.append(TaskRequest(task, modality, [pixels], question=asked))
             slots.append((k, task.value))
     answers = ctx.analyzer.run(requests, choose_for=ctx.choose_for) if requests else []
-    for (k, task), answer in zip(slots, answers):
+    for (k, task), answer in zip(slots, answers, strict=False):
         pending[k]["caption" if task == Task.REGION_CAPTIONING.value else "answer"] = answer.plain_text
     result = []
     for entry in pending:

@@ -17,10 +17,10 @@ from medversa.dicom_mapping import ObjectKind, answer_uids, read_answers
 from medversa.inference import Task
 
 from .ask import _create_ask_job, ask_key
-from .node_context import NodeContext
 from .job_failures import TransientJobError
-from .jobs import run_job
 from .job_store import JobState, Study, StudyState
+from .jobs import run_job
+from .node_context import NodeContext
 
 LOGGER = logging.getLogger(__name__)
 

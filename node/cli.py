@@ -90,9 +90,9 @@ def serve(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
 ) -> None:
     """Run the node: SCP, study completion, queue, embedded worker (default), exports, HTTP."""
-    from .settings import Peer
     from .logs import configure
     from .service import Node
+    from .settings import Peer
 
     flags = {"scp.ae_title": ae_title, "scp.port": port, "data_dir": data_dir, "idle_seconds": idle_seconds,
              "http.port": http_port, "model.preset": preset, "model.checkpoint": checkpoint,
@@ -144,8 +144,8 @@ def ask(
     import json
 
     from .ask_command import ask_command
-    from .node_context import NodeContext
     from .logs import configure
+    from .node_context import NodeContext
 
     settings = _settings(config, data_dir=data_dir)
     configure(settings.logging.level, settings.logging.json_format)
@@ -214,8 +214,8 @@ def retry(job: Annotated[int, typer.Argument(help="Job id (see medversa status)"
           config: Annotated[Path | None, typer.Option("--config", help="YAML configuration file")] = None,
           data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None) -> None:
     """Send a job's dead-lettered (or pending) exports again, now; a FAILED job is queued again."""
-    from .node_context import NodeContext
     from .jobs import deliver_claimed, requeue_failed_job, retry_job_exports
+    from .node_context import NodeContext
 
     settings = _settings(config, data_dir=data_dir)
     ctx = NodeContext(settings)

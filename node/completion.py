@@ -18,11 +18,11 @@ from sqlalchemy import func, select
 
 from medversa.dicom_mapping import classify
 
-from .node_context import NodeContext
 from .job_states import move_job, move_study_state
-from .jobs import create_job_version
-from .routing import InstanceFacts, route
 from .job_store import Instance, Job, JobState, Study, StudyState, utcnow
+from .jobs import create_job_version
+from .node_context import NodeContext
+from .routing import InstanceFacts, route
 
 LOGGER = logging.getLogger(__name__)
 

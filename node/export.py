@@ -21,9 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from .settings import ExportSettings, Peer
-from .node_context import NodeContext
 from .job_store import Export, ExportState
+from .node_context import NodeContext
+from .settings import ExportSettings, Peer
 
 LOGGER = logging.getLogger(__name__)
 

@@ -22,12 +22,9 @@ from sqlalchemy import select
 from medversa.inference import Task, context_fields_from
 
 from .ask import compute_ask
-from .node_context import NodeContext
 from .export import CLAIM_LEASE_S, ClaimedExport, ExportOutcome, claim_due, next_try, send
 from .job_failures import JobFailedError, TransientJobError, is_transient, retry_delay
 from .job_states import FINISHED_JOB_STATES, move_job, move_study_state
-from .phi import identifiers_in_file, identifiers_scope, phi, scrub
-from .result_files import write_atomic
 from .job_store import (
     Export,
     ExportState,
@@ -38,6 +35,9 @@ from .job_store import (
     StudyState,
     utcnow,
 )
+from .node_context import NodeContext
+from .phi import identifiers_in_file, identifiers_scope, phi, scrub
+from .result_files import write_atomic
 
 if TYPE_CHECKING:
     from medversa.dicom_mapping import StudyOptions

@@ -11,10 +11,10 @@ from medversa.dicom_mapping import AlgorithmInfo
 from medversa.inference import model_identity
 
 from . import phi
-from .settings import NodeSettings
-from .monitoring import Metrics
-from .spool import Spool
 from .job_store import Store
+from .monitoring import Metrics
+from .settings import NodeSettings
+from .spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 

@@ -42,8 +42,9 @@ from sqlalchemy import func, select
 
 from medversa.dicom_mapping import header as h
 
-from .node_context import NodeContext
 from .job_states import move_study_state
+from .job_store import Instance, Study, StudyState, utcnow
+from .node_context import NodeContext
 from .phi import phi
 from .scp import hash_phi, inspect_instance, record_instances
 from .scu import (
@@ -56,7 +57,6 @@ from .scu import (
     get_study,
     move_study,
 )
-from .job_store import Instance, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

@@ -50,8 +50,8 @@ def make_celery(settings: NodeSettings) -> Celery:
     # after a lost worker counts as an attempt too.
     @app.task(name=TASK_NAME, bind=True, max_retries=None, acks_late=True)
     def analyze_study(self, job_id: int) -> str:
-        from .node_context import NodeContext
         from .jobs import TransientJobError, run_job
+        from .node_context import NodeContext
 
         ctx = _CONTEXTS.get("node")
         if ctx is None:

@@ -14,9 +14,9 @@ import shutil
 
 from sqlalchemy import select
 
-from .node_context import NodeContext
 from .job_states import move_study_state
 from .job_store import ExportState, JobState, Study, StudyState, utcnow
+from .node_context import NodeContext
 
 LOGGER = logging.getLogger(__name__)
 

@@ -80,13 +80,13 @@ from medversa.dicom_mapping import ANNOTATION_CLASSES, PixelDataError, check_pix
 from medversa.dicom_mapping import header as h
 
 from . import phi
-from .settings import NodeSettings
 from .dicom_classes import ACCEPTED_SYNTAXES, STORAGE_CLASSES
 from .job_states import move_study_state
+from .job_store import Instance, Store, Study, StudyState, utcnow
 from .phi import pseudonym
 from .pynetdicom_settings import configure_pynetdicom
+from .settings import NodeSettings
 from .spool import IncomingFile, Spool, SpoolFull, StudyFull
-from .job_store import Instance, Store, Study, StudyState, utcnow
 
 LOGGER = logging.getLogger(__name__)
 

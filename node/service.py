@@ -15,15 +15,15 @@ import yaml
 from sqlalchemy import func, select
 
 from .completion import queue_due_studies
-from .settings import NodeSettings
-from .node_context import NodeContext
 from .job_states import move_job
+from .job_store import Job, JobState
 from .jobs import deliver_due
 from .monitoring import start_http
+from .node_context import NodeContext
 from .queue import enqueue_with, make_celery
 from .retention import apply_retention
 from .scp import StorageSCP, record_spooled_files
-from .job_store import Job, JobState
+from .settings import NodeSettings
 
 LOGGER = logging.getLogger(__name__)
 

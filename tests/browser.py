@@ -206,7 +206,7 @@ class Chromium:
                 pass
         self._profile.cleanup()
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         return self
 
     def __exit__(self, *exc: object) -> None:

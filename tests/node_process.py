@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medversa.benchmarks.peers import free_port
 
 from .dicom_tools import need_tool

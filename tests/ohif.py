@@ -94,7 +94,7 @@ VIEWPORT_BOX = """(() => {
 })()"""
 
 
-def annotation_pixels(png: "Path", box: list[float], inset: int = 6) -> int:
+def annotation_pixels(png: Path, box: list[float], inset: int = 6) -> int:
     """Pixels inside ``box`` of a screenshot that are coloured where a grayscale image has none.
 
     Radiographs and CT display as gray (red = green = blue). SR outlines and labels (yellow, green

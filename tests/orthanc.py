@@ -6,6 +6,7 @@ import shutil
 from typing import Any
 
 import pytest
+
 from medversa.benchmarks.local_orthanc import (
     ORTHANC_BINARY,
     OrthancServer,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from medversa.training.text_metrics import BertScore
 
 PYTHON = os.environ.get("MEDVERSA_RADGRAPH_PYTHON", "")

@@ -10,8 +10,8 @@ from PIL import Image
 
 from medversa.inference import BUNDLED_CHECKPOINT, ImageInput, TaskRequest, load_analyzer, model_identity
 from medversa.inference.checkpoint import read_meta
-from medversa.training.train_config import TrainConfig, recipe_path
 from medversa.training.eval_metrics import dice
+from medversa.training.train_config import TrainConfig, recipe_path
 
 from .conftest import SHARED, need
 
@@ -70,9 +70,9 @@ def test_the_demo_model_draws_lesions_and_lungs_it_was_trained_on():
     answers = analyzer.run(requests)
     lesion = [dice(a.masks_2d[0].mask if a.masks_2d else np.zeros(1, bool),
                    np.asarray(Image.open(mini / "derm" / "masks" / f"{i}_lesion.png")) > 0)
-              for i, a in zip(derm, answers[:3])]
+              for i, a in zip(derm, answers[:3], strict=False)]
     lungs = []
-    for i, a in zip(chest, answers[3:]):
+    for i, a in zip(chest, answers[3:], strict=False):
         left = np.asarray(Image.open(mini / "cxr-organs" / "masks" / f"{i}_left_lung.png")) > 0
         lungs.append(dice(a.masks_2d[0].mask if a.masks_2d else np.zeros_like(left), left))
     assert np.mean(lesion) > 0.6, lesion

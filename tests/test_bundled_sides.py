@@ -32,7 +32,7 @@ def test_left_and_right_lung_and_heart_are_distinct_masks_on_their_own_sides():
     images = {i: np.asarray(Image.open(organs / "images" / f"{i}.png").convert("L")) for i in ids}
     answers = analyzer.run([TaskRequest("chest_organ_segmentation", "cxr", [ImageInput(images[i])],
                                         targets=STRUCTURES) for i in ids])
-    for i, answer in zip(ids, answers):
+    for i, answer in zip(ids, answers, strict=False):
         drawn = {m.label: m.mask for m in answer.masks_2d}
         assert set(drawn) == set(STRUCTURES), (i, answer.text)
         width = images[i].shape[1]

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medversa.node.settings import Peer, TLSSettings
+from pydicom import Dataset, dcmread
+from pydicom.uid import JPEG2000Lossless, generate_uid
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
 from medversa.node.scu import (
     AssociationFailed,
     count_study_instances,
@@ -26,10 +30,7 @@ from medversa.node.scu import (
     storage_contexts,
     store_datasets,
 )
-from pydicom import Dataset, dcmread
-from pydicom.uid import JPEG2000Lossless, generate_uid
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from medversa.node.settings import Peer, TLSSettings
 
 from .dicom_factory import (
     PATIENT_NAME,

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from medversa.node.settings import NodeSettings, Peer, default_rules, load_settings
 from pydantic import BaseModel
+
+from medversa.node.settings import NodeSettings, Peer, default_rules, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "node" / "example_config.yaml"

@@ -87,11 +87,11 @@ def test_batched_generation_equals_one_by_one(tiny_analyzer, rng):
     assert a.shape[0] != b.shape[0]  # different lengths: left padding is exercised
     planted = [tok.encode("x <DET> y<2DSEG>") + [5] * 5, tok.encode("<3DSEG> z") + [7] * 8]
     together = generate(model, tok, [a, b], 12, ForcedTokens(planted), end_sym=None)
-    for embeds, seq, batched in zip([a, b], planted, together):
+    for embeds, seq, batched in zip([a, b], planted, together, strict=False):
         alone = generate(model, tok, [embeds], 12, ForcedTokens([seq]), end_sym=None)[0]
         assert alone.ids == batched.ids
         assert [s.position for s in alone.task_states] == [s.position for s in batched.task_states]
-        for s1, s2 in zip(alone.task_states, batched.task_states):
+        for s1, s2 in zip(alone.task_states, batched.task_states, strict=False):
             torch.testing.assert_close(s1.hidden, s2.hidden, atol=1e-5, rtol=1e-5)
     greedy_together = generate(model, tok, [a, b], 10, greedy, end_sym=None)
     greedy_alone = [generate(model, tok, [e], 10, greedy, end_sym=None)[0] for e in (a, b)]

@@ -8,9 +8,9 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+
 from medversa.node.completion import requeue_waiting_jobs
-from medversa.node.settings import load_settings
-from medversa.node.node_context import NodeContext
 from medversa.node.job_states import (
     FINISHED_JOB_STATES,
     INITIAL_JOB_STATES,
@@ -20,10 +20,11 @@ from medversa.node.job_states import (
     move_job,
     move_study_state,
 )
-from medversa.node.jobs import create_job_version, deliver_due, requeue_failed_job, run_job
-from medversa.node.scp import record_instance
 from medversa.node.job_store import Export, ExportState, Job, JobState, Study, StudyState
-from sqlalchemy import select
+from medversa.node.jobs import create_job_version, deliver_due, requeue_failed_job, run_job
+from medversa.node.node_context import NodeContext
+from medversa.node.scp import record_instance
+from medversa.node.settings import load_settings
 
 from . import dicom_factory as f
 

@@ -1,4 +1,5 @@
 import pytest
+
 from medversa.inference.labels import label_tokens
 
 

@@ -298,10 +298,10 @@ def test_what_the_node_moved_to_itself_starts_no_analysis_until_the_pacs_sends_i
     """C-STORE sub-operations of the node's own C-MOVE (Move Originator AE Title = its AE title) are
     recorded as retrieved: no pending instance, no reopened study. The PACS sending the same image for
     analysis later counts. (An in-process SCP known to Orthanc as LOCALASK plays the node here.)"""
-    from medversa.node.settings import load_settings
     from medversa.node.node_context import NodeContext
     from medversa.node.scp import RETRIEVED, StorageSCP
     from medversa.node.scu import move_study
+    from medversa.node.settings import load_settings
 
     image = f.make_cr(64, 64, body_part="CHEST", PatientID="ASK-MOVED")
     buffer = BytesIO()

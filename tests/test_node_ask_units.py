@@ -26,11 +26,11 @@ from medversa.dicom_mapping import (
 from medversa.dicom_mapping.annotations import is_question
 from medversa.inference import Task
 from medversa.node.ask import ask_key, queue_annotations
-from medversa.node.settings import load_settings
-from medversa.node.node_context import NodeContext
-from medversa.node.jobs import create_job_version, run_job
-from medversa.node.scp import record_instance
 from medversa.node.job_store import Instance, Job, JobState, Study, StudyState
+from medversa.node.jobs import create_job_version, run_job
+from medversa.node.node_context import NodeContext
+from medversa.node.scp import record_instance
+from medversa.node.settings import load_settings
 
 from . import dicom_factory as f
 from .ask_fixtures import arrow_group, gsps_with_text, ohif_measurement_report, rectangle_group

@@ -13,10 +13,11 @@ import time
 
 import pydicom
 import pytest
-from medversa.node.job_store import Instance, Job, JobState, Store, Study
-from medversa.benchmarks.peers import wait_port
 from pynetdicom import AE
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import wait_port
+from medversa.node.job_store import Instance, Job, JobState, Store, Study
 
 from . import dicom_factory as f
 from .node_process import kill_group as _kill_group
@@ -147,8 +148,9 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
 
 
 def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_path):
-    from medversa.node.job_store import Export, ExportState
     from sqlalchemy import func
+
+    from medversa.node.job_store import Export, ExportState
 
     from .orthanc import OrthancServer
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from medversa.node.job_store import AuditEvent, Instance, Job, JobState, Store, Study
-from medversa.benchmarks.peers import free_port, wait_port
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import free_port, wait_port
+from medversa.node.job_store import AuditEvent, Instance, Job, JobState, Store, Study
 
 from . import dicom_factory as f
 from .node_process import kill_group, mount_tmpfs, node_config, start_serve, statuses, storescu, unmount, wait_for
@@ -78,7 +79,7 @@ def test_patient_identifiers_in_exception_texts_never_reach_the_log(tmp_path):
     text = log.read_text(errors="replace")
     lines = text.splitlines()
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
-    for uid, why in zip(uids, ("is not a valid UID", "a positive integer is required")):
+    for uid, why in zip(uids, ("is not a valid UID", "a positive integer is required"), strict=False):
         assert any(uid in line and "refused, 0xC000" in line and why in line and "[patient identifier " in line
                    for line in lines), text[-4000:]
     assert "Invalid value for VR" in text  # pydicom's warnings were logged, scrubbed
@@ -177,9 +178,10 @@ def test_identifiers_are_found_and_scrubbed_even_in_a_file_pydicom_cannot_read(t
     and a text quoting them is scrubbed."""
     from io import BytesIO
 
-    from medversa.node import phi
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    from medversa.node import phi
 
     for implicit in (False, True):
         ds = f.make_cr(16, 16, PatientName=HOSTILE_NAME, PatientID=HOSTILE_ID)

@@ -11,13 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from medversa.node.completion import queue_due_studies
-from medversa.node.settings import load_settings
-from medversa.node.node_context import NodeContext
 from medversa.node.export import backoff_s
-from medversa.node.jobs import create_job_version, deliver_due, finish_if_delivered, retry_job_exports
-from medversa.node.retention import apply_retention
-from medversa.node.routing import InstanceFacts, RoutingRule, default_rules, route, tasks_for
-from medversa.node.scp import record_instance
 from medversa.node.job_store import (
     Export,
     ExportState,
@@ -27,6 +21,12 @@ from medversa.node.job_store import (
     StudyState,
     utcnow,
 )
+from medversa.node.jobs import create_job_version, deliver_due, finish_if_delivered, retry_job_exports
+from medversa.node.node_context import NodeContext
+from medversa.node.retention import apply_retention
+from medversa.node.routing import InstanceFacts, RoutingRule, default_rules, route, tasks_for
+from medversa.node.scp import record_instance
+from medversa.node.settings import load_settings
 
 from . import dicom_factory as f
 

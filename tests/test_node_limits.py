@@ -12,12 +12,13 @@ import tracemalloc
 import numpy as np
 import pydicom
 import pytest
-from medversa.node.settings import load_settings
-from medversa.node.scp import StorageSCP
-from medversa.node.spool import INCOMING, Spool
-from medversa.node.job_store import AuditEvent, Instance, Store
-from medversa.benchmarks.peers import free_port
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import free_port
+from medversa.node.job_store import AuditEvent, Instance, Store
+from medversa.node.scp import StorageSCP
+from medversa.node.settings import load_settings
+from medversa.node.spool import INCOMING, Spool
 
 from . import dicom_factory as f
 from .dicom_tools import need_tool

@@ -37,13 +37,14 @@ def test_concurrent_senders_send_each_export_once(tmp_path):
     import threading
 
     import pydicom
-    from medversa.node.settings import load_settings
-    from medversa.node.node_context import NodeContext
-    from medversa.node.jobs import deliver_due
-    from medversa.node.job_store import Export, ExportState, Job, JobState, Study, utcnow
-    from medversa.benchmarks.peers import free_port
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from sqlalchemy import select
+
+    from medversa.benchmarks.peers import free_port
+    from medversa.node.job_store import Export, ExportState, Job, JobState, Study, utcnow
+    from medversa.node.jobs import deliver_due
+    from medversa.node.node_context import NodeContext
+    from medversa.node.settings import load_settings
 
     from . import dicom_factory as f
 

@@ -22,18 +22,19 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from medversa.node.settings import load_settings
-from medversa.node.node_context import NodeContext
-from medversa.node.scu import find_study_series
-from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
-from medversa.node.scp import StorageSCP
-from medversa.node.job_store import Instance, Job, JobState, Store, Study, StudyState
-from medversa.benchmarks.peers import free_port, wait_port
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import free_port, wait_port
+from medversa.node.job_store import Instance, Job, JobState, Store, Study, StudyState
+from medversa.node.node_context import NodeContext
+from medversa.node.priors import body_regions, fetch_prior, modality_family, regions_compatible
+from medversa.node.scp import StorageSCP
+from medversa.node.scu import find_study_series
+from medversa.node.settings import load_settings
 
 from . import dicom_factory as f
 from .node_process import node_config, start_serve, statuses, storescu, wait_for

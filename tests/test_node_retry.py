@@ -12,14 +12,15 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from medversa.node.settings import load_settings
-from medversa.node.node_context import NodeContext
-from medversa.node.job_failures import JobFailedError
-from medversa.node.jobs import TransientJobError, create_job_version, requeue_failed_job, retry_delay, run_job
-from medversa.node.scp import record_instance
-from medversa.node.job_store import Job, JobState, Study
-from medversa.benchmarks.peers import free_port
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import free_port
+from medversa.node.job_failures import JobFailedError
+from medversa.node.job_store import Job, JobState, Study
+from medversa.node.jobs import TransientJobError, create_job_version, requeue_failed_job, retry_delay, run_job
+from medversa.node.node_context import NodeContext
+from medversa.node.scp import record_instance
+from medversa.node.settings import load_settings
 
 from . import dicom_factory as f
 from .node_process import mount_tmpfs, unmount

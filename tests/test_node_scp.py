@@ -5,14 +5,15 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from medversa.node.settings import load_settings
-from medversa.node.scp import StorageSCP, record_instance, record_instances
-from medversa.node.spool import Spool, SpoolFull
-from medversa.node.job_store import AuditEvent, Instance, Store, Study, StudyState
-from medversa.benchmarks.peers import free_port
 from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import func, select
+
+from medversa.benchmarks.peers import free_port
+from medversa.node.job_store import AuditEvent, Instance, Store, Study, StudyState
+from medversa.node.scp import StorageSCP, record_instance, record_instances
+from medversa.node.settings import load_settings
+from medversa.node.spool import Spool, SpoolFull
 
 from . import dicom_factory as f
 from .dicom_tools import need_tool

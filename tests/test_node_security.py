@@ -14,12 +14,13 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from medversa.node import phi
-from medversa.node.settings import NodeSettings, Peer, PeerTLS, load_settings
-from medversa.node.job_store import Export, ExportState, Job, JobState, Store, Study
-from medversa.benchmarks.peers import dcmtk, free_port, wait_port
 from pynetdicom import AE, evt
 from sqlalchemy import select
+
+from medversa.benchmarks.peers import dcmtk, free_port, wait_port
+from medversa.node import phi
+from medversa.node.job_store import Export, ExportState, Job, JobState, Store, Study
+from medversa.node.settings import NodeSettings, Peer, PeerTLS, load_settings
 
 from . import dicom_factory as f
 from .node_process import node_config, start_serve, stop_serve, wait_for

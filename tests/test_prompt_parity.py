@@ -93,7 +93,7 @@ def assert_same_prompt(record: ReportRecord | ClassificationRecord, task: Task, 
     sample = build_sample(record, task, np.random.default_rng(0), augment=False, context_fields=DEMO_FIELDS)
     assert request.context == sample.context, (request.context, sample.context)
     assert len(request.images) == len(sample.images)
-    for sent, seen in zip(request.images, sample.images):
+    for sent, seen in zip(request.images, sample.images, strict=False):
         np.testing.assert_array_equal(sent.pixels, seen)
     [(_, question)] = request.prompts()
     assert question == fill_template(TEMPLATES[task][0], [0])  # inference asks with template 0 ...

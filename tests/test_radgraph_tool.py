@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from medversa.training.radgraph import AnnotationFile, RadGraphF1
 from medversa.training.text_metrics import load_text_metrics
 

@@ -58,7 +58,7 @@ def test_two_process_run_resumes_exactly(tmp_path, strategy):
 
     a, b = _rows(tmp_path / "straight"), _rows(tmp_path / "interrupted")
     assert [r["step"] for r in a] == list(range(STEPS)) == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=False):
         assert (ra["task"], ra["modality"]) == (rb["task"], rb["modality"])
         assert ra["loss_total"] == rb["loss_total"], (ra, rb)
         assert ra["lr"] == rb["lr"]

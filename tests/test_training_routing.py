@@ -16,12 +16,12 @@ import torch
 
 from medversa.inference import Answer, Box, Mask2D, Modality, Task, build_model
 from medversa.training.batching import collate
-from medversa.training.train_config import StageConfig, TrainConfig
 from medversa.training.evaluate import confused, constant_baselines
 from medversa.training.objective import TrainingObjective
 from medversa.training.records import ArrayImage, ArrayMask, ReportRecord, SegmentationRecord
 from medversa.training.sampler import DomainAwareSampler
 from medversa.training.samples import build_sample
+from medversa.training.train_config import StageConfig, TrainConfig
 from medversa.training.trainer import param_groups
 
 

@@ -20,8 +20,15 @@ import pytest
 from . import viewer_study
 from .browser import Chromium, ConsoleEntry
 from .conftest import SHARED
-from .ohif import (SKIP_TOUR, VIEWPORT_BOX, annotation_pixels, orthanc_viewer_config, thumbnail_script, viewer_or_skip,
-                   viewer_url)
+from .ohif import (
+    SKIP_TOUR,
+    VIEWPORT_BOX,
+    annotation_pixels,
+    orthanc_viewer_config,
+    thumbnail_script,
+    viewer_or_skip,
+    viewer_url,
+)
 from .orthanc import orthanc_server
 from .viewer_results import REPO, record
 

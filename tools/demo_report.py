@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 
 from medversa.inference import Analyzer
-from medversa.training.train_config import TrainConfig
 from medversa.training.datasets.medinterp_mini import read_all
 from medversa.training.evaluate import (
     METRIC_NAMES,
@@ -54,6 +53,7 @@ from medversa.training.specialist import (
     evaluate_specialist,
     train_specialist,
 )
+from medversa.training.train_config import TrainConfig
 
 
 def _fmt(v: dict) -> str:

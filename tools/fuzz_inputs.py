@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from hypothesis import HealthCheck, Phase, given, seed, settings
-    from medversa.node.pipeline import analyze_study  # noqa: F401 - import the model code before timing
 
+    from medversa.node.pipeline import analyze_study  # noqa: F401 - import the model code before timing
     from tests.bad_inputs import (
         clear_errors,
         mutated_inputs,

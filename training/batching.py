@@ -113,7 +113,7 @@ def collate(samples: list[Sample], tokenizer: MedVersaTokenizer, config: MedVers
     ids = torch.full((len(seqs), longest), pad, dtype=torch.long)
     labels = torch.full((len(seqs), longest), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(seqs), longest), dtype=torch.long)
-    for b, (s, t) in enumerate(zip(seqs, targets)):
+    for b, (s, t) in enumerate(zip(seqs, targets, strict=False)):
         ids[b, :len(s)] = torch.tensor(s)
         labels[b, :len(t)] = torch.tensor(t)
         attention[b, :len(s)] = 1

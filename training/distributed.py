@@ -102,4 +102,4 @@ def mean_over_ranks(values: dict[str, float], runtime: Runtime) -> dict[str, flo
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(tensor)
-    return {k: float(v) / runtime.world_size for k, v in zip(keys, tensor)}
+    return {k: float(v) / runtime.world_size for k, v in zip(keys, tensor, strict=False)}

@@ -89,7 +89,7 @@ def bleu_stats_matrix(candidates: Sequence[str], references: Sequence[str], orde
     """``[documents, 2 * order + 2]`` statistics of tokenised text pairs."""
     if len(candidates) != len(references):
         raise ValueError(f"got {len(candidates)} candidates but {len(references)} references")
-    rows = [bleu_stats(tokenize(c), tokenize(r), order) for c, r in zip(candidates, references)]
+    rows = [bleu_stats(tokenize(c), tokenize(r), order) for c, r in zip(candidates, references, strict=False)]
     return np.array(rows, dtype=np.int64).reshape(len(rows), 2 * order + 2)
 
 
@@ -209,7 +209,7 @@ def rouge_l(candidates: Sequence[str], references: Sequence[str]) -> list[float]
     if len(candidates) != len(references):
         raise ValueError(f"got {len(candidates)} candidates but {len(references)} references")
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references)]
+    return [scorer.score(r, c)["rougeL"].fmeasure for c, r in zip(candidates, references, strict=False)]
 
 
 def bootstrap_mean(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0) -> Interval:

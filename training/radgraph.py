@@ -156,4 +156,4 @@ class RadGraphF1:
             raise ValueError(f"got {len(candidates)} candidates but {len(references)} references")
         both = self.annotator.annotate(list(candidates) + list(references))
         cands, refs = both[:len(candidates)], both[len(candidates):]
-        return np.array([radgraph_f1(r, c) for c, r in zip(cands, refs)], dtype=float)
+        return np.array([radgraph_f1(r, c) for c, r in zip(cands, refs, strict=False)], dtype=float)

@@ -35,7 +35,7 @@ def decode_start_length(text: str, height: int, width: int) -> np.ndarray:
     if len(values) % 2:
         raise ValueError("an RLE string needs start/length pairs")
     flat = np.zeros(height * width, dtype=bool)
-    for start, length in zip(values[0::2], values[1::2]):
+    for start, length in zip(values[0::2], values[1::2], strict=False):
         if start < 1 or length < 0 or start - 1 + length > flat.size:
             raise ValueError(f"run ({start}, {length}) lies outside a {height}x{width} mask")
         flat[start - 1:start - 1 + length] = True
@@ -47,4 +47,4 @@ def encode_start_length(mask: np.ndarray) -> str:
     flat = np.concatenate([[0], np.asarray(mask, dtype=np.uint8).ravel(), [0]])
     edges = np.flatnonzero(flat[1:] != flat[:-1])
     starts, ends = edges[0::2], edges[1::2]
-    return " ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends))
+    return " ".join(f"{s + 1} {e - s}" for s, e in zip(starts, ends, strict=False))

@@ -21,10 +21,10 @@ from medversa.inference import MedVersaConfig, ResNetUNet2d, postprocess_mask_2d
 from . import eval_metrics
 from .augment import hflip
 from .batching import mask_to_model_2d
-from .train_config import OptimizerConfig
 from .losses import MaskLoss
 from .records import SegmentationRecord
 from .schedule import make_scheduler
+from .train_config import OptimizerConfig
 
 STRUCTURES = ("left lung", "right lung", "heart")
 
@@ -94,5 +94,5 @@ def evaluate_specialist(model: ResNetUNet2d, records: list, config: MedVersaConf
     for structure, values in scores.items():
         out[f"chest_organ_segmentation/{structure.replace(' ', '_')}/dice"] = eval_metrics.bootstrap_mean(values, resamples, seed)
     out["chest_organ_segmentation/mean/dice"] = eval_metrics.bootstrap_mean(
-        [float(np.mean(v)) for v in zip(*scores.values())], resamples, seed)
+        [float(np.mean(v)) for v in zip(*scores.values(), strict=False)], resamples, seed)
     return out

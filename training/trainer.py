@@ -37,11 +37,11 @@ from medversa.inference import (
 
 from . import distributed
 from .batching import collate
-from .train_config import StageConfig, TrainConfig
 from .objective import TrainingObjective
 from .records import Record
 from .sampler import DomainAwareSampler
 from .schedule import make_scheduler
+from .train_config import StageConfig, TrainConfig
 
 LOGGER = logging.getLogger(__name__)
 

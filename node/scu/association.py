@@ -18,8 +18,8 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from medversa.node.settings import Peer, PeerTLS
 from medversa.node.pynetdicom_settings import configure_pynetdicom
+from medversa.node.settings import Peer, PeerTLS
 
 from .diagnosis import Negotiation, may_succeed_later, why_not_established
 from .results import AssociationFailed, QueryFailed

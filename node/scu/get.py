@@ -15,8 +15,8 @@ from pynetdicom import build_context, build_role, evt, sop_class
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import QR_GET_SERVICE_CLASS_STATUS
 
-from medversa.node.settings import Peer, PeerTLS
 from medversa.node.dicom_classes import COMPRESSED, STORAGE_CLASSES, UNCOMPRESSED
+from medversa.node.settings import Peer, PeerTLS
 
 from .association import MAX_CONTEXTS, OpenAssociation
 from .results import RetrieveOutcome

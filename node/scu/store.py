@@ -23,8 +23,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
-from medversa.node.settings import Peer, PeerTLS
 from medversa.node.dicom_classes import UNCOMPRESSED
+from medversa.node.settings import Peer, PeerTLS
 
 from .association import MAX_CONTEXTS, request_association
 from .diagnosis import all_contexts_rejected, rejected_summary, why_not_established

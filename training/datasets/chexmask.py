@@ -105,7 +105,7 @@ def read_chexmask(root: Path, split: str | None = None, source: str = "MIMIC-CXR
     for line, offset, header, values in _rows(table):
         if len(values) != len(header):
             raise RecordError(table, line, f"{len(values)} fields, the header has {len(header)}")
-        row = dict(zip(header, values))
+        row = dict(zip(header, values, strict=False))
         key = row[id_column].strip()
         if min_dice is not None and number(row[quality_column], table, line, quality_column) < min_dice:
             continue

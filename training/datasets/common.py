@@ -83,7 +83,7 @@ def read_table(path: Path, required: Iterable[str], delimiter: str | None = None
                 continue
             if len(values) < needed:
                 raise RecordError(path, line, f"{len(values)} fields, the header has {len(columns)}")
-            yield line, dict(zip(columns, values + [""] * (len(columns) - len(values))))
+            yield line, dict(zip(columns, values + [""] * (len(columns) - len(values)), strict=False))
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
