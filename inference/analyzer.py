@@ -69,7 +69,8 @@ class Analyzer:
         self.tokenizer = tokenizer
         cfg = model.config
         if len(tokenizer) != cfg.llm.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {cfg.llm.vocab_size}")
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens "
+                             f"but the model's vocabulary is {cfg.llm.vocab_size}")
         self.max_batch_size = max_batch_size or cfg.generation.max_batch_size
         self.max_new_tokens = max_new_tokens or cfg.generation.max_new_tokens
         #: Identity of the weights (checkpoint SHA-256); empty for a freshly built model.
@@ -117,7 +118,8 @@ class Analyzer:
             for start in range(0, len(jobs), self.max_batch_size):
                 batch = jobs[start:start + self.max_batch_size]
                 t0 = time.perf_counter()
-                batch_choose = choose_for([(requests[j.request_index], j.question) for j in batch]) if choose_for else choose
+                batch_choose = (choose_for([(requests[j.request_index], j.question) for j in batch])
+                                if choose_for else choose)
                 self._run_batch(requests, batch, answers, texts, batch_choose)
                 LOGGER.info("ran %d %s/%s prompt(s) in %.2f s", len(batch), task, modality, time.perf_counter() - t0)
         for i, parts in texts.items():
@@ -153,7 +155,8 @@ class Analyzer:
             prompt = build_prompt_ids(self.tokenizer, len(request.images), job.question, request.context,
                                       request.task.uses_context, cfg.num_visual_tokens)
             ids = torch.tensor(prompt.ids, device=self.device)
-            embeds.append(embed_with_images(self.model.embed_ids, ids, self.tokenizer.ids.image, encoded[job.request_index][0]))
+            embeds.append(embed_with_images(self.model.embed_ids, ids, self.tokenizer.ids.image,
+                                            encoded[job.request_index][0]))
 
         generations = generate(self.model, self.tokenizer, embeds, self.max_new_tokens, choose, cfg.generation.end_sym)
         for job, gen in zip(jobs, generations, strict=False):
@@ -196,7 +199,8 @@ class Analyzer:
             for (label, _), h in zip(by_token[SEG3D_TOKEN], hidden, strict=False):
                 logits = self.model.segment_3d(encoded[1][0], h[None])[0]
                 answer.masks_3d.append(Mask3D(label, postprocess_mask_3d(logits, main.pixels.shape, cfg), 0))
-        wrong = (by_token[SEG2D_TOKEN] and request.modality.is_volume) or (by_token[SEG3D_TOKEN] and not request.modality.is_volume)
+        wrong = ((by_token[SEG2D_TOKEN] and request.modality.is_volume)
+                 or (by_token[SEG3D_TOKEN] and not request.modality.is_volume))
         if wrong:
             LOGGER.warning("request %s: the model emitted a segmentation token for the other dimensionality; ignored",
                            request.request_id or job.request_index)

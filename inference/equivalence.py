@@ -150,14 +150,16 @@ def run_equivalence(folder: str | Path) -> list[Comparison]:
         if volumetric:
             tokens, feats3d = model.encode_3d(image.unsqueeze(0))
             pooled = model.adapter_3d.pool(feats3d[-1])[0]
-            results.append(_compare(f"{name}/pooled_tokens_before_ln_vision_3d", pooled, exp["pooled_tokens_before_ln_vision_3d"]))
+            results.append(_compare(f"{name}/pooled_tokens_before_ln_vision_3d", pooled,
+                                    exp["pooled_tokens_before_ln_vision_3d"]))
         else:
             tokens = model.encode_2d(image)
             swin = model.encoder_2d(pixel_values=image).last_hidden_state[0]
             results.append(_compare(f"{name}/swin_last_hidden_state", swin, exp["swin_last_hidden_state"]))
             grid = model.config.encoder_2d.grid
             fmap = swin.T.reshape(1, -1, grid, grid)
-            results.append(_compare(f"{name}/pooled_tokens_before_ln_vision_2d", model.adapter_2d.pool(fmap)[0], exp["pooled_tokens_before_ln_vision_2d"]))
+            results.append(_compare(f"{name}/pooled_tokens_before_ln_vision_2d", model.adapter_2d.pool(fmap)[0],
+                                    exp["pooled_tokens_before_ln_vision_2d"]))
         results.append(_compare(f"{name}/visual_tokens", tokens[0], exp["visual_tokens"]))
 
         # Teacher-forced pass over prompt + answer.
@@ -197,7 +199,8 @@ def run_equivalence(folder: str | Path) -> list[Comparison]:
             d = [0, 21, 42, 63]
             results.append(_compare(f"{name}/seg3d_logits_axial_slices", seg[d], exp["seg3d_logits_axial_slices"]))
             results.append(_compare(f"{name}/seg3d_logits_coronal_h96", seg[:, 96, :], exp["seg3d_logits_coronal_h96"]))
-            results.append(_compare(f"{name}/seg3d_logits_sagittal_w96", seg[:, :, 96], exp["seg3d_logits_sagittal_w96"]))
+            results.append(_compare(f"{name}/seg3d_logits_sagittal_w96", seg[:, :, 96],
+                                    exp["seg3d_logits_sagittal_w96"]))
             results.append(_compare(f"{name}/seg3d_logits_every8", seg[::8, ::8, ::8], exp["seg3d_logits_every8"]))
             results.extend(_stats_comparisons(f"{name}/seg3d_logits_stats", seg, exp["seg3d_logits_stats"]))
     return results

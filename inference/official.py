@@ -176,7 +176,9 @@ def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def check_mapping(model: nn.Module, rows: list[KeyRow], lora_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> MappingReport:
+def check_mapping(
+    model: nn.Module, rows: list[KeyRow], lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> MappingReport:
     """Map every published key onto ``model`` and compare shapes; list every problem."""
     tensors = _model_tensors(model)
     params = dict(model.named_parameters())

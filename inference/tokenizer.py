@@ -16,9 +16,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-LOGGER = logging.getLogger(__name__)
-
 from .tokens import DET_TOKEN, IMAGE_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN, TASK_TOKENS
+
+LOGGER = logging.getLogger(__name__)
 
 __all__ = ["MedVersaTokenizer", "SpecialIds", "IMAGE_TOKEN", "DET_TOKEN", "SEG2D_TOKEN", "SEG3D_TOKEN",
            "NA_TOKEN", "TASK_TOKENS"]

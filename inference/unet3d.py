@@ -68,7 +68,9 @@ class Head3d(nn.Module):
 class UNet3d(nn.Module):
     """``encode`` gives the five feature maps; ``decode`` turns (edited) features into logits."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, base_channels: int = 32, num_groups: int = 16) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 1, base_channels: int = 32, num_groups: int = 16
+    ) -> None:
         super().__init__()
         c = base_channels
         self.conv = DoubleConv3d(in_channels, c, num_groups)

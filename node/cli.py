@@ -24,8 +24,12 @@ def infer(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders (one or more studies)")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the result objects")],
     ask: Annotated[str | None, typer.Option("--ask", help="A question about the first image (VQA)")] = None,
-    region: Annotated[str | None, typer.Option("--region", help="X0,Y0,X1,Y1: describe this region of the first image")] = None,
-    prior: Annotated[list[Path] | None, typer.Option("--prior", help="DICOM of an earlier study (longitudinal comparison)")] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", help="X0,Y0,X1,Y1: describe this region of the first image")
+    ] = None,
+    prior: Annotated[
+        list[Path] | None, typer.Option("--prior", help="DICOM of an earlier study (longitudinal comparison)")
+    ] = None,
     task: Annotated[list[str] | None, typer.Option("--task", help="Run only these tasks (repeatable)")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Model checkpoint folder")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Model preset with random weights (testing)")] = None,
@@ -82,8 +86,12 @@ def serve(
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="Our AE title")] = None,
     port: Annotated[int | None, typer.Option("--port", help="DICOM port")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Spool, results and database folder")] = None,
-    idle_seconds: Annotated[float | None, typer.Option("--idle-seconds", help="Study complete after this idle time")] = None,
-    destination: Annotated[list[str] | None, typer.Option("--destination", help="AE@HOST:PORT to send results to (repeatable)")] = None,
+    idle_seconds: Annotated[
+        float | None, typer.Option("--idle-seconds", help="Study complete after this idle time")
+    ] = None,
+    destination: Annotated[
+        list[str] | None, typer.Option("--destination", help="AE@HOST:PORT to send results to (repeatable)")
+    ] = None,
     pacs: Annotated[str | None, typer.Option("--pacs", help="AE@HOST:PORT queried for completeness and priors")] = None,
     http_port: Annotated[int | None, typer.Option("--http-port", help="Metrics/health port (0: any free port)")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Model preset with random weights (testing)")] = None,

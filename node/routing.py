@@ -172,5 +172,5 @@ def default_rules() -> list[RoutingRule]:
     return [RoutingRule(name=DEFAULT_RULE_NAMES[kind], series_kind=kind.value, tasks=[t.value for t in tasks])
             for kind, tasks in DEFAULT_TASKS.items() if tasks]
 
-__all__ = ["INTERACTIVE_TASKS", "InstanceFacts", "Routed", "RoutingRule", "default_rules", "possible_kinds", "route", "rule_for", "rule_problems",
-           "tasks_for"]
+__all__ = ["INTERACTIVE_TASKS", "InstanceFacts", "Routed", "RoutingRule", "default_rules", "possible_kinds", "route",
+           "rule_for", "rule_problems", "tasks_for"]

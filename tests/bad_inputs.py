@@ -108,7 +108,8 @@ def _encapsulated_cr(ts: str, frames: int = 1, sop_class: str = f.CR_IMAGE) -> D
 CASE_NAMES = (
     "truncated file", "file truncated in the header", "wrong value length", "missing Pixel Data", "short Pixel Data",
     "Rows/Columns larger than the pixel data", "Rows/Columns smaller than the pixel data", "memory bomb (native)",
-    "memory bomb (compressed)", "memory bomb (Enhanced CT frames)", "unsupported transfer syntax", "non-image SOP class: Basic Text SR",
+    "memory bomb (compressed)", "memory bomb (Enhanced CT frames)", "unsupported transfer syntax",
+    "non-image SOP class: Basic Text SR",
     "non-image SOP class: encapsulated PDF", "data set / SOP class mismatch", "CT series with a missing slice",
     "study of many tiny instances",
 )

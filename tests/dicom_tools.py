@@ -43,7 +43,8 @@ PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 
 
 def pixelmed_sr_report(path: Path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) of PixelMed's DicomSRValidator, the IHE Connectathon SR validator (Debian libpixelmed-java)."""
+    """(errors, warnings) of PixelMed's DicomSRValidator, the IHE Connectathon SR validator
+    (Debian libpixelmed-java)."""
     java = shutil.which("java")
     if java is None or not PIXELMED_JAR.exists():
         pytest.skip("PixelMed is not installed (bash .ci/install installs libpixelmed-java)")

@@ -111,7 +111,8 @@ def test_region_outside_the_image_is_rejected(cxr):
 def test_longitudinal_comparison_with_four_images(tiny_analyzer, rng):
     images = [ImageInput(rng.integers(0, 256, (128, 128), dtype=np.uint8)) for _ in range(4)]
     request = TaskRequest(Task.LONGITUDINAL_COMPARISON, Modality.CXR, images, num_current=2)
-    assert request.prompts()[0][1] == "Highlight any difference in <img0><img1> compared to the prior study <img2><img3>."
+    assert request.prompts()[0][1] == ("Highlight any difference in <img0><img1> "
+                                       "compared to the prior study <img2><img3>.")
     answer = _run(tiny_analyzer, request, "The effusion has decreased.###")
     assert answer.text == "The effusion has decreased."
 

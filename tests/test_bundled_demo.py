@@ -65,7 +65,8 @@ def test_the_demo_model_draws_lesions_and_lungs_it_was_trained_on():
                             [ImageInput(np.asarray(Image.open(mini / "derm" / "images" / f"{i}.jpg").convert("RGB")))])
                 for i in derm]
     requests += [TaskRequest("chest_organ_segmentation", "cxr",
-                             [ImageInput(np.asarray(Image.open(mini / "cxr-organs" / "images" / f"{i}.png").convert("L")))],
+                             [ImageInput(np.asarray(
+                                 Image.open(mini / "cxr-organs" / "images" / f"{i}.png").convert("L")))],
                              targets=("left lung",)) for i in chest]
     answers = analyzer.run(requests)
     lesion = [dice(a.masks_2d[0].mask if a.masks_2d else np.zeros(1, bool),

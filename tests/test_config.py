@@ -48,6 +48,7 @@ def test_medversa_7b_matches_the_published_parameter_count():
         model = MedVersaModel(create_config("medversa-7b"))
     assert sum(p.numel() for p in model.parameters()) == 6_867_437_838
     cfg = model.config
-    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (16, 16, 0.1, ("q_proj", "v_proj"))
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (
+        16, 16, 0.1, ("q_proj", "v_proj"))
     assert cfg.encoder_2d.out_channels == 1024 and cfg.encoder_3d.base_channels == 32
     assert cfg.num_visual_tokens == 9 and cfg.llm.hidden_size == 4096

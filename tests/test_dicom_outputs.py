@@ -55,7 +55,8 @@ def test_multiframe_source_without_frame_of_reference_gets_no_seg_but_a_logged_r
     frames = f.chest_pixels(40, 40, frames=3)
     ds = f.make_cr(pixels=frames, sop_class_uid=f.MF_GRAYSCALE_WORD_SC, modality="CR")
     second = next(i for i in prepare_study([ds]).images if i.ref.frame == 2)
-    assert build_segmentation([ds], [("heart", _disc((40, 40), (20, 20), 8))], second.ref, ALG, hd.UID(), hd.UID()) is None
+    heart = _disc((40, 40), (20, 20), 8)
+    assert build_segmentation([ds], [("heart", heart)], second.ref, ALG, hd.UID(), hd.UID()) is None
     assert "multi-frame source without a frame of reference" in caplog.text
 
 
@@ -85,7 +86,8 @@ def _results(image, lung):
         TaskResult(Answer("", Task.REPORT_IMPRESSION, "No acute cardiopulmonary process."), [ref]),
         TaskResult(Answer("", Task.PATHOLOGY_DETECTION, "pleural effusion <DET>, pneumothorax <N/A>.",
                           boxes=[Box("pleural effusion", 10.5, 20.0, 60.25, 70.0)], absent=["pneumothorax"]), [ref]),
-        TaskResult(Answer("", Task.CHEST_PATHOLOGY_CLASSIFICATION, "The diagnoses are atelectasis and pneumonia."), [ref]),
+        TaskResult(Answer("", Task.CHEST_PATHOLOGY_CLASSIFICATION,
+                          "The diagnoses are atelectasis and pneumonia."), [ref]),
         TaskResult(Answer("", Task.CHEST_ORGAN_SEGMENTATION, "", masks_2d=[Mask2D("left lung", lung)]), [ref]),
         TaskResult(Answer("", Task.VQA, "Yes, a small one."), [ref], question="Is there an effusion in <img0>?"),
     ]
@@ -177,7 +179,8 @@ def test_longitudinal_sr_references_the_prior_study(tmp_path):
 
 def _shapes_answers(rows, cols):
     return [Answer("", Task.PATHOLOGY_DETECTION, "", boxes=[Box("pleural effusion", 10, 12, 50, 40)]),
-            Answer("", Task.CHEST_ORGAN_SEGMENTATION, "", masks_2d=[Mask2D("heart", _disc((rows, cols), (60, 50), 10))])]
+            Answer("", Task.CHEST_ORGAN_SEGMENTATION, "",
+                   masks_2d=[Mask2D("heart", _disc((rows, cols), (60, 50), 10))])]
 
 
 def test_gsps_draws_each_box_and_outline_and_reads_back(cxr, tmp_path):
@@ -222,7 +225,8 @@ def test_dcmp2pgm_renders_the_presentation_state_overlay_on_the_box(cxr, tmp_pat
 def test_colour_images_get_a_colour_presentation_state(tmp_path):
     ds = f.make_vl_photo(48, 64)
     image = prepare_study([ds]).images[0]
-    answers = [Answer("", Task.SKIN_LESION_SEGMENTATION, "", masks_2d=[Mask2D("skin lesion", _disc((48, 64), (24, 32), 10))])]
+    answers = [Answer("", Task.SKIN_LESION_SEGMENTATION, "",
+                      masks_2d=[Mask2D("skin lesion", _disc((48, 64), (24, 32), 10))])]
     pr = build_presentation_state(ds, image.ref, answers, ALG, hd.UID(), hd.UID())
     path = assert_valid(pr, tmp_path, "csps")
     assert pydicom.dcmread(path).SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.2"

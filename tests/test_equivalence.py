@@ -15,4 +15,4 @@ def test_check_equivalence_reproduces_every_official_tensor():
     assert lines[-1].startswith("35/35 within tolerance")
     for name in ("cxr2d/det_box", "cxr2d/seg2d_logits", "ct3d/seg3d_logits_every8", "cxr2d/hidden_DET (generated)",
                  "ct3d/answer_logits", "cxr2d/visual_tokens"):
-        assert any(l.startswith(name) and l.endswith("ok") for l in lines), name
+        assert any(line.startswith(name) and line.endswith("ok") for line in lines), name

@@ -69,7 +69,8 @@ def test_chest_study_gives_sr_seg_gsps_and_burned_in_capture(tiny_analyzer, tmp_
     _assert_all_valid(out.objects, tmp_path)
     # Detection and segmentation ran on the frontal view only; the lateral view went to the report.
     seg = next(o.dataset for o in out.objects if o.kind is ObjectKind.SEG)
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == frontal.SOPInstanceUID
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == frontal.SOPInstanceUID
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert set(labels) <= {"left lung", "right lung", "heart"} and labels
     report = next(r for r in out.results if r.task is Task.REPORT_FINDINGS)
@@ -143,7 +144,8 @@ def test_unsupported_instances_are_skipped_with_a_reason(tiny_analyzer):
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "medversa.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "medversa.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_medversa_infer_on_files_from_a_plain_checkout(tmp_path):

@@ -45,7 +45,8 @@ from .reliability import record_case
 
 #: Fast routing: one short task per chest study, the organ segmentation for abdominal CT.
 ROUTING = [
-    {"name": "chest radiograph", "modality": "CR|DX", "body_part": "CHEST|", "tasks": ["chest_pathology_classification"]},
+    {"name": "chest radiograph", "modality": "CR|DX", "body_part": "CHEST|",
+     "tasks": ["chest_pathology_classification"]},
     {"name": "abdominal CT", "modality": "CT", "body_part": "ABDOMEN", "tasks": ["abdominal_organ_segmentation"]},
 ]
 MANY = 1000

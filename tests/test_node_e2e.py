@@ -65,8 +65,8 @@ def _orthanc(tmp: Path, node_port: int) -> OrthancServer:
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "medversa.cli", *cmd], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "medversa.cli", *cmd], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _wait_health(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> dict:
@@ -137,7 +137,8 @@ def test_embedded_node_processes_an_auto_routed_study_and_compares_with_the_prio
         assert any("new since the prior study" in t for t in texts)
         # The node's results were not routed back to it by the PACS.
         time.sleep(3)
-        status = subprocess.run([sys.executable, "-m", "medversa.cli", "status", "--config", str(tmp_path / "medversa.yaml")],
+        status = subprocess.run([sys.executable, "-m", "medversa.cli", "status",
+                                 "--config", str(tmp_path / "medversa.yaml")],
                                 capture_output=True, text=True, timeout=60)
         assert "exports DELIVERED" in status.stdout and "DEAD" not in status.stdout
         with urllib.request.urlopen(f"http://127.0.0.1:{cfg['http']['port']}/metrics", timeout=5) as r:

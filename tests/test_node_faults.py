@@ -132,7 +132,8 @@ def test_worker_killed_mid_job_the_job_completes_after_restart(tmp_path):
             time.sleep(0.5)
         in_pacs = orthanc.request("POST", "/tools/find", {"Level": "Instance", "Expand": True, "Query": {
             "StudyInstanceUID": study_uid}})
-        results_in_pacs = {i["MainDicomTags"]["SOPInstanceUID"] for i in in_pacs} - {str(d.SOPInstanceUID) for d in study}
+        results_in_pacs = ({i["MainDicomTags"]["SOPInstanceUID"] for i in in_pacs}
+                           - {str(d.SOPInstanceUID) for d in study})
         sr_series = orthanc.request("POST", "/tools/find", {"Level": "Series", "Expand": True, "Query": {
             "StudyInstanceUID": study_uid, "Modality": "SR"}})
         srs = [i for series in sr_series for i in series["Instances"]
@@ -192,7 +193,8 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
         orthanc.start()  # back, on the same port: the backoff retry delivers
         wait_for(lambda: exports(ExportState.PENDING) == 0 and exports(ExportState.DELIVERED) >= 1, 120,
                  "exports not delivered after the PACS returned", log)
-        assert orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": first, "Modality": "SR"}})
+        assert orthanc.request("POST", "/tools/find",
+                               {"Level": "Series", "Query": {"StudyInstanceUID": first, "Modality": "SR"}})
 
         orthanc.stop(kill=True)
         second = send_study()
@@ -204,7 +206,8 @@ def test_pacs_down_during_export_retries_then_dead_letters_and_retry_sends(tmp_p
                                  capture_output=True, text=True, timeout=120)
         assert retried.returncode == 0, retried.stdout + retried.stderr
         assert exports(ExportState.DEAD) == 0
-        assert orthanc.request("POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": second, "Modality": "SR"}})
+        assert orthanc.request("POST", "/tools/find",
+                               {"Level": "Series", "Query": {"StudyInstanceUID": second, "Modality": "SR"}})
     finally:
         _kill_group(node, signal.SIGTERM)
         orthanc.stop(kill=True)

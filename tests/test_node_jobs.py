@@ -215,7 +215,8 @@ def test_delivery_to_a_real_scp_finishes_the_job(ctx, tmp_path):
     ae = AE("DEST")
     ae.add_supported_context("1.2.840.10008.5.1.4.1.1.1")
     server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, lambda e: received.append(e.request.AffectedSOPInstanceUID) or 0)])
+                             evt_handlers=[(evt.EVT_C_STORE,
+                                            lambda e: received.append(e.request.AffectedSOPInstanceUID) or 0)])
     try:
         node = ctx()
         job_id = _job_with_export(node, f"DEST@127.0.0.1:{server.server_address[1]}")

@@ -54,7 +54,8 @@ def test_concurrent_senders_send_each_export_once(tmp_path):
     receiver.supported_contexts = AllStoragePresentationContexts
     server = receiver.start_server(("127.0.0.1", port), block=False, evt_handlers=[
         (evt.EVT_C_STORE, lambda event: received.append(str(event.dataset.SOPInstanceUID)) or 0x0000)])
-    settings = load_settings(None, data_dir=tmp_path / "data", **{"export.destinations": [f"RECEIVER@127.0.0.1:{port}"]})
+    settings = load_settings(None, data_dir=tmp_path / "data",
+                             **{"export.destinations": [f"RECEIVER@127.0.0.1:{port}"]})
     contexts = [NodeContext(settings) for _ in range(2)]
     results = [f.make_cr(16, 16) for _ in range(20)]
     paths = f.write_datasets(results, settings.results_dir)

@@ -48,10 +48,11 @@ def test_echo_and_store_with_storescu_spools_and_records(scp, tmp_path):
     server = scp()
     study = f.make_cr(64, 64)
     paths = f.write_datasets([study, f.make_cr(64, 64, study_uid=study.StudyInstanceUID)], tmp_path / "in")
-    echo = subprocess.run([need_tool("echoscu"), "-aec", "MEDVERSA", "127.0.0.1", str(server.port)], capture_output=True, timeout=30)
+    echo = subprocess.run([need_tool("echoscu"), "-aec", "MEDVERSA", "127.0.0.1", str(server.port)],
+                          capture_output=True, timeout=30)
     assert echo.returncode == 0
-    sent = subprocess.run([need_tool("storescu"), "-aet", "PACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), *map(str, paths)],
-                          capture_output=True, text=True, timeout=60)
+    sent = subprocess.run([need_tool("storescu"), "-aet", "PACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port),
+                           *map(str, paths)], capture_output=True, text=True, timeout=60)
     assert sent.returncode == 0, sent.stderr
     assert _count(server, Instance) == 2 and _count(server, Study) == 1
     spooled = sorted(server.spool.root.rglob("*.dcm"))
@@ -75,12 +76,12 @@ def test_a_calling_ae_outside_the_allow_list_is_rejected_and_audited(scp, tmp_pa
     need_tool("storescu")
     server = scp(**{"scp.allowed_calling_aes": ["GOODPACS"]})
     path = f.write_datasets([f.make_cr(32, 32)], tmp_path / "in")[0]
-    bad = subprocess.run([need_tool("storescu"), "-aet", "EVIL", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([need_tool("storescu"), "-aet", "EVIL", "-aec", "MEDVERSA", "127.0.0.1", str(server.port),
+                          str(path)], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
     assert "Calling AE Title Not Recognized" in (bad.stdout + bad.stderr)
-    good = subprocess.run([need_tool("storescu"), "-aet", "GOODPACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
-                          capture_output=True, text=True, timeout=60)
+    good = subprocess.run([need_tool("storescu"), "-aet", "GOODPACS", "-aec", "MEDVERSA", "127.0.0.1", str(server.port),
+                           str(path)], capture_output=True, text=True, timeout=60)
     assert good.returncode == 0
     with server.store.session() as s:
         rejected = s.scalars(select(AuditEvent).where(AuditEvent.outcome == "rejected")).all()
@@ -244,8 +245,8 @@ def test_dicom_tls_with_storescu_and_plain_connections_refused(scp, tmp_path):
     plain = subprocess.run([need_tool("storescu"), "-aec", "MEDVERSA", "127.0.0.1", str(server.port), str(path)],
                            capture_output=True, text=True, timeout=60)
     assert plain.returncode != 0
-    anonymous = subprocess.run([need_tool("storescu"), "+tla", "+cf", str(certs["ca.crt"]), "-aec", "MEDVERSA", "127.0.0.1",
-                                str(server.port), str(path)], capture_output=True, text=True, timeout=60)
+    anonymous = subprocess.run([need_tool("storescu"), "+tla", "+cf", str(certs["ca.crt"]), "-aec", "MEDVERSA",
+                                "127.0.0.1", str(server.port), str(path)], capture_output=True, text=True, timeout=60)
     assert anonymous.returncode != 0  # no client certificate: refused (mutual authentication)
     assert _count(server, Instance) == 1
     record_case("security", "DICOM TLS listener (dcmtk storescu +tls, mutual authentication)",

@@ -71,10 +71,10 @@ def test_check_official_passes_on_the_reference_list():
 
 def test_check_official_fails_when_one_key_is_removed(tmp_path):
     lines = need(OFFICIAL_TSV).read_text().splitlines()
-    removed = [l for l in lines if l.startswith("text_det.4.weight")]
+    removed = [line for line in lines if line.startswith("text_det.4.weight")]
     assert removed
     copy = tmp_path / "one-missing.tsv"
-    copy.write_text("\n".join(l for l in lines if l not in removed) + "\n")
+    copy.write_text("\n".join(line for line in lines if line not in removed) + "\n")
     result = _cli("model", "check-official", str(copy))
     assert result.returncode == 1
     assert "mapped 1097/1097 keys" in result.stdout
@@ -83,7 +83,7 @@ def test_check_official_fails_when_one_key_is_removed(tmp_path):
 
 def test_check_official_fails_on_a_wrong_shape(tmp_path):
     lines = need(OFFICIAL_TSV).read_text().splitlines()
-    bad = [l.replace("256x4096", "128x4096") if l.startswith("text_det.1.weight") else l for l in lines]
+    bad = [line.replace("256x4096", "128x4096") if line.startswith("text_det.1.weight") else line for line in lines]
     copy = tmp_path / "bad-shape.tsv"
     copy.write_text("\n".join(bad) + "\n")
     result = _cli("model", "check-official", str(copy))

@@ -272,7 +272,8 @@ def test_stable_study_originals_reach_the_node_once_and_results_never(orthanc: O
     assert _counts(lines, "result object") == 4, lines
     assert _counts(lines, "already forwarded") >= 2, lines
     # The forwarded mark is persistent instance metadata (declared in UserMetadata).
-    instance_ids = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in orthanc.get(f"/studies/{study_id}/instances")}
+    instance_ids = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"]
+                    for i in orthanc.get(f"/studies/{study_id}/instances")}
     marks = {uid: orthanc.get(f"/instances/{instance_ids[uid]}/metadata") for uid in instance_ids}
     for uid in original_uids + [str(late.SOPInstanceUID)]:
         assert "MedversaForwarded" in marks[uid], (uid, marks[uid])
@@ -287,11 +288,12 @@ def test_defaults_apply_without_routing_settings_or_user_metadata(tmp_path: Path
         study_uid, series_uid = generate_uid(), generate_uid()
         original = _cr(study_uid, series_uid, 1)
         study_id = orthanc.upload(original)["ParentStudy"]
-        _wait(lambda: str(original.SOPInstanceUID) in node.uids(), 15, "the original image at the node")
+        _wait(lambda original=original: str(original.SOPInstanceUID) in node.uids(), 15,
+              "the original image at the node")
 
         orthanc.c_store(_cr(study_uid, generate_uid(), 1, SeriesDescription="Chest PA"), calling_aet=NODE_AET)
-        _wait(lambda: _counts(orthanc.routing_lines(study_id), "result object") >= 1, 15,
-              "the routing script saw the result")
+        _wait(lambda orthanc=orthanc, study_id=study_id: _counts(orthanc.routing_lines(study_id), "result object") >= 1,
+              15, "the routing script saw the result")
         time.sleep(1.0)
         assert node.uids() == [str(original.SOPInstanceUID)]
         assert _counts(orthanc.routing_lines(study_id), "already forwarded") == 1
@@ -301,8 +303,9 @@ def test_failed_forwarding_is_resubmitted_then_left_to_an_operator(tmp_path: Pat
     unreachable_node = _free_port()  # nothing listens there: every C-STORE association fails
     for orthanc in _orthanc_at(tmp_path, unreachable_node):
         study_id = orthanc.upload(_cr(generate_uid(), generate_uid(), 1))["ParentStudy"]
-        _wait(lambda: any("ERROR: job" in line for line in orthanc.routing_lines(study_id)), 20,
-              "the routing script giving up on the job")
+        _wait(lambda orthanc=orthanc, study_id=study_id: any(
+                  "ERROR: job" in line for line in orthanc.routing_lines(study_id)),
+              20, "the routing script giving up on the job")
         lines = orthanc.routing_lines(study_id)
         assert [line for line in lines if "resubmitting" in line] == [
             line for line in lines if re.search(r"failed; resubmitting \([123]/3\)", line)]

@@ -37,7 +37,8 @@ def test_image_preprocessing_gives_clip_normalised_224(rng):
     out = preprocess_image(grey, CFG)
     assert out.shape == (3, 224, 224) and out.dtype == torch.float32
     white = preprocess_image(np.full((10, 10), 255, np.uint8), CFG)
-    assert torch.allclose(white[:, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(CFG.mean, CFG.std, strict=False)]), atol=0.02)
+    expected = torch.tensor([(1 - m) / s for m, s in zip(CFG.mean, CFG.std, strict=False)])
+    assert torch.allclose(white[:, 0, 0], expected, atol=0.02)
 
 
 def test_volume_preprocessing_clips_hounsfield_units(rng):

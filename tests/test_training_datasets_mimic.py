@@ -140,7 +140,8 @@ def imagenome(tmp_path):
     }, [
         attribute("right lung", ["Right lower lobe opacity.", "No  pneumothorax."],
                   [["anatomicalfinding|yes|lung opacity", "nlp|yes|abnormal"], ["anatomicalfinding|no|pneumothorax"]]),
-        attribute("left lung", ["Small left nodule."], [["anatomicalfinding|yes|mass/nodule (not otherwise specified)"]]),
+        attribute("left lung", ["Small left nodule."],
+                  [["anatomicalfinding|yes|mass/nodule (not otherwise specified)"]]),
         attribute("cardiac silhouette", ["The heart is enlarged."],
                   [["anatomicalfinding|yes|enlarged cardiac silhouette", "disease|yes|fluid overload/heart failure"]]),
     ]))

@@ -1,4 +1,5 @@
-"""Training under torchrun with two CPU processes (gloo), DDP and FSDP: a resumed run continues exactly as an uninterrupted one."""
+"""Training under torchrun with two CPU processes (gloo), DDP and FSDP: a resumed run continues exactly as an
+uninterrupted one."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def test_every_pool_trains_and_losses_fall_on_a_repeated_batch(mini, tiny):
         p.requires_grad = True
     sampler = DomainAwareSampler(records, 0, {"cxr": 2, "derm": 2, "ct": 1})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for (modality, task), pool in sampler.pools.items():
+    for (_modality, task), pool in sampler.pools.items():
         samples = [build_sample(pool.records[0], task, np.random.default_rng(1), augment=False)]
         batch = collate(samples, tok, model.config, 160)
         first = None

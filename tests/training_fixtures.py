@@ -50,7 +50,8 @@ def write_medinterp_mini(root: Path, n: int = 6, seed: int = 0) -> Path:
     # cxr-notes
     folder = root / "cxr-notes"
     folder.mkdir(parents=True, exist_ok=True)
-    meta = [["id", "file", "view", "sex", "age", "finding", "clinical_notes", "license", "source_url", "patientid", "orig_filename"]]
+    meta = [["id", "file", "view", "sex", "age", "finding", "clinical_notes", "license", "source_url", "patientid",
+             "orig_filename"]]
     boxes = [["id", "label", "x0", "y0", "x1", "y1"]]
     splits = [["id", "split"]]
     for i in range(n):

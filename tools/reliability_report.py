@@ -42,7 +42,8 @@ def render(rows: list[dict]) -> str:
         lines.append("")
     lost = sum(int(r["figures"].get("lost", 0)) for r in rows)
     sent = sum(int(r["figures"].get("instances_sent", 0)) for r in rows)
-    lines += ["## Totals", "", f"{len(rows)} cases; instances sent in them: {sent}; acknowledged instances lost: {lost}.", ""]
+    lines += ["## Totals", "",
+              f"{len(rows)} cases; instances sent in them: {sent}; acknowledged instances lost: {lost}.", ""]
     return "\n".join(lines)
 
 

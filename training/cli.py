@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,14 +14,24 @@ LOGGER = logging.getLogger(__name__)
 
 
 def train(
-    config: Path = typer.Option(None, "--config", help="Training config YAML"),
-    recipe: str = typer.Option(None, "--recipe", help="A shipped recipe (training/recipes), e.g. 'demo'"),
-    output: Path = typer.Option(None, "--output", help="Output folder (overrides the config's output_dir)"),
-    steps: int = typer.Option(None, "--steps", help="Override the number of steps"),
-    data: Path = typer.Option(None, "--data", help="Root folder replacing every dataset root of the config"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest saved state in the output folder"),
-    stop_at: int = typer.Option(None, "--stop-at", help="Save state and stop after this many steps "
-                                "(pre-emptible schedulers; resume with --resume)"),
+    config: Annotated[Path | None, typer.Option("--config", help="Training config YAML")] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", help="A shipped recipe (training/recipes), e.g. 'demo'")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Output folder (overrides the config's output_dir)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Override the number of steps")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Root folder replacing every dataset root of the config")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest saved state in the output folder")
+    ] = False,
+    stop_at: Annotated[
+        int | None, typer.Option("--stop-at", help="Save state and stop after this many steps "
+                                 "(pre-emptible schedulers; resume with --resume)")
+    ] = None,
 ) -> None:
     """Train MedVersa from a config or recipe; runs unchanged under ``torchrun`` (DDP/FSDP)."""
     if (config is None) == (recipe is None):

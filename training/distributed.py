@@ -92,7 +92,8 @@ def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, model_s
 
     set_model_state_dict(module, model_state, options=StateDictOptions(full_state_dict=True))
     # Parameters no step has touched yet (a task not sampled so far) have no AdamW state: not an error.
-    set_optimizer_state_dict(module, optimizer, optim_state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_optimizer_state_dict(module, optimizer, optim_state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def mean_over_ranks(values: dict[str, float], runtime: Runtime) -> dict[str, float]:

@@ -463,7 +463,8 @@ def _reports(task: Task, cases: list[_Case], text_metrics: Sequence[TextMetric],
     hypotheses = [c.outcome for c in cases]
     references = [_report_reference(c.record, task) for c in cases]
     out = {_key(task, "all", "bleu4"): eval_metrics.bootstrap_bleu(hypotheses, references, **bootstrap),
-           _key(task, "all", "rougeL"): eval_metrics.bootstrap_mean(eval_metrics.rouge_l(hypotheses, references), **bootstrap)}
+           _key(task, "all", "rougeL"): eval_metrics.bootstrap_mean(eval_metrics.rouge_l(hypotheses, references),
+                                                                     **bootstrap)}
     if baseline is not None:
         constant = [baseline] * len(references)
         out[_key(task, "constant_baseline", "bleu4")] = eval_metrics.bootstrap_bleu(constant, references, **bootstrap)

@@ -49,7 +49,7 @@ def plot_scores(results: dict[str, dict], path: Path, title: str = "") -> Path:
 
     items = [(k, v) for k, v in results.items() if isinstance(v, dict) and v.get("mean") is not None]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(items) + 1.2))
-    for y, (key, v) in enumerate(items):
+    for y, (_key, v) in enumerate(items):
         low = v["ci_low"] if v["ci_low"] is not None else v["mean"]
         high = v["ci_high"] if v["ci_high"] is not None else v["mean"]
         ax.plot([low, high], [y, y], color="tab:blue", lw=2)

@@ -49,7 +49,8 @@ def report_tokens(text: str) -> list[str]:
 
 def bleu2(candidate: str, reference: str) -> float:
     """BLEU-2 of one report pair (no smoothing: 0 without a matching bigram)."""
-    return eval_metrics.bleu_from_stats(eval_metrics.bleu_stats(report_tokens(candidate), report_tokens(reference), 2), 2)
+    stats = eval_metrics.bleu_stats(report_tokens(candidate), report_tokens(reference), 2)
+    return eval_metrics.bleu_from_stats(stats, 2)
 
 
 class RadCliQ:

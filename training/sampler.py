@@ -64,7 +64,8 @@ class DomainAwareSampler:
                 grouped[(record.modality, task)].append(record)
         if not grouped:
             raise ValueError("no training records: every dataset given was empty")
-        self.pools = {key: Pool(key[0], key[1], tuple(recs)) for key, recs in sorted(grouped.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value))}
+        self.pools = {key: Pool(key[0], key[1], tuple(recs))
+                      for key, recs in sorted(grouped.items(), key=lambda kv: (kv[0][0].value, kv[0][1].value))}
         self.modalities = sorted({m for m, _ in self.pools}, key=lambda m: m.value)
         self.seed = seed
         self.batch_size = batch_size

@@ -18,6 +18,8 @@ def learning_rate(step: int, total_steps: int, cfg: OptimizerConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimizerConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimizerConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR over base rate ``cfg.lr`` (its state_dict is just the step count)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, total_steps, cfg) / cfg.lr)

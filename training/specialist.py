@@ -63,7 +63,8 @@ def train_specialist(records: list, config: MedVersaConfig, steps: int, batch_si
         t0 = time.perf_counter()
         rng = np.random.default_rng([seed, step])
         picks = rng.integers(len(pool), size=batch_size)
-        pairs = [_example(pool[int(i)], np.random.default_rng([seed, step, k]), config, True) for k, i in enumerate(picks)]
+        pairs = [_example(pool[int(i)], np.random.default_rng([seed, step, k]), config, True)
+                 for k, i in enumerate(picks)]
         images = torch.stack([p[0] for p in pairs])
         targets = torch.stack([p[1] for p in pairs])
         logits = model.decode(model.encode(images))
@@ -92,7 +93,8 @@ def evaluate_specialist(model: ResNetUNet2d, records: list, config: MedVersaConf
             scores[structure].append(eval_metrics.dice(predicted, record.masks[structure].load()))
     out = {}
     for structure, values in scores.items():
-        out[f"chest_organ_segmentation/{structure.replace(' ', '_')}/dice"] = eval_metrics.bootstrap_mean(values, resamples, seed)
+        key = f"chest_organ_segmentation/{structure.replace(' ', '_')}/dice"
+        out[key] = eval_metrics.bootstrap_mean(values, resamples, seed)
     out["chest_organ_segmentation/mean/dice"] = eval_metrics.bootstrap_mean(
         [float(np.mean(v)) for v in zip(*scores.values(), strict=False)], resamples, seed)
     return out

@@ -217,7 +217,8 @@ class Trainer:
         values = {k: float(losses[k].detach()) if k in losses else 0.0 for k in LOGGED}
         values = distributed.mean_over_ranks(values, self.runtime)
         elapsed = time.perf_counter() - t0
-        row = {"step": self.step, "stage": self.stage(self.step).name, "task": batch.task.value, "modality": batch.modality.value,
+        row = {"step": self.step, "stage": self.stage(self.step).name, "task": batch.task.value,
+               "modality": batch.modality.value,
                **{f"loss_{k}": round(v, 6) for k, v in values.items() if k in losses or k == "total"},
                "lr": lr, "grad_norm": round(float(grad_norm), 4),
                "samples_per_s": round(batch.size * self.runtime.world_size / elapsed, 3), "seconds": round(elapsed, 3)}
@@ -240,7 +241,8 @@ class Trainer:
         if self.runtime.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.config.steps, initial=self.step, desc=self.config.name, unit="step", dynamic_ncols=True)
+            bar = tqdm(total=self.config.steps, initial=self.step, desc=self.config.name, unit="step",
+                       dynamic_ncols=True)
         started = time.time()
         try:
             while self.step < self.config.steps:

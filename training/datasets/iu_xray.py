@@ -4,7 +4,8 @@ Layout, either release::
 
     Open-i (NLMCXR_reports.tgz, NLMCXR_png.tgz)
     <root>/ecgen-radiology/1.xml     <uId id="CXR1"/> ... <AbstractText Label="FINDINGS">...</AbstractText>
-                                     (also COMPARISON, INDICATION, IMPRESSION) ... <parentImage id="CXR1_1_IM-0001-3001">
+                                     (also COMPARISON, INDICATION, IMPRESSION) ...
+                                     <parentImage id="CXR1_1_IM-0001-3001">
     <root>/NLMCXR_png/CXR1_1_IM-0001-3001.png
 
     Kaggle (raddar/chest-xrays-indiana-university)
