@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medversa.inference import Answer, Box, ClinicalContext, Mask2D, Modality, Task, TaskFamily, TaskRequest
-from medversa.training import metrics
+from medversa.training import eval_metrics
 from medversa.training.evaluate import (
     SKIPPED,
     closed_options,
@@ -46,78 +46,78 @@ STATS = {"mean", "ci_low", "ci_high", "n"}
 # --- BLEU-4 ---------------------------------------------------------------------------------------
 def test_bleu_of_identical_texts_is_one() -> None:
     text = "The heart size is normal. The lungs are clear."
-    assert metrics.corpus_bleu([text, text], [text, text]) == pytest.approx(1.0)
+    assert eval_metrics.corpus_bleu([text, text], [text, text]) == pytest.approx(1.0)
 
 
 def test_bleu_matches_hand_counted_ngram_precisions() -> None:
     # 6/7 unigrams, 4/6 bigrams, 3/5 trigrams, 2/4 four-grams match; candidate longer: no penalty.
-    score = metrics.corpus_bleu(["the cat sat on the red mat"], ["the cat sat on the mat"])
+    score = eval_metrics.corpus_bleu(["the cat sat on the red mat"], ["the cat sat on the mat"])
     assert score == pytest.approx((6 / 7 * 4 / 6 * 3 / 5 * 2 / 4) ** 0.25)
 
 
 def test_bleu_penalises_short_candidates() -> None:
     # Every n-gram matches, but 5 tokens against 6: BP = exp(1 - 6/5).
-    assert metrics.corpus_bleu(["the cat sat on the"], ["the cat sat on the mat"]) == pytest.approx(math.exp(-0.2))
+    assert eval_metrics.corpus_bleu(["the cat sat on the"], ["the cat sat on the mat"]) == pytest.approx(math.exp(-0.2))
 
 
 def test_bleu_clips_repeated_words_and_ignores_case_and_punctuation() -> None:
-    stats = metrics.bleu_stats(metrics.tokenize("The the, THE the."), metrics.tokenize("the cat"))
+    stats = eval_metrics.bleu_stats(eval_metrics.tokenize("The the, THE the."), eval_metrics.tokenize("the cat"))
     assert stats[0] == 1 and stats[1] == 4  # "the" counted at most as often as the reference has it
-    assert metrics.corpus_bleu(["No effusion."], ["no effusion"]) == 0.0  # no 3- or 4-grams: BLEU-4 is 0
+    assert eval_metrics.corpus_bleu(["No effusion."], ["no effusion"]) == 0.0  # no 3- or 4-grams: BLEU-4 is 0
 
 
 def test_corpus_bleu_sums_counts_over_documents() -> None:
     perfect = "the heart is normal in size today"  # 7 tokens, all n-grams match
     wrong = "a b c d"  # 4 tokens, nothing matches
     expected = (7 / 11 * 6 / 9 * 5 / 7 * 4 / 5) ** 0.25
-    assert metrics.corpus_bleu([perfect, wrong], [perfect, "w x y z"]) == pytest.approx(expected)
+    assert eval_metrics.corpus_bleu([perfect, wrong], [perfect, "w x y z"]) == pytest.approx(expected)
 
 
 # --- boxes, masks, F1 -----------------------------------------------------------------------------
 def test_dice_of_known_masks_and_empty_masks() -> None:
     predicted = np.array([[1, 1], [0, 0]], dtype=bool)
     truth = np.array([[1, 0], [0, 0]], dtype=bool)
-    assert metrics.dice(predicted, truth) == pytest.approx(2 / 3)
+    assert eval_metrics.dice(predicted, truth) == pytest.approx(2 / 3)
     empty = np.zeros((2, 2), dtype=bool)
-    assert metrics.dice(empty, empty) == 1.0  # documented convention
-    assert metrics.dice(empty, truth) == 0.0
+    assert eval_metrics.dice(empty, empty) == 1.0  # documented convention
+    assert eval_metrics.dice(empty, truth) == 0.0
     with pytest.raises(ValueError, match="shape"):
-        metrics.dice(np.zeros((3, 3), bool), truth)
+        eval_metrics.dice(np.zeros((3, 3), bool), truth)
 
 
 def test_box_iou_of_known_boxes() -> None:
-    assert metrics.box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
-    assert metrics.box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
-    assert metrics.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert eval_metrics.box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert eval_metrics.box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
+    assert eval_metrics.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
 
 
 def test_one_predicted_box_is_credited_to_one_ground_truth_box() -> None:
     truth = [(0, 0, 2, 2), (0, 0, 2, 4)]
-    assert metrics.match_boxes(truth, [(0, 0, 2, 4)]) == [0.0, 1.0]
-    assert metrics.match_boxes(truth, []) == [0.0, 0.0]
+    assert eval_metrics.match_boxes(truth, [(0, 0, 2, 4)]) == [0.0, 1.0]
+    assert eval_metrics.match_boxes(truth, []) == [0.0, 0.0]
 
 
 def test_f1_of_a_known_confusion_at_threshold_half() -> None:
     # Class 0: TP 2, FP 1, FN 1 -> F1 = 4 / 6. Class 1: perfect. 0.5 counts as positive, 0.49 not.
     y_true = np.array([[1, 1], [1, 0], [1, 0], [0, 1]])
     y_score = np.array([[0.9, 0.5], [0.5, 0.0], [0.49, 0.2], [0.7, 0.8]])
-    assert metrics.f1_per_class(y_true, y_score) == pytest.approx([2 / 3, 1.0])
-    assert metrics.macro_f1(y_true, y_score) == pytest.approx((2 / 3 + 1) / 2)
+    assert eval_metrics.f1_per_class(y_true, y_score) == pytest.approx([2 / 3, 1.0])
+    assert eval_metrics.macro_f1(y_true, y_score) == pytest.approx((2 / 3 + 1) / 2)
 
 
 def test_f1_of_a_class_never_present_nor_predicted_is_left_out_of_the_mean() -> None:
     y_true = np.array([[1, 0], [0, 0]])
     y_pred = np.array([[1, 0], [0, 0]])
-    f1 = metrics.f1_per_class(y_true, y_pred)
+    f1 = eval_metrics.f1_per_class(y_true, y_pred)
     assert f1[0] == 1.0 and np.isnan(f1[1])
-    assert metrics.macro_f1(y_true, y_pred) == 1.0
+    assert eval_metrics.macro_f1(y_true, y_pred) == 1.0
 
 
 # --- bootstrap ------------------------------------------------------------------------------------
 def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_cases() -> None:
     rng = np.random.default_rng(7)
-    small = metrics.bootstrap_mean(rng.uniform(0, 1, 20))
-    large = metrics.bootstrap_mean(rng.uniform(0, 1, 2000))
+    small = eval_metrics.bootstrap_mean(rng.uniform(0, 1, 20))
+    large = eval_metrics.bootstrap_mean(rng.uniform(0, 1, 2000))
     for result in (small, large):
         assert set(result) == STATS
         assert result["ci_low"] <= result["mean"] <= result["ci_high"]
@@ -127,16 +127,16 @@ def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_cases() -> N
 
 def test_bootstrap_is_reproducible_for_a_seed() -> None:
     values = np.linspace(0, 1, 30)
-    assert metrics.bootstrap_mean(values, seed=3) == metrics.bootstrap_mean(values, seed=3)
-    assert metrics.bootstrap_mean(values, seed=3) != metrics.bootstrap_mean(values, seed=4)
+    assert eval_metrics.bootstrap_mean(values, seed=3) == eval_metrics.bootstrap_mean(values, seed=3)
+    assert eval_metrics.bootstrap_mean(values, seed=3) != eval_metrics.bootstrap_mean(values, seed=4)
 
 
 def test_bootstrap_of_bleu_and_f1_resample_whole_cases() -> None:
     text = "the heart size is normal"
-    bleu = metrics.bootstrap_bleu([text] * 5, [text] * 5)
+    bleu = eval_metrics.bootstrap_bleu([text] * 5, [text] * 5)
     assert bleu == {"mean": pytest.approx(1.0), "ci_low": pytest.approx(1.0), "ci_high": pytest.approx(1.0), "n": 5}
     y_true = np.array([[1, 0]] * 10 + [[0, 1]] * 10)
-    per_class, macro = metrics.bootstrap_f1(y_true, y_true.astype(float))
+    per_class, macro = eval_metrics.bootstrap_f1(y_true, y_true.astype(float))
     assert [c["mean"] for c in per_class] == [1.0, 1.0] and macro["mean"] == 1.0 and macro["n"] == 20
 
 
@@ -724,7 +724,7 @@ def test_demo_report_takes_a_run_or_its_checkpoint_and_lists_every_row(tmp_path:
     run = tmp_path / "demo-tune"
     (run / "checkpoint").mkdir(parents=True)
     (run / "train-config.yaml").write_text("name: demo-tune\n")
-    (run / "metrics.jsonl").write_text("")
+    (run / "eval_metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="medversa-checkpoint.json"):
         report.resolve_run(run)  # no checkpoint written yet
     (run / "checkpoint" / "medversa-checkpoint.json").write_text("{}")
