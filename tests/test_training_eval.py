@@ -724,7 +724,7 @@ def test_demo_report_takes_a_run_or_its_checkpoint_and_lists_every_row(tmp_path:
     run = tmp_path / "demo-tune"
     (run / "checkpoint").mkdir(parents=True)
     (run / "train-config.yaml").write_text("name: demo-tune\n")
-    (run / "eval_metrics.jsonl").write_text("")
+    (run / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="medversa-checkpoint.json"):
         report.resolve_run(run)  # no checkpoint written yet
     (run / "checkpoint" / "medversa-checkpoint.json").write_text("{}")
