@@ -128,7 +128,7 @@ def _look_at(ctx: NodeContext, instance_id: int, path: Path, sop_uid: str) -> tu
         return f"ignored: {why}", None
     questions = list(dict.fromkeys(r.question for r in annotation.regions if r.question))
     tasks = [Task.REGION_CAPTIONING.value] + ([Task.VQA.value] if questions else [])
-    job_id = _create_ask_job(ctx, instance_id, tasks, questions, {
+    job_id = create_ask_job(ctx, instance_id, tasks, questions, {
         "source": "annotation", "annotation_uid": sop_uid, "path": str(path), "kind": annotation.kind},
         [f"asked by {annotation.kind} {sop_uid}: {len(annotation.regions)} region(s), "
          f"{len(questions)} question(s)"] + [f"not read: {s}" for s in annotation.skipped])
@@ -137,7 +137,7 @@ def _look_at(ctx: NodeContext, instance_id: int, path: Path, sop_uid: str) -> tu
     return f"asked: job {job_id}", job_id
 
 
-def _create_ask_job(ctx: NodeContext, instance_or_study: int, tasks: list[str], questions: list[str], ask: dict,
+def create_ask_job(ctx: NodeContext, instance_or_study: int, tasks: list[str], questions: list[str], ask: dict,
                     notes: list[str], *, study_id: int | None = None, state: JobState = JobState.RECEIVED) -> int:
     """A job row for an ask; the study's own jobs and its state are left alone."""
     with ctx.store.session() as s:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from medversa.dicom_mapping import ObjectKind, answer_uids, read_answers
 from medversa.inference import Task
 
-from .ask import _create_ask_job, ask_key
+from .ask import ask_key, create_ask_job
 from .job_failures import TransientJobError
 from .job_store import JobState, Study, StudyState
 from .jobs import run_job
@@ -60,7 +60,7 @@ def ask_command(ctx: NodeContext, study_uid: str, question: str, region: tuple[f
     tasks = ([Task.VQA.value] if question.strip() else []) + ([Task.REGION_CAPTIONING.value] if region else [])
     ask = {"source": "command", "question": question.strip(), "region": list(region) if region else None,
            "image_uid": image_uid or ""}
-    job_id = _create_ask_job(ctx, 0, tasks, [question.strip()] if question.strip() else [], ask,
+    job_id = create_ask_job(ctx, 0, tasks, [question.strip()] if question.strip() else [], ask,
                              ["asked by medversa ask"], study_id=study_id, state=JobState.QUEUED)
     try:
         state = run_job(ctx, job_id)

@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from medversa.inference import Task, context_fields_from
 
-from .ask import compute_ask
 from .export import CLAIM_LEASE_S, ClaimedExport, ExportOutcome, claim_due, next_try, send
 from .job_failures import JobFailedError, TransientJobError, is_transient, retry_delay
 from .job_states import FINISHED_JOB_STATES, move_job, move_study_state
@@ -175,6 +174,10 @@ def _compute(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
         questions = tuple(job.questions or ())
         is_ask = job.ask is not None
     if is_ask:  # a reader's question or a region (node/ask.py): answered on its own image only
+        # Imported here, not at the top: node/ask.py pulls in highdicom's SR builders, which `serve`
+        # (it imports this module) would otherwise load at start-up for no study.
+        from .ask import compute_ask
+
         return compute_ask(ctx, job_id, last_attempt)
     datasets = [pydicom.dcmread(p) for p in _study_files(ctx, study_id)]
     if datasets:
