@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from .export import backoff_s
+
 if TYPE_CHECKING:
     from .node_context import NodeContext
 
@@ -46,6 +48,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_delay(ctx: NodeContext, attempt: int) -> float:
-    """Seconds before attempt ``attempt + 1``: exponential from ``jobs.retry_initial_s``, capped."""
+    """Seconds before attempt ``attempt + 1``: exponential from ``jobs.retry_initial_s``, capped
+    (the exports' backoff, with the jobs' settings)."""
     jobs = ctx.settings.jobs
-    return min(jobs.retry_max_s, jobs.retry_initial_s * 2 ** max(0, attempt - 1))
+    return backoff_s(attempt, jobs.retry_initial_s, jobs.retry_max_s)
