@@ -259,8 +259,14 @@ class Spool:
             self._study_bytes.pop(uid, None)
 
     def disk_fill(self) -> float:
+        """Used share of the space this process can use, as ``df`` shows it: used / (used + available).
+
+        Blocks reserved for root (often 5 %) and ones a file system keeps for itself count as neither,
+        so the node's levels agree with the figure an administrator reads in ``df``.
+        """
         usage = shutil.disk_usage(self.root)
-        return (usage.total - usage.free) / usage.total if usage.total else 0.0
+        usable = usage.used + usage.free
+        return usage.used / usable if usable else 0.0
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -247,19 +247,53 @@ def test_retention_removes_only_finished_delivered_studies(ctx):
         assert len(s.scalars(select(Job)).all()) == 2  # rows stay
 
 
+def _finished(node, when=None, destination: str | None = "PACS@127.0.0.1:104") -> str:
+    """A study received ``when``, its job DONE and, with a destination, its one export delivered."""
+    ds = f.make_cr(16, 16)
+    _receive(node, [ds], when=when)  # (``when`` dates every study so far: make the older ones first)
+    with node.store.session() as s:
+        study = s.scalars(select(Study).where(Study.study_instance_uid == ds.StudyInstanceUID)).one()
+        job = Job(study_id=study.id, version=1, tasks=[], state=JobState.DONE)
+        if destination:
+            job.exports.append(Export(sop_instance_uid="1.2.3", kind="SR", path="sr.dcm", destination=destination,
+                                      state=ExportState.DELIVERED))
+        s.add(job)
+        study.state, study.pending_instances = StudyState.DONE, 0
+    return ds.StudyInstanceUID
+
+
 def test_recent_studies_survive_unless_the_disk_is_nearly_full(ctx, monkeypatch):
     node = ctx(**{"retention.days": 30, "retention.cleanup_above": 0.5})
-    ds = f.make_cr(16, 16)
-    _receive(node, [ds])
-    with node.store.session() as s:
-        study = s.scalars(select(Study)).one()
-        s.add(Job(study_id=study.id, version=1, tasks=[], state=JobState.DONE))
-        study.state, study.pending_instances = StudyState.DONE, 0
+    delivered = _finished(node)
     monkeypatch.setattr(node.spool, "disk_fill", lambda: 0.1)
     assert apply_retention(node) == []
     monkeypatch.setattr(node.spool, "disk_fill", lambda: 0.9)
-    assert apply_retention(node) == [ds.StudyInstanceUID]
+    assert apply_retention(node) == [delivered]
     assert Path(node.spool.root).exists()
+
+
+def test_a_study_with_no_destination_keeps_its_results_through_an_emergency_until_its_days_pass(ctx, monkeypatch):
+    """Its results folder is the only copy of its results: a full disk is met by refusing new
+    associations (refuse_above), not by deleting them minutes after the job."""
+    node = ctx(**{"retention.days": 3, "retention.cleanup_above": 0.5})
+    expired = _finished(node, when=utcnow() - dt.timedelta(days=4), destination=None)
+    recent = _finished(node, destination=None)
+    monkeypatch.setattr(node.spool, "disk_fill", lambda: 0.99)
+    assert apply_retention(node) == [expired]
+    assert (node.spool.root / recent).exists()
+
+
+def test_disk_fill_is_the_share_df_shows_reserved_blocks_left_out(ctx, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    node = ctx()
+    usage = namedtuple("usage", "total used free")
+    # 100 GiB disk, 5 GiB reserved for root: 71 used, 24 available -> df says 75 %, not 76 %.
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(100 * 2**30, 71 * 2**30, 24 * 2**30))
+    assert node.spool.disk_fill() == pytest.approx(71 / 95)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(0, 0, 0))
+    assert node.spool.disk_fill() == 0.0
 
 
 def _cli(*args):
