@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .bundled import BUNDLED_CHECKPOINT, load_analyzer, model_identity
 from .clinical_context import ClinicalContext, ContextFields, render_context
 from .declaration import Declaration, context_fields_from
-from .model_config import MedVersaConfig
+from .model_config import GenerationConfig, MedVersaConfig
 from .presets import create_config
 from .schema import MAX_DETECTION_TARGETS, Answer, Box, ImageInput, Mask2D, Mask3D, TaskRequest
 from .tasks import TEMPLATES, Modality, Task, TaskFamily, comparison_target, fill_template, format_region, join_targets
@@ -73,7 +73,8 @@ __all__ = [
     "DET_TOKEN", "NA_TOKEN", "SEG2D_TOKEN", "SEG3D_TOKEN", "TEMPLATES", "comparison_target", "fill_template",
     "format_region", "join_targets", "build_prompt_ids", "embed_with_images",
     # the model, its configuration and checkpoints (training)
-    "MedVersaConfig", "MedVersaModel", "MedVersaTokenizer", "ResNetUNet2d", "build_model", "create_config",
+    "GenerationConfig", "MedVersaConfig", "MedVersaModel", "MedVersaTokenizer", "ResNetUNet2d", "build_model",
+    "create_config",
     "load_checkpoint", "save_checkpoint",
     "postprocess_mask_2d", "preprocess_image", "preprocess_volume", "resize_nearest",
 ]

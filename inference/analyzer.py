@@ -23,6 +23,7 @@ from .labels import label_tokens
 from .model import MedVersaModel
 from .processing import (
     box_to_pixels,
+    duplicate_boxes,
     postprocess_mask_2d,
     postprocess_mask_3d,
     preprocess_image,
@@ -186,9 +187,14 @@ class Analyzer:
             by_token[names[state.token_id]].append((label, state.hidden))
         if by_token[DET_TOKEN]:
             hidden = torch.stack([h for _, h in by_token[DET_TOKEN]])
-            for (label, _), box in zip(by_token[DET_TOKEN], self.model.detect(hidden), strict=False):
-                x0, y0, x1, y1 = box_to_pixels(box, main.cols, main.rows)
-                answer.boxes.append(Box(label, x0, y0, x1, y1, 0))
+            labelled = [(label, box_to_pixels(box, main.cols, main.rows))
+                        for (label, _), box in zip(by_token[DET_TOKEN], self.model.detect(hidden), strict=False)]
+            min_iou = self.model.config.generation.duplicate_box_iou
+            repeated = duplicate_boxes(labelled, min_iou) if min_iou is not None else set()
+            if repeated:
+                LOGGER.info("request %s: %d repeated box(es) of a class dropped (IoU >= %.2f)",
+                            request.request_id or job.request_index, len(repeated), min_iou)
+            answer.boxes.extend(Box(label, *box, 0) for i, (label, box) in enumerate(labelled) if i not in repeated)
         if by_token[SEG2D_TOKEN] and not request.modality.is_volume:
             hidden = torch.stack([h for _, h in by_token[SEG2D_TOKEN]])
             logits = self.model.segment_2d(encoded[2][0][0], hidden)

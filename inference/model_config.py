@@ -119,6 +119,9 @@ class GenerationConfig:
     max_new_tokens: int = 450
     end_sym: str = "###"
     max_batch_size: int = 8
+    #: Keep one box where the answer names a class twice and the two boxes overlap by IoU >= this
+    #: (non-maximum suppression per class); None keeps every box, as the official code does.
+    duplicate_box_iou: float | None = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 from .model_config import (
     Encoder2DConfig,
     Encoder3DConfig,
+    GenerationConfig,
     LLMConfig,
     MedVersaConfig,
     Seg2DConfig,
@@ -93,6 +94,9 @@ def demo() -> MedVersaConfig:
             channels=(32, 64, 128, 256),
             decoder_channels=(128, 64, 32, 16, 16),
         ),
+        # Asked for one lung, the trained demo names it twice (it learnt that most detection prompts ask
+        # for both): keep one box per class where two overlap.
+        generation=GenerationConfig(duplicate_box_iou=0.5),
     )
 
 

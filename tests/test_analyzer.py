@@ -149,3 +149,23 @@ def test_malformed_requests_fail_with_a_clear_message(cxr, kwargs, message):
 def test_ct_request_needs_a_volume(cxr):
     with pytest.raises(ValueError, match="volumes"):
         TaskRequest(Task.ABDOMINAL_ORGAN_SEGMENTATION, Modality.CT, [cxr])
+
+
+def test_a_class_boxed_twice_in_the_same_place_keeps_one_box_when_the_config_asks():
+    from medversa.inference.processing import box_overlap, duplicate_boxes
+
+    assert box_overlap((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_overlap((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    boxes = [("right lung", (20.0, 60.0, 240.0, 420.0)), ("Right  Lung", (22.0, 58.0, 238.0, 424.0)),
+             ("left lung", (270.0, 60.0, 480.0, 420.0)), ("right lung", (300.0, 60.0, 480.0, 420.0)),
+             ("right lung", (21.0, 59.0, 239.0, 421.0))]
+    # The repeat of the first right lung goes (twice); a right-lung box elsewhere and the left lung stay.
+    assert duplicate_boxes(boxes, 0.5) == {1, 4}
+    assert duplicate_boxes(boxes, 0.999) == set()
+
+
+def test_the_demo_preset_merges_repeated_boxes_and_the_official_configuration_does_not():
+    from medversa.inference import create_config
+
+    assert create_config("demo").generation.duplicate_box_iou == 0.5
+    assert create_config("medversa-7b").generation.duplicate_box_iou is None
