@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medversa.inference import Answer, Box, ClinicalContext, Mask2D, Modality, Task, TaskFamily, TaskRequest
+from medversa.inference import (
+    Answer,
+    Box,
+    ClinicalContext,
+    Declaration,
+    Mask2D,
+    Modality,
+    Task,
+    TaskFamily,
+    TaskRequest,
+)
 from medversa.training import eval_metrics
 from medversa.training.evaluate import (
     SKIPPED,
@@ -764,3 +774,48 @@ def test_report_sections_without_a_reference_are_probed_for_confusion_only(tmp_p
                    for k in results if k != SKIPPED)
     plain = evaluate(Sections(), reports, resamples=20, confusion_probes=False)
     assert "report_impression/all/confusion" not in plain
+
+
+def test_confusion_probes_ask_only_the_sections_the_checkpoint_declares(tmp_path: Path) -> None:
+    reports = [r for r in _records(tmp_path) if isinstance(r, ReportRecord)]
+
+    class FindingsOnly:
+        declaration = Declaration(tasks=(Task.REPORT_FINDINGS,))
+
+        def run(self, requests: list[TaskRequest]) -> list[Answer]:
+            assert {r.task for r in requests} == {Task.REPORT_FINDINGS}  # the node sends no other section
+            return [Answer(r.request_id, r.task, "The lungs are clear.") for r in requests]
+
+    results = evaluate(FindingsOnly(), reports, resamples=20)
+    assert results["report_findings/all/confusion"]["mean"] == 0.0
+    assert not any(k.startswith(("report_impression/", "report_full/")) for k in results)
+
+
+def test_demo_report_follows_a_chain_of_continued_runs(tmp_path: Path) -> None:
+    report = _demo_report()
+    runs = [tmp_path / "runs" / name for name in ("demo", "demo-tune", "demo-polish")]
+    for i, run in enumerate(runs):
+        run.mkdir(parents=True)
+        parent = f"init_checkpoint: {runs[i - 1] / 'checkpoint'}\n" if i else ""
+        (run / "train-config.yaml").write_text(f"name: {run.name}\n{parent}")
+        (run / "metrics.jsonl").write_text(json.dumps({"task": "chest_organ_segmentation", "seconds": 1.0}) + "\n")
+    assert report.runs_of(runs[2]) == runs
+    assert report.ancestor_recipe_names(3) == ["recipe-parent-2.yaml", "recipe-parent.yaml", "recipe.yaml"]
+    assert report.ancestor_recipe_names(1) == ["recipe.yaml"]
+    from medversa.training.train_config import TrainConfig
+
+    assert report.parent_organ_steps(TrainConfig.from_file(runs[2] / "train-config.yaml")) == 2  # both ancestors
+    (runs[0] / "train-config.yaml").write_text(f"name: demo\ninit_checkpoint: {runs[2] / 'checkpoint'}\n")
+    with pytest.raises(ValueError, match="loops"):
+        report.runs_of(runs[2])
+
+
+def test_demo_report_counts_the_minutes_of_every_step_of_the_chain(tmp_path: Path) -> None:
+    report = _demo_report()
+    first, second = tmp_path / "a", tmp_path / "b"
+    for run, parent, seconds in ((first, None, [30.0, 90.0]), (second, first, [60.0])):
+        run.mkdir()
+        (run / "train-config.yaml").write_text(f"name: {run.name}\n"
+                                               + (f"init_checkpoint: {parent / 'checkpoint'}\n" if parent else ""))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"task": "vqa", "seconds": s}) + "\n" for s in seconds))
+    assert report.step_minutes(second) == pytest.approx(3.0)  # resumed runs too: the steps, not a process's clock

@@ -18,7 +18,14 @@ from medversa.inference import Answer, Box, Mask2D, Modality, Task, build_model
 from medversa.training.batching import collate
 from medversa.training.evaluate import confused, constant_baselines
 from medversa.training.objective import TrainingObjective
-from medversa.training.records import ArrayImage, ArrayMask, ReportRecord, SegmentationRecord
+from medversa.training.records import (
+    ArrayImage,
+    ArrayMask,
+    DetectionRecord,
+    ReportRecord,
+    SegmentationRecord,
+    TextRecord,
+)
 from medversa.training.sampler import DomainAwareSampler
 from medversa.training.samples import build_sample
 from medversa.training.train_config import StageConfig, TrainConfig
@@ -132,6 +139,31 @@ def test_task_confusion_flags_answers_of_another_task_kind() -> None:
     assert confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "Pneumonia.")])  # a classification answer
     assert not confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "The lungs are clear.")])
     assert not confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "Patchy opacities: pneumonia.")])
+    assert confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "Fever. A melanoma of the back.")])
+    # Clinical notes name organs; a chest note about a kidney transplant recipient is a chest note.
+    assert not confused(rep, Modality.CXR, [_asked()], [Answer("r", rep, "A kidney transplant recipient with fever.")])
+
+
+def test_no_reference_report_of_medinterp_mini_counts_as_confused() -> None:
+    """The metric must pass the ground truth: every training and holdout note, given as the answer.
+
+    The one exception is its stated limit: a note that is nothing but class names ("pleural effusion",
+    1 of 430 training notes) reads as a classification answer.
+    """
+    from medversa.training.datasets.medinterp_mini import read_all
+    from medversa.training.evaluate import CLASS_PHRASES
+
+    from .conftest import SHARED, need
+
+    mini = need(SHARED / "data" / "medinterp-mini")
+    labels = {p.lower() for phrases in CLASS_PHRASES.values() for p in phrases}
+    for split in ("train", "holdout"):
+        notes = [r for r in read_all(mini, split) if isinstance(r, ReportRecord) and r.images]
+        assert notes
+        rep = Task.REPORT_FINDINGS
+        flagged = [r.findings for r in notes
+                   if confused(rep, r.modality, [_asked()], [Answer(r.record_id, rep, r.findings)])]
+        assert len(flagged) <= 1 and all(text.strip(" .").lower() in labels for text in flagged), (split, flagged)
 
 
 def test_constant_baseline_is_the_training_text_with_the_best_bleu() -> None:
@@ -140,3 +172,46 @@ def test_constant_baseline_is_the_training_text_with_the_best_bleu() -> None:
              "the lungs are clear without effusion or edema", "patient fell from a ladder yesterday"]
     records = [ReportRecord("t", str(i), Modality.CXR, "train", image, findings=t) for i, t in enumerate(texts)]
     assert constant_baselines(records, [Task.REPORT_FINDINGS])[Task.REPORT_FINDINGS] == texts[0]
+
+
+def _lung_boxes(i: int) -> DetectionRecord:
+    boxes = {"left lung": [(36.0, 10.0, 60.0, 50.0)], "right lung": [(4.0, 10.0, 28.0, 50.0)]}
+    return DetectionRecord("t", f"d{i}", Modality.CXR, "train", ArrayImage(np.zeros((64, 64), np.uint8)), 64, 64,
+                           boxes, candidates=("left lung", "right lung"), kind="anatomy")
+
+
+def test_detection_all_targets_asks_for_every_lung_in_most_samples_and_keeps_old_samples_at_zero() -> None:
+    record = _lung_boxes(0)
+
+    def asked(share: float) -> Counter:
+        return Counter(len(build_sample(record, Task.ANATOMY_DETECTION, np.random.default_rng(seed),
+                                        detection_all_targets=share).structures) for seed in range(400))
+
+    assert asked(0.0)[2] / 400 == pytest.approx(0.5, abs=0.08)  # one or both lungs, even odds
+    assert asked(0.75)[2] / 400 == pytest.approx(0.875, abs=0.06)  # 0.75 + 0.25 x 0.5
+    assert asked(1.0) == Counter({2: 400})
+    for seed in range(20):  # share 0 draws nothing extra: recipes written before the option sample the same
+        old = build_sample(record, Task.ANATOMY_DETECTION, np.random.default_rng(seed))
+        new = build_sample(record, Task.ANATOMY_DETECTION, np.random.default_rng(seed), detection_all_targets=0.0)
+        assert (new.question, new.answer, new.boxes) == (old.question, old.answer, old.boxes)
+    both = build_sample(record, Task.ANATOMY_DETECTION, np.random.default_rng(1), detection_all_targets=1.0)
+    assert both.answer.count("<DET>") == 2 and set(both.structures) == {"left lung", "right lung"}
+    with pytest.raises(ValueError, match="detection_all_targets"):
+        TrainConfig.from_dict({"steps": 10, "optimizer": {"warmup_steps": 1}, "detection_all_targets": 1.5})
+
+
+def test_strata_weights_leave_text_only_reports_out_and_are_checked() -> None:
+    image = [ArrayImage(np.zeros((8, 8), np.uint8))]
+    records = [ReportRecord("t", f"r{i}", Modality.CXR, "train", image, findings=f"note {i}.") for i in range(3)]
+    records += [TextRecord("iu", f"t{i}", Modality.CXR, "train", findings=f"text {i}.") for i in range(30)]
+    weighted = DomainAwareSampler(records, 0, 4, balanced=["report_findings"],
+                                  strata_weights={"report_findings": {"text only": 0}}, augment=False)
+    drawn = [s for step in range(50) for s in weighted.samples(step)]
+    assert drawn and all(s.images and s.answer.startswith("note") for s in drawn)
+    even = DomainAwareSampler(records, 0, 4, balanced=["report_findings"], augment=False)
+    assert 0.3 < sum(bool(s.images) for step in range(50) for s in even.samples(step)) / 200 < 0.7
+    with pytest.raises(ValueError, match="no stratum"):
+        DomainAwareSampler(records, 0, 4, balanced=["report_findings"], strata_weights={"report_findings": {"x": 1}})
+    with pytest.raises(ValueError, match="not in balanced"):
+        TrainConfig.from_dict({"steps": 10, "optimizer": {"warmup_steps": 1},
+                               "strata_weights": {"report_findings": {"text only": 0}}})

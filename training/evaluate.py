@@ -289,6 +289,12 @@ DOMAIN_PHRASES: dict[Modality, tuple[str, ...]] = {
     Modality.DERM: tuple(SKIN_LESION_CLASSES) + ("skin lesion",),
     Modality.CT: ("liver", "kidney", "spleen", "pancreas"),
 }
+#: What a report of another modality never names: that modality's diagnoses and its subject (a skin
+#: lesion class in a chest report). Organ names are not among them: clinical notes name organs ("kidney
+#: transplant recipient", "liver function"; 8 of medinterp-mini's 430 training notes do).
+REPORT_FOREIGN_PHRASES: dict[Modality, tuple[str, ...]] = {
+    Modality.DERM: tuple(SKIN_LESION_CLASSES) + ("skin lesion",),
+}
 _TASK_ANSWER_FORM = re.compile(r"segmentation mask of|<DET>|<2DSEG>|<3DSEG>|<N/A>", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[\s,.;:]+|\band\b|\(absent\)", re.IGNORECASE)
 YES_NO = ("yes", "no")
@@ -342,8 +348,8 @@ def confused(task: Task, modality: Modality, requests: list[TaskRequest], answer
     - detection: a box or a phrase of a class the request did not ask for;
     - classification: text that is not the task's class names (or "no finding"), or no class at all;
     - reports: another task's answer form (task tokens, "segmentation mask of", nothing but class
-      names: a classification answer) or a class name of another modality's tasks (a skin lesion
-      diagnosis in a chest report);
+      names: a classification answer) or another modality's diagnosis or subject
+      (:data:`REPORT_FOREIGN_PHRASES`: a skin lesion diagnosis in a chest report);
     - VQA: a closed question (:func:`closed_options`) answered with anything but one of its options,
       or any drawing, task token or empty answer;
     - region captioning: a drawing, task token, empty answer, yes/no, a foreign modality's phrase, or
@@ -366,7 +372,7 @@ def confused(task: Task, modality: Modality, requests: list[TaskRequest], answer
         text = " ".join(a.plain_text for a in answers)
         return not named_classes(text, own) or bool(_leftover(text, own))
     text = " ".join(a.text for a in answers)
-    foreign = [p for m, phrases in DOMAIN_PHRASES.items() if m is not modality for p in phrases]
+    foreign = [p for m, phrases in REPORT_FOREIGN_PHRASES.items() if m is not modality for p in phrases]
     drew = any(a.boxes or a.masks_2d or a.masks_3d for a in answers)
     labels = [p for phrases in CLASS_PHRASES.values() for p in phrases] + ["no finding"]
     label_only = bool(named_classes(text, labels)) and not _leftover(text, labels)  # a classification answer
@@ -514,7 +520,8 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         (:func:`majority_answers`), scored as ``task/constant_baseline/accuracy``.
     confusion_probes
         Also ask each record the tasks it has no reference for (:func:`probe_tasks`: the impression
-        and full report of a radiograph with findings only) and report their task confusion alone.
+        and full report of a radiograph with findings only) and report their task confusion alone;
+        only tasks the checkpoint declares (the node asks no others).
 
     Returns
     -------
@@ -527,12 +534,15 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cases: list[_Case] = []
     per_task: dict[Task, int] = defaultdict(int)
+    declaration = getattr(analyzer, "declaration", None)
+    # A probe stands for a request the node sends; it sends none for a task the checkpoint does not declare.
+    declares = declaration.declares if declaration is not None else (lambda task: True)
     ignored: dict[str, int] = defaultdict(int)
     for record in records:
         tasks = tasks_of(record)
         if not tasks:
             ignored[type(record).__name__] += 1
-        probes = probe_tasks(record) if confusion_probes else []
+        probes = [t for t in probe_tasks(record) if declares(t)] if confusion_probes else []
         for task in [*tasks, *probes]:
             if limit is None or per_task[task] < limit:
                 per_task[task] += 1
@@ -544,7 +554,6 @@ def evaluate(analyzer: Any, records: Sequence[Record], *, limit: int | None = No
 
     for start in range(0, len(cases), batch_size):
         batch = cases[start:start + batch_size]
-        declaration = getattr(analyzer, "declaration", None)
         fields = declaration.context_fields if declaration is not None else None
         requests = [requests_for(c, fields) for c in batch]
         answers = analyzer.run([r for group in requests for r in group])
