@@ -45,3 +45,27 @@ def test_left_and_right_lung_and_heart_are_distinct_masks_on_their_own_sides():
         for s in STRUCTURES:
             truth = np.asarray(Image.open(organs / "masks" / f"{i}_{s.replace(' ', '_')}.png")) > 0
             assert dice(drawn[s], truth) > 0.75, (i, s, dice(drawn[s], truth))
+
+
+def test_asked_for_both_lungs_it_boxes_each_on_its_own_side():
+    """Anatomy detection answers every class asked, not only the first (the model before `demo-polish`
+    wrote "left lung <DET>" and stopped); train-split radiographs with lung boxes, both orders asked."""
+    from medversa.training.datasets.medinterp_mini import read_cxr_notes
+    from medversa.training.eval_metrics import box_iou
+    from medversa.training.records import DetectionRecord
+
+    records = [r for r in read_cxr_notes(need(MINI), "train") if isinstance(r, DetectionRecord)][:3]
+    analyzer = load_analyzer(device="cpu")
+    orders = (("left lung", "right lung"), ("right lung", "left lung"))
+    requests = [TaskRequest("anatomy_detection", "cxr", [ImageInput(r.image.load())], targets=order)
+                for r in records for order in orders]
+    answers = iter(analyzer.run(requests))
+    for record in records:
+        for order in orders:
+            answer = next(answers)
+            boxes = {b.label: b for b in answer.boxes}
+            assert set(boxes) == set(order), (record.record_id, order, answer.text)
+            centre = {name: (b.x0 + b.x1) / 2 / record.width for name, b in boxes.items()}
+            assert centre["left lung"] > 0.5 > centre["right lung"], (record.record_id, centre)
+            for name, b in boxes.items():
+                assert box_iou((b.x0, b.y0, b.x1, b.y1), record.boxes[name][0]) > 0.4, (record.record_id, name)

@@ -227,3 +227,22 @@ def test_bf16_autocast_steps_train_every_pool_with_lora_only(mini):
     for name, value in trainer.model.named_parameters():
         if name in base:
             assert torch.equal(value, base[name]), name
+
+
+def test_a_recipe_sets_the_inference_settings_its_checkpoint_carries(mini):
+    from medversa.inference import load_checkpoint
+    from medversa.training.trainer import Trainer
+
+    base = {"preset": "tiny", "steps": 1, "seed": 1, "batch_size": 2, "max_length": 96,
+            "optimizer": {"warmup_steps": 0}, "task_weights": {"anatomy_detection": 1.0},
+            "datasets": [{"name": "medinterp-mini", "root": str(mini), "split": "train"}]}
+    first = Trainer(TrainConfig.from_dict({**base, "output_dir": str(mini.parent / "gen-a"),
+                                           "generation": {"duplicate_box_iou": 0.5}})).fit()
+    model, _ = load_checkpoint(first)
+    assert model.config.generation.duplicate_box_iou == 0.5
+    # A continued run keeps its starting checkpoint's settings unless its recipe names them.
+    second = Trainer(TrainConfig.from_dict({**base, "output_dir": str(mini.parent / "gen-b"),
+                                            "init_checkpoint": str(first)})).fit()
+    assert load_checkpoint(second)[0].config.generation.duplicate_box_iou == 0.5
+    with pytest.raises(ValueError, match="generation has unknown"):
+        TrainConfig.from_dict({**base, "generation": {"beam_width": 3}})

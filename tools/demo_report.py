@@ -10,7 +10,7 @@ then reuses its specialist-scores.json when the budget matches.
 
 RUN_OR_CHECKPOINT is a `medversa train` output folder (runs/demo) or its checkpoint folder
 (runs/demo-tune/checkpoint: the run is the folder above it). The run's metrics.jsonl, and for a
-continued recipe (init_checkpoint) its parent run's too, fix the specialist's budget: as many
+continued recipe (init_checkpoint) those of the runs it builds on too, fix the specialist's budget: as many
 chest radiographs as the generalist's chest-organ steps saw. DATA_DIR is medinterp-mini; OUT_DIR
 gets holdout-scores.json/.md, holdout-predictions.jsonl (each case's answer text or per-class score,
 with its reference), scores.png, specialist-comparison.md and MODEL_CARD.md
@@ -89,13 +89,14 @@ def organ_steps_of(cfg: TrainConfig) -> int:
 
 
 def parent_organ_steps(cfg: TrainConfig) -> int:
-    """Chest-organ steps of the run a continued recipe starts from (its checkpoint's run folder)."""
+    """Chest-organ steps of every run a continued recipe builds on (its checkpoint's run and that run's own)."""
     if not cfg.init_checkpoint:
         return 0
-    log = Path(cfg.init_checkpoint).parent / "metrics.jsonl"
+    parent = Path(cfg.init_checkpoint).parent
+    log = parent / "metrics.jsonl"
     if not log.is_file():
         raise ValueError(f"{cfg.init_checkpoint}: no metrics.jsonl beside it to count the parent run's steps")
-    return sum(1 for line in log.read_text().splitlines()
+    return sum(1 for folder in runs_of(parent) for line in (folder / "metrics.jsonl").read_text().splitlines()
                if json.loads(line)["task"] == "chest_organ_segmentation")
 
 
@@ -124,14 +125,17 @@ NOT_TRAINED = {
     "pathology_detection": "no pathology boxes in medinterp-mini (its boxes are lungs only)",
     "longitudinal_comparison": "no text describes a change between two studies (a patient's radiographs "
                                "share one set of clinical notes)",
+    "report_impression": "no impression is written for any image in medinterp-mini (the IU X-ray texts have no "
+                         "images; the radiographs have clinical notes only); trained on the IU texts alone, asked "
+                         "of a radiograph it answered a class name, so `demo-polish` no longer declares it",
+    "report_full": "as the impression: no image in medinterp-mini has a findings + impression report",
 }
 #: The data each declared task trained on (docs/training.md, "What medinterp-mini gives each task").
 TRAINED_ON = {
     "chest_organ_segmentation": "JSRT/SCR left lung, right lung, heart masks; V7 both-lung masks (cxr-notes)",
     "anatomy_detection": "cxr-notes left/right lung boxes",
-    "report_findings": "cxr-notes clinical notes (with age, sex, view); IU X-ray findings (text only)",
-    "report_impression": "IU X-ray impressions (text only: no images in medinterp-mini)",
-    "report_full": "IU X-ray findings + impression (text only)",
+    "report_findings": "cxr-notes clinical notes (with age, sex, view); IU X-ray findings (text only, in `demo` "
+                       "and `demo-tune`; `demo-polish` trains on the radiographs' notes only)",
     "chest_pathology_classification": "cxr-notes `finding` mapped to the 33 classes: pneumonia, no finding",
     "vqa": "closed questions from labels: pneumonia yes/no, frontal/lateral view (cxr-notes); lesion class "
            "yes/no (derm)",
@@ -165,13 +169,33 @@ def _headline(scores: dict, task: str) -> str:
 
 
 def runs_of(run: Path) -> list[Path]:
-    """The run and, for a continued recipe (init_checkpoint), the run it continued, oldest first."""
-    cfg = TrainConfig.from_file(run / "train-config.yaml")
-    return [Path(cfg.init_checkpoint).parent, run] if cfg.init_checkpoint else [run]
+    """The run and, for a continued recipe (init_checkpoint), every run it builds on, oldest first."""
+    chain = [run]
+    while True:
+        cfg = TrainConfig.from_file(chain[0] / "train-config.yaml")
+        if not cfg.init_checkpoint:
+            return chain
+        parent = Path(cfg.init_checkpoint).parent
+        if parent in chain or len(chain) > 20:
+            raise ValueError(f"{run}: the init_checkpoint chain loops at {parent}")
+        chain.insert(0, parent)
+
+
+def ancestor_recipe_names(count: int) -> list[str]:
+    """File names the bundled model ships its recipes under, oldest first: the run's own is recipe.yaml, the one
+    it continued recipe-parent.yaml, that one's recipe-parent-2.yaml..."""
+    names = ["recipe.yaml", "recipe-parent.yaml", *[f"recipe-parent-{i}.yaml" for i in range(2, count)]]
+    return list(reversed(names[:count]))
+
+
+def step_minutes(run: Path) -> float:
+    """Minutes of training steps of the run and every run it continued (the budget's measure)."""
+    return sum(json.loads(line)["seconds"] for folder in runs_of(run)
+               for line in (folder / "metrics.jsonl").read_text().splitlines()) / 60
 
 
 def minutes_table(run: Path) -> list[str]:
-    """Steps and wall time per stage and per task, from the metrics.jsonl of the run (and its parent)."""
+    """Steps and wall time per stage and per task, from the metrics.jsonl of the run (and those it continued)."""
     by_stage: dict[str, list] = {}
     by_task: dict[str, list] = {}
     for folder in runs_of(run):
@@ -233,7 +257,9 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
 
     chain = [json.loads((f / "checkpoint" / "medversa-checkpoint.json").read_text())["training"]
              for f in runs_of(run)]
-    minutes = sum(t["minutes"] for t in chain)
+    # The steps' own times (metrics.jsonl): a checkpoint's "minutes" is the wall time of the process that
+    # wrote it, which leaves out what ran before a resume.
+    minutes = step_minutes(run)
     recipes = " then ".join(f"`medversa train --recipe {t['recipe']}` (seed {t['seed']}, {t['steps']} steps)"
                             for t in chain)
 
@@ -241,14 +267,14 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
         "# MedVersa demo model",
         "",
         "**A demonstration model. Not for clinical use.** It is the small `demo` preset "
-        f"({meta['preset']}) trained from scratch in {minutes:.1f} minutes on 2 CPU cores, on the "
+        f"({meta['preset']}) trained from scratch in {minutes:.1f} minutes of training steps on 2 CPU cores, on the "
         "train split of medinterp-mini: a few hundred public research images (JSRT/SCR, the COVID-19 image data "
         "collection, IU X-ray report texts, PH2 and ISIC 2017 dermoscopy, one TotalSegmentator example CT). "
         "Those data are under research licences (see medinterp-mini's SOURCES.md): so is this model. Its answers "
         "show what the node does with a trained model; they are not diagnoses.",
         "",
-        f"- Recipes: {recipes}; `recipe.yaml` is the last one's (`recipe-parent.yaml` the one it continued, if "
-        "any); deterministic for the seeds and thread count.",
+        f"- Recipes: {recipes}; `recipe.yaml` is the last one's, `recipe-parent.yaml` the one it "
+        "continued, `recipe-parent-2.yaml` the one before; deterministic for the seeds and thread count.",
         "- Data manifest: `data-manifest.json` (SHA-256 of every file read; the holdout split was never trained "
         "or tuned on).",
         f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",

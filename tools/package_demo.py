@@ -51,12 +51,12 @@ def main(argv: list[str]) -> int:
     if ASSET.exists():
         shutil.rmtree(ASSET)
     shutil.copytree(checkpoint, ASSET)
-    shutil.copy(run / "train-config.yaml", ASSET / "recipe.yaml")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from demo_report import runs_of
+    from demo_report import ancestor_recipe_names, runs_of
 
-    if len(runs_of(run)) > 1:  # a continued recipe: ship the one it continued too
-        shutil.copy(runs_of(run)[0] / "train-config.yaml", ASSET / "recipe-parent.yaml")
+    chain = runs_of(run)  # a continued recipe ships every recipe it builds on too
+    for folder, name in zip(chain, ancestor_recipe_names(len(chain)), strict=True):
+        shutil.copy(folder / "train-config.yaml", ASSET / name)
     (ASSET / "data-manifest.json").write_text(json.dumps(data_manifest(data, meta), indent=2) + "\n")
     for name in ("holdout-scores.json", "holdout-scores.md", "specialist-comparison.md", "specialist-scores.json",
                  "scores.png"):

@@ -57,6 +57,8 @@ class DomainAwareSampler:
         context_fields: ContextFields | None = None,
         stages: list | None = None,
         balanced: tuple[str, ...] | list[str] = (),
+        strata_weights: dict[str, dict[str, float]] | None = None,
+        detection_all_targets: float = 0.0,
     ) -> None:
         grouped: dict[tuple[Modality, Task], list[Record]] = defaultdict(list)
         for record in records:
@@ -75,6 +77,7 @@ class DomainAwareSampler:
         self.world_size = world_size
         self.augment = augment
         self.context_fields = context_fields
+        self.detection_all_targets = detection_all_targets
         unknown_b = set(balanced) - {t.value for t in Task}
         if unknown_b:
             raise ValueError(f"unknown balanced task(s): {sorted(unknown_b)}")
@@ -87,6 +90,22 @@ class DomainAwareSampler:
                     for stratum in strata_of(record):
                         groups[stratum].append(i)
                 self.strata[key] = dict(sorted(groups.items()))
+        #: Weights of the strata of a pool whose task has ``strata_weights`` (uniform draw otherwise).
+        self.strata_weights: dict[tuple[Modality, Task], list[float]] = {}
+        for task_name, weights in (strata_weights or {}).items():
+            if task_name not in balanced:
+                raise ValueError(f"strata_weights for {task_name!r}, which is not balanced")
+            for key, groups in self.strata.items():
+                if key[1].value != task_name:
+                    continue
+                unknown_s = set(weights) - set(groups)
+                if unknown_s:
+                    raise ValueError(f"strata_weights of {task_name}: no stratum {sorted(unknown_s)} in "
+                                     f"{key[0].value}/{task_name}; it has {sorted(groups)}")
+                w = [float(weights.get(stratum, 1.0)) for stratum in groups]
+                if any(x < 0 for x in w) or sum(w) <= 0:
+                    raise ValueError(f"strata_weights of {task_name}: weights must be >= 0 and not all 0")
+                self.strata_weights[key] = w
         #: (first step after the stage, modality weights, task weights) per stage, in order.
         self.stages: list[tuple[int, dict[str, float], dict[str, float]]] = []
         end = 0
@@ -138,7 +157,13 @@ class DomainAwareSampler:
         strata = self.strata.get((pool.modality, pool.task))
         if strata:
             keys = list(strata)
-            chosen = [keys[int(k)] for k in rng.integers(len(keys), size=size * self.world_size)]
+            weights = self.strata_weights.get((pool.modality, pool.task))
+            if weights is None:
+                drawn = rng.integers(len(keys), size=size * self.world_size)
+            else:
+                p = np.asarray(weights, dtype=np.float64)
+                drawn = rng.choice(len(keys), size=size * self.world_size, p=p / p.sum())
+            chosen = [keys[int(k)] for k in drawn]
             picks = [strata[k][int(rng.integers(len(strata[k])))] for k in chosen]
         else:
             chosen = [None] * (size * self.world_size)
@@ -147,7 +172,8 @@ class DomainAwareSampler:
         return [build_sample(pool.records[picks[i]], pool.task,
                              np.random.default_rng([self.seed, step, 2, i]), self.augment,
                              self.context_fields,
-                             structure=chosen[i] if pool.task.family is TaskFamily.SEGMENTATION else None)
+                             structure=chosen[i] if pool.task.family is TaskFamily.SEGMENTATION else None,
+                             detection_all_targets=self.detection_all_targets)
                 for i in mine]
 
     def describe_strata(self) -> dict[str, dict[str, int]]:

@@ -113,12 +113,14 @@ def _crop_all(images: list[np.ndarray], rng: np.random.Generator, augment: bool)
 
 
 def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: bool = True,
-                 context_fields: ContextFields | None = None, structure: str | None = None) -> Sample:
+                 context_fields: ContextFields | None = None, structure: str | None = None,
+                 detection_all_targets: float = 0.0) -> Sample:
     """One sample of ``task`` from ``record``; ``augment=False`` gives the un-augmented view.
 
     The record's clinical context is written by :func:`render_context` with ``context_fields``
     (the recipe's; None: every field), the function the node uses on DICOM headers. ``structure``
-    asks a segmentation record for that structure (balanced sampling) instead of one drawn at random.
+    asks a segmentation record for that structure (balanced sampling) instead of one drawn at random;
+    ``detection_all_targets`` is the share of detection samples asking for every candidate class.
     """
     if isinstance(record, TextRecord):
         return _report(task, record.findings, record.impression, "", [], rng, record.record_id)
@@ -133,7 +135,7 @@ def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: 
                       render_context(record.context, record.modality, context_fields), images,
                       record_id=record.record_id)
     if isinstance(record, DetectionRecord):
-        return _detection(record, task, rng)
+        return _detection(record, task, rng, detection_all_targets)
     if isinstance(record, SegmentationRecord):
         return _segmentation(record, task, rng, augment, structure)
     if isinstance(record, VQARecord):
@@ -175,10 +177,19 @@ def _report(task: Task, findings: str, impression: str, context: str, images: li
     return Sample(task, Modality.CXR, question, answer, context, images, record_id=record_id)
 
 
-def _detection(record: DetectionRecord, task: Task, rng: np.random.Generator) -> Sample:
-    """Up to nine classes in random order, each answered with its boxes or <N/A> (no crop: boxes stay put)."""
+def _detection(record: DetectionRecord, task: Task, rng: np.random.Generator, all_targets: float = 0.0) -> Sample:
+    """Up to nine classes in random order, each answered with its boxes or <N/A> (no crop: boxes stay put).
+
+    With ``all_targets`` > 0 that share of samples asks for every candidate (up to nine): a small
+    LLM otherwise learns to stop after the first class asked (the answer's length is the one thing
+    it must read from the question's list). 0 draws nothing extra: earlier runs' samples are unchanged.
+    """
     candidates = list(dict.fromkeys([*record.candidates, *record.boxes]))
-    count = int(rng.integers(1, min(MAX_DETECTION_TARGETS, len(candidates)) + 1))
+    most = min(MAX_DETECTION_TARGETS, len(candidates))
+    if all_targets > 0 and rng.random() < all_targets:
+        count = most
+    else:
+        count = int(rng.integers(1, most + 1))
     chosen = [candidates[i] for i in rng.permutation(len(candidates))[:count]]
     parts, boxes, structures = [], [], []
     for name in chosen:

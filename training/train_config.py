@@ -87,10 +87,19 @@ class TrainConfig:
     #: Tasks whose batches are balanced: a structure (segmentation), class set (classification) or answer
     #: (VQA) drawn uniformly, then a record that has it.
     balanced: list[str] = field(default_factory=list)
+    #: Per balanced task, a weight per stratum (strata not named weigh 1; 0 leaves one out), e.g.
+    #: ``{report_findings: {"text only": 0}}``: findings from radiographs with notes only.
+    strata_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Share of detection samples that ask for every candidate class of the record (random order);
+    #: the rest ask a random number of them (1 to all). 0 keeps earlier recipes' samples exactly.
+    detection_all_targets: float = 0.0
     #: Learning-rate multipliers by parameter-name prefix (longest prefix wins), e.g. {"seg_2d_text": 10}.
     lr_scale: dict[str, float] = field(default_factory=dict)
     #: Each answer's share of the segmentation/detection loss weight (the language loss weighs 1).
     loss_weights: dict[str, float] = field(default_factory=dict)
+    #: Inference settings the checkpoint carries (its config's ``generation``), e.g. ``{duplicate_box_iou: 0.5}``;
+    #: they change nothing in training. A continued run otherwise keeps its starting checkpoint's.
+    generation: dict[str, Any] = field(default_factory=dict)
     save_every: int = 500
     keep_states: int = 2
     log_every: int = 10
@@ -162,6 +171,17 @@ def _build(cls: type, data: dict[str, Any], where: str):
         unknown = set(config.loss_weights) - {"lm", "det", "seg", "route"}
         if unknown:
             raise ValueError(f"{where}: loss_weights has unknown key(s) {sorted(unknown)}; known: det, lm, route, seg")
+        from medversa.inference import GenerationConfig
+
+        unknown_g = set(config.generation) - {f.name for f in dataclasses.fields(GenerationConfig)}
+        if unknown_g:
+            raise ValueError(f"{where}: generation has unknown key(s) {sorted(unknown_g)}")
+        if not 0.0 <= config.detection_all_targets <= 1.0:
+            raise ValueError(f"{where}: detection_all_targets is a share between 0 and 1, "
+                             f"got {config.detection_all_targets}")
+        not_balanced = set(config.strata_weights) - set(config.balanced)
+        if not_balanced:
+            raise ValueError(f"{where}: strata_weights names task(s) not in balanced: {sorted(not_balanced)}")
         if config.optimizer.warmup_steps >= config.steps:
             raise ValueError(f"{where}: optimizer.warmup_steps must be below steps")
     return config

@@ -13,6 +13,7 @@ run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -134,6 +135,8 @@ class Trainer:
             model, tokenizer = load_checkpoint(config.init_checkpoint)
         else:
             model, tokenizer = build_model(config.preset)
+        if config.generation:
+            model.config.generation = dataclasses.replace(model.config.generation, **config.generation)
         self.tokenizer = tokenizer
         self.model = model.to(self.runtime.device)
         _set_trainable(self.model, config.train_llm_base)
@@ -144,7 +147,7 @@ class Trainer:
         self.sampler = DomainAwareSampler(
             self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
             self.runtime.rank, self.runtime.world_size, config.augment, self.context_fields, config.stages,
-            config.balanced)
+            config.balanced, config.strata_weights, config.detection_all_targets)
         self._inner = TrainingObjective(self.model, tokenizer.ids.image, config.loss_weights)
         self.objective = distributed.wrap(self._inner, self.runtime, config.strategy)
         self._sharded = self.runtime.distributed and config.strategy == "fsdp"
