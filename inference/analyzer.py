@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .declaration import Declaration
-from .generation import TokenChooser, generate, greedy
+from .generation import NoRepeatNGram, TokenChooser, generate, greedy
 from .labels import label_tokens
 from .model import MedVersaModel
 from .processing import (
@@ -31,6 +31,7 @@ from .processing import (
 )
 from .prompting import ASSISTANT, build_prompt_ids, embed_with_images
 from .schema import Answer, Box, Mask2D, Mask3D, TaskRequest
+from .tasks import Task, TaskFamily
 from .tokenizer import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN, MedVersaTokenizer
 
 LOGGER = logging.getLogger(__name__)
@@ -119,13 +120,23 @@ class Analyzer:
             for start in range(0, len(jobs), self.max_batch_size):
                 batch = jobs[start:start + self.max_batch_size]
                 t0 = time.perf_counter()
-                batch_choose = (choose_for([(requests[j.request_index], j.question) for j in batch])
-                                if choose_for else choose)
+                if choose_for:
+                    batch_choose = choose_for([(requests[j.request_index], j.question) for j in batch])
+                else:
+                    batch_choose = self._chooser(Task(task), choose)
                 self._run_batch(requests, batch, answers, texts, batch_choose)
                 LOGGER.info("ran %d %s/%s prompt(s) in %.2f s", len(batch), task, modality, time.perf_counter() - t0)
         for i, parts in texts.items():
             answers[i].text = " ".join(p for p in parts if p)
         return answers
+
+    def _chooser(self, task: Task, choose: TokenChooser) -> TokenChooser:
+        """The caller's chooser, or for reports under ``generation.report_no_repeat_ngram`` a fresh
+        loop-free greedy one (it remembers its batch's choices)."""
+        size = self.model.config.generation.report_no_repeat_ngram
+        if size is None or choose is not greedy or task.family is not TaskFamily.REPORT_GENERATION:
+            return choose
+        return NoRepeatNGram(size)
 
     def _run_batch(self, requests: list[TaskRequest], jobs: list[_Job], answers: list[Answer],
                    texts: dict[int, list[str]], choose: TokenChooser) -> None:

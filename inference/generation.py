@@ -28,6 +28,42 @@ def greedy(step: int, logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
+class NoRepeatNGram:
+    """Greedy, except that no row repeats an ``size``-token sequence it has already written.
+
+    A small LLM decoding greedily falls into loops ("he had fever, he had fever, ..."); this is the
+    usual remedy (transformers' ``no_repeat_ngram_size``), over the generated tokens only. One
+    instance per batch: it remembers what each row chose.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"an n-gram has at least one token, got {size}")
+        self.size = size
+        self.history: list[list[int]] = []
+
+    def banned(self, row: int) -> list[int]:
+        """Tokens that would complete, in ``row``, an n-gram it already has."""
+        history, n = self.history[row], self.size
+        if len(history) < n - 1:
+            return []
+        prefix = history[len(history) - n + 1:]
+        return [history[i + n - 1] for i in range(len(history) - n + 1) if history[i:i + n - 1] == prefix]
+
+    def __call__(self, step: int, logits: torch.Tensor) -> torch.Tensor:
+        if not self.history:
+            self.history = [[] for _ in range(logits.shape[0])]
+        logits = logits.clone()
+        for row in range(logits.shape[0]):
+            banned = self.banned(row)
+            if banned:
+                logits[row, banned] = float("-inf")
+        chosen = logits.argmax(dim=-1)
+        for row, token in enumerate(chosen.tolist()):
+            self.history[row].append(token)
+        return chosen
+
+
 class ForcedTokens:
     """Choose planted token sequences (tests, teacher forcing through the cached path)."""
 

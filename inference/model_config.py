@@ -122,6 +122,9 @@ class GenerationConfig:
     #: Keep one box where the answer names a class twice and the two boxes overlap by IoU >= this
     #: (non-maximum suppression per class); None keeps every box, as the official code does.
     duplicate_box_iou: float | None = None
+    #: Reports: never repeat an n-gram of this many tokens (greedy decoding's loops); None: plain
+    #: greedy, as the official code decodes.
+    report_no_repeat_ngram: int | None = None
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Orchestrated generation: KV cache, batching, stopping, and task-token states reaching the modules."""
 
 import numpy as np
+import pytest
 import torch
 
 from medversa.inference import (
@@ -117,3 +118,45 @@ def test_a_task_token_at_the_length_limit_still_gets_its_state(tiny_analyzer, rn
     gen = generate(model, tok, [embeds], len(planted), ForcedTokens([planted]))[0]
     assert not gen.reached_end
     assert [s.token_id for s in gen.task_states] == [tok.ids.det]
+
+
+def test_no_repeat_ngram_never_writes_an_ngram_twice_and_is_greedy_otherwise():
+    from medversa.inference.generation import NoRepeatNGram
+
+    vocab = 6
+    # Logits that always prefer tokens 1, 2, 1, 2...: plain greedy loops "1 2 1 2 ...".
+    def looping(step: int) -> torch.Tensor:
+        logits = torch.zeros(2, vocab)
+        logits[:, 1 + step % 2] = 5.0
+        logits[:, 3] = 1.0  # the next best choice
+        return logits
+
+    chooser = NoRepeatNGram(2)
+    rows = [[], []]
+    for step in range(6):
+        for r, t in enumerate(chooser(step, looping(step)).tolist()):
+            rows[r].append(t)
+    for row in rows:
+        pairs = list(zip(row, row[1:], strict=False))
+        assert len(pairs) == len(set(pairs)), row  # no bigram twice
+        assert row[:2] == [1, 2]  # greedy until a repeat would start
+    assert [int(t) for t in greedy(0, looping(0))] == [1, 1]
+    with pytest.raises(ValueError):
+        NoRepeatNGram(0)
+
+
+def test_the_analyzer_decodes_reports_loop_free_only_when_the_checkpoint_says_so(tiny_analyzer):
+    from medversa.inference.generation import NoRepeatNGram
+
+    config = tiny_analyzer.model.config.generation
+    assert config.report_no_repeat_ngram is None
+    assert tiny_analyzer._chooser(Task.REPORT_FINDINGS, greedy) is greedy  # official decoding by default
+    config.report_no_repeat_ngram = 4
+    try:
+        chooser = tiny_analyzer._chooser(Task.REPORT_FINDINGS, greedy)
+        assert isinstance(chooser, NoRepeatNGram) and chooser.size == 4
+        assert tiny_analyzer._chooser(Task.ANATOMY_DETECTION, greedy) is greedy  # answers with task tokens: never
+        forced = ForcedTokens([[1]])
+        assert tiny_analyzer._chooser(Task.REPORT_FINDINGS, forced) is forced  # a caller's chooser wins
+    finally:
+        config.report_no_repeat_ngram = None
