@@ -16,6 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from .boxes import PixelBox, box_overlap
 from .bundled import BUNDLED_CHECKPOINT, load_analyzer, model_identity
 from .clinical_context import ClinicalContext, ContextFields, render_context
 from .declaration import Declaration, context_fields_from
@@ -64,6 +65,7 @@ __all__ = [
     "Analyzer", "BUNDLED_CHECKPOINT", "ChooserFactory", "load_analyzer", "model_identity", "scripted_chooser",
     # what crosses the boundary
     "Answer", "Box", "ImageInput", "MAX_DETECTION_TARGETS", "Mask2D", "Mask3D", "TaskRequest",
+    "PixelBox", "box_overlap",
     "Modality", "Task", "TaskFamily",
     "ClinicalContext", "ContextFields", "Declaration", "context_fields_from", "render_context",
     # the one vocabulary of class phrases

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
+from .boxes import duplicate_boxes
 from .declaration import Declaration
 from .generation import NoRepeatNGram, TokenChooser, generate, greedy
 from .labels import label_tokens
 from .model import MedVersaModel
 from .processing import (
     box_to_pixels,
-    duplicate_boxes,
     postprocess_mask_2d,
     postprocess_mask_3d,
     preprocess_image,

@@ -114,26 +114,3 @@ def box_to_pixels(box: torch.Tensor, width: int, height: int) -> tuple[float, fl
     y0, y1 = sorted((v[1], v[3]))
     return (x0 * width, y0 * height, x1 * width, y1 * height)
 
-
-PixelBox = tuple[float, float, float, float]
-
-
-def box_overlap(a: PixelBox, b: PixelBox) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def duplicate_boxes(labelled: list[tuple[str, PixelBox]], min_iou: float) -> set[int]:
-    """Indices of boxes that repeat an earlier box of the same label (IoU >= ``min_iou``): the one box a
-    class gets when the model names it twice, as non-maximum suppression keeps one box per object."""
-    repeated: set[int] = set()
-    for i, (label, box) in enumerate(labelled):
-        key = " ".join(label.lower().split())
-        if any(j not in repeated and " ".join(other.lower().split()) == key and box_overlap(box, kept) >= min_iou
-               for j, (other, kept) in enumerate(labelled[:i])):
-            repeated.add(i)
-    return repeated

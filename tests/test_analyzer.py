@@ -152,7 +152,7 @@ def test_ct_request_needs_a_volume(cxr):
 
 
 def test_a_class_boxed_twice_in_the_same_place_keeps_one_box_when_the_config_asks():
-    from medversa.inference.processing import box_overlap, duplicate_boxes
+    from medversa.inference.boxes import box_overlap, duplicate_boxes
 
     assert box_overlap((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box_overlap((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-PixelBox = tuple[float, float, float, float]
+from medversa.inference import PixelBox, box_overlap
 
 #: BLEU-N order used throughout the paper's tables.
 BLEU_ORDER = 4
@@ -130,13 +130,8 @@ def macro_f1(y_true: np.ndarray, y_score: np.ndarray, threshold: float = THRESHO
 
 
 # --- boxes and masks ------------------------------------------------------------------------------
-def box_iou(a: PixelBox, b: PixelBox) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes in continuous pixel coordinates."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+#: Intersection over union of two boxes: the analyzer's own (its duplicate-box suppression), one formula.
+box_iou = box_overlap
 
 
 def match_boxes(truth: Sequence[PixelBox], predicted: Sequence[PixelBox]) -> list[float]:

@@ -292,9 +292,7 @@ DOMAIN_PHRASES: dict[Modality, tuple[str, ...]] = {
 #: What a report of another modality never names: that modality's diagnoses and its subject (a skin
 #: lesion class in a chest report). Organ names are not among them: clinical notes name organs ("kidney
 #: transplant recipient", "liver function"; 8 of medinterp-mini's 430 training notes do).
-REPORT_FOREIGN_PHRASES: dict[Modality, tuple[str, ...]] = {
-    Modality.DERM: tuple(SKIN_LESION_CLASSES) + ("skin lesion",),
-}
+REPORT_FOREIGN_PHRASES: dict[Modality, tuple[str, ...]] = {Modality.DERM: DOMAIN_PHRASES[Modality.DERM]}
 _TASK_ANSWER_FORM = re.compile(r"segmentation mask of|<DET>|<2DSEG>|<3DSEG>|<N/A>", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[\s,.;:]+|\band\b|\(absent\)", re.IGNORECASE)
 YES_NO = ("yes", "no")

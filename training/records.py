@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medversa.inference import ClinicalContext, Modality
+from medversa.inference import ClinicalContext, Modality, PixelBox
 
 from .errors import RecordError
 from .nifti import read_nifti_labels, read_nifti_volume
 from .rle import decode_start_length
-
-PixelBox = tuple[float, float, float, float]
 
 
 # --- lazy image and mask sources -----------------------------------------------------------------
