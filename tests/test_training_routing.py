@@ -7,6 +7,7 @@ answers in its own form.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from medversa.inference import Answer, Box, Mask2D, Modality, Task, build_model
-from medversa.training.batching import collate
+from medversa.training.batching import collate, crop_volumes
 from medversa.training.evaluate import confused, constant_baselines
 from medversa.training.objective import TrainingObjective
 from medversa.training.records import (
@@ -29,7 +30,7 @@ from medversa.training.records import (
 from medversa.training.sampler import DomainAwareSampler
 from medversa.training.samples import build_sample
 from medversa.training.train_config import StageConfig, TrainConfig
-from medversa.training.trainer import param_groups
+from medversa.training.trainer import Trainer, param_groups
 
 
 def _chest(i: int) -> SegmentationRecord:
@@ -215,3 +216,66 @@ def test_strata_weights_leave_text_only_reports_out_and_are_checked() -> None:
     with pytest.raises(ValueError, match="not in balanced"):
         TrainConfig.from_dict({"steps": 10, "optimizer": {"warmup_steps": 1},
                                "strata_weights": {"report_findings": {"text only": 0}}})
+
+
+def _ct_batch():
+    volume = np.random.default_rng(0).normal(-100.0, 40.0, (16, 48, 48))
+    volume[4:12, 30:40, 6:14] += 160.0  # a bright "organ" off-centre
+    organ = np.zeros(volume.shape, bool)
+    organ[4:12, 30:40, 6:14] = True
+    record = SegmentationRecord("t", "ct0", Modality.CT, "train", ArrayImage(volume), {"kidney": ArrayMask(organ)})
+    model, tokenizer = build_model("tiny")
+    sample = build_sample(record, Task.ABDOMINAL_ORGAN_SEGMENTATION, np.random.default_rng(0), False)
+    return collate([sample], tokenizer, model.config, 256)
+
+
+def test_ct_crops_centre_on_the_organ_keep_image_and_mask_aligned_and_repeat_for_a_seed() -> None:
+    batch = _ct_batch()
+    full_mask = batch.seg_masks[0]
+    assert batch.images[0].shape == (1, 1, 64, 192, 192) and full_mask.sum() > 0
+    # Each voxel holds its own index: a crop's first voxel tells where its window lies.
+    index = torch.arange(64 * 192 * 192, dtype=torch.float64).reshape(1, 1, 64, 192, 192)
+    batch = dataclasses.replace(batch, images=[index])
+    crops = [crop_volumes(batch, (16, 32, 32), foreground=1.0, seed=s) for s in range(6)]
+    for crop in crops:
+        image, mask = crop.images[0], crop.seg_masks[0]
+        assert image.shape == (1, 1, 16, 32, 32) and mask.shape == (16, 32, 32)
+        assert mask.sum() > 0  # every crop holds organ voxels
+        # The crop is a window of the model volume, the same window for image and mask.
+        z, x, y = np.unravel_index(int(image[0, 0, 0, 0, 0]), (64, 192, 192))
+        assert torch.equal(image[0, 0], index[0, 0, z:z + 16, x:x + 32, y:y + 32])
+        assert torch.equal(mask, full_mask[z:z + 16, x:x + 32, y:y + 32])
+    assert len({int(c.images[0][0, 0, 0, 0, 0]) for c in crops}) > 1  # different seeds, different windows
+    again = crop_volumes(batch, (16, 32, 32), foreground=1.0, seed=3)
+    assert torch.equal(again.images[0], crops[3].images[0]) and torch.equal(again.seg_masks[0], crops[3].seg_masks[0])
+    assert batch.images[0].shape == (1, 1, 64, 192, 192)  # the input batch is left as it was
+    chest = _seg_batch(["left lung"])[1]
+    assert crop_volumes(chest, (16, 32, 32), 1.0, 0) is chest  # 2D batches are not cropped
+
+
+def test_ct_crop_sizes_are_checked() -> None:
+    base = {"steps": 10, "optimizer": {"warmup_steps": 1}}
+    assert TrainConfig.from_dict({**base, "ct_crop": [32, 96, 96]}).ct_crop == [32, 96, 96]
+    for bad in ([32, 96], [30, 96, 96], [0, 96, 96]):
+        with pytest.raises(ValueError, match="multiple of 16"):
+            TrainConfig.from_dict({**base, "ct_crop": bad})
+    with pytest.raises(ValueError, match="ct_crop_foreground"):
+        TrainConfig.from_dict({**base, "ct_crop": [32, 96, 96], "ct_crop_foreground": 2})
+    with pytest.raises(ValueError, match="larger than the model volume"):
+        Trainer(TrainConfig.from_dict({**base, "preset": "tiny", "ct_crop": [80, 96, 96]}), records=[_chest(0)])
+
+
+def test_a_trainer_with_ct_crop_trains_ct_steps_on_windows(tmp_path) -> None:
+    volume = np.random.default_rng(1).normal(-100.0, 40.0, (16, 48, 48))
+    organ = np.zeros(volume.shape, bool)
+    organ[4:12, 30:40, 6:14] = True
+    record = SegmentationRecord("t", "ct0", Modality.CT, "train", ArrayImage(volume), {"kidney": ArrayMask(organ)})
+    config = TrainConfig.from_dict({"preset": "tiny", "steps": 2, "optimizer": {"warmup_steps": 1},
+                                    "ct_crop": [16, 32, 32], "output_dir": str(tmp_path)})
+    trainer = Trainer(config, records=[record])
+    seen = []
+    original = trainer.objective.forward
+    trainer.objective.forward = lambda batch: (seen.append(batch.images[0].shape), original(batch))[1]
+    rows = [trainer.train_step() for _ in range(2)]
+    assert seen == [(1, 1, 16, 32, 32)] * 2
+    assert all(r["task"] == "abdominal_organ_segmentation" and np.isfinite(r["loss_seg"]) for r in rows)

@@ -9,6 +9,7 @@ kept only if the token survives truncation to ``max_length``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,3 +121,35 @@ def collate(samples: list[Sample], tokenizer: MedVersaTokenizer, config: MedVers
     boxes = torch.tensor(det_boxes, dtype=torch.float32).reshape(-1, 4)
     return Batch(task, modality, ids, attention, labels, images, det_positions, boxes, seg_positions, seg_masks,
                  det_structures, seg_structures)
+
+
+def crop_volumes(batch: Batch, shape: tuple[int, int, int], foreground: float, seed: int) -> Batch:
+    """Organ-centred random crops of a CT batch's model volumes and masks (MONAI RandCropByPosNegLabeld).
+
+    Why: over a whole 64x192x192 model volume the soft Dice of a small organ (kidney, pancreas: 1 % of
+    the voxels) is swamped by the background's sigmoid mass, and its gradient barely moves the decoder.
+    A crop centred on the organ with probability ``foreground`` (else anywhere) keeps the loss and the
+    architecture and shows the decoder far less background per step, at a fraction of the cost. Every
+    seg token of a sample shares its image's crop; ``seed`` makes the crops reproducible per step.
+    """
+    from monai.transforms import RandCropByPosNegLabeld
+
+    if not batch.modality.is_volume:
+        return batch
+    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=list(shape),
+                                  pos=foreground, neg=1.0 - foreground, num_samples=1, allow_smaller=False)
+    images, masks = list(batch.images), list(batch.seg_masks)
+    for b, stack in enumerate(batch.images):
+        tokens = [i for i, (sample, _) in enumerate(batch.seg_positions) if sample == b]
+        if not tokens:
+            continue
+        if stack.shape[0] != 1:
+            raise ValueError(f"a cropped CT sample holds one volume, sample {b} holds {stack.shape[0]}")
+        crop.set_random_state(seed=(seed + 7919 * b) % 2**32)
+        labels = torch.stack([masks[i] for i in tokens])  # [tokens, D, H, W]: the crop centres on the first
+        out = crop({"image": stack[0], "label": labels})[0]
+        images[b] = out["image"].as_tensor().unsqueeze(0) if hasattr(out["image"], "as_tensor") else out["image"][None]
+        cropped = out["label"].as_tensor() if hasattr(out["label"], "as_tensor") else out["label"]
+        for k, i in enumerate(tokens):
+            masks[i] = cropped[k].contiguous()
+    return dataclasses.replace(batch, images=images, seg_masks=masks)

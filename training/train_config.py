@@ -93,6 +93,10 @@ class TrainConfig:
     #: Share of detection samples that ask for every candidate class of the record (random order);
     #: the rest ask a random number of them (1 to all). 0 keeps earlier recipes' samples exactly.
     detection_all_targets: float = 0.0
+    #: CT steps train on organ-centred crops of the model volume of this [z, x, y] size (None: the whole
+    #: volume, as the paper); ``ct_crop_foreground`` is the share of crops centred inside the organ.
+    ct_crop: list[int] | None = None
+    ct_crop_foreground: float = 0.75
     #: Learning-rate multipliers by parameter-name prefix (longest prefix wins), e.g. {"seg_2d_text": 10}.
     lr_scale: dict[str, float] = field(default_factory=dict)
     #: Each answer's share of the segmentation/detection loss weight (the language loss weighs 1).
@@ -179,6 +183,12 @@ def _build(cls: type, data: dict[str, Any], where: str):
         if not 0.0 <= config.detection_all_targets <= 1.0:
             raise ValueError(f"{where}: detection_all_targets is a share between 0 and 1, "
                              f"got {config.detection_all_targets}")
+        if config.ct_crop is not None and (len(config.ct_crop) != 3 or any(
+                not isinstance(n, int) or n < 16 or n % 16 for n in config.ct_crop)):
+            raise ValueError(f"{where}: ct_crop is three sizes [z, x, y], each a multiple of 16 (the 3D UNet "
+                             f"halves them four times), got {config.ct_crop}")
+        if not 0.0 <= config.ct_crop_foreground <= 1.0:
+            raise ValueError(f"{where}: ct_crop_foreground is a share between 0 and 1, got {config.ct_crop_foreground}")
         not_balanced = set(config.strata_weights) - set(config.balanced)
         if not_balanced:
             raise ValueError(f"{where}: strata_weights names task(s) not in balanced: {sorted(not_balanced)}")

@@ -37,7 +37,7 @@ from medversa.inference import (
 )
 
 from . import distributed
-from .batching import collate
+from .batching import collate, crop_volumes
 from .objective import TrainingObjective
 from .records import Record
 from .sampler import DomainAwareSampler
@@ -137,6 +137,10 @@ class Trainer:
             model, tokenizer = build_model(config.preset)
         if config.generation:
             model.config.generation = dataclasses.replace(model.config.generation, **config.generation)
+        if config.ct_crop is not None and any(c > s for c, s in zip(config.ct_crop, model.config.preprocess.ct_shape,
+                                                                    strict=True)):
+            raise ValueError(f"ct_crop {config.ct_crop} is larger than the model volume "
+                             f"{list(model.config.preprocess.ct_shape)}")
         self.tokenizer = tokenizer
         self.model = model.to(self.runtime.device)
         _set_trainable(self.model, config.train_llm_base)
@@ -206,6 +210,10 @@ class Trainer:
         t0 = time.perf_counter()
         samples = self.sampler.samples(self.step)
         batch = collate(samples, self.tokenizer, self.model.config, self.config.max_length)
+        if self.config.ct_crop is not None:
+            batch = crop_volumes(batch, tuple(self.config.ct_crop), self.config.ct_crop_foreground,
+                                 seed=int(np.random.SeedSequence(
+                                     [self.config.seed, self.step, self.runtime.rank, 4]).generate_state(1)[0]))
         batch = _to_device(batch, self.runtime.device)
         batch.teacher_conditioning = self.stage(self.step).teacher_conditioning
         self.objective.train()
