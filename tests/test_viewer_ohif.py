@@ -51,6 +51,7 @@ def pacs(viewer, tiny_analyzer, tmp_path_factory):
     studies = {"chest": viewer_study.chest_study(tiny_analyzer), "ct": viewer_study.ct_study(tiny_analyzer)}
     if RG1.exists():
         studies["rg1"] = viewer_study.shared_radiograph_study(tiny_analyzer, RG1)
+        studies["rg1-zero"] = viewer_study.zero_spacing_radiograph_study(tiny_analyzer, RG1)
     control = copy.deepcopy(studies["chest"].sources[0])
     control.StudyInstanceUID, control.SeriesInstanceUID, control.SOPInstanceUID = hd.UID(), hd.UID(), hd.UID()
     control.file_meta.MediaStorageSOPInstanceUID = control.SOPInstanceUID
@@ -212,6 +213,28 @@ def test_shared_radiograph_sr_is_drawn(pacs):
     _, drawn, errors, _ = _open(server, studies["rg1"].study_uid, "SR", "MedVersa report (", "rg1-sr")
     _assert_no_errors(errors)
     assert drawn > DRAWN, f"only {drawn} annotation pixels in the viewport"
+
+
+def test_zero_pixel_spacing_source_is_a_known_ohif_limit_the_burned_in_image_shows_the_results(pacs):
+    """RG1_J2KI.dcm as sent carries Pixel Spacing 0.000\\0.000 (invalid: PS3.3 requires > 0).
+
+    OHIF 3.13 then shows the source image black and places the SR's outlines at NaN (console errors);
+    the node cannot mend a source in the PACS. The burned-in Secondary Capture is what a reader sees
+    there, and it must draw. Asserted both ways, so a future OHIF that copes makes this fail.
+    """
+    server, studies = pacs
+    if "rg1-zero" not in studies:
+        pytest.skip(f"{RG1} is not available in this checkout")
+    study = studies["rg1-zero"]
+    _, _, errors, _ = _open(server, study.study_uid, "SR", "MedVersa report (", "rg1-zero-spacing-sr")
+    nan = [e.text for e in errors if "NaN" in e.text]
+    assert nan, "OHIF now draws SR outlines on a zero-spacing source: update the conformance statement"
+    _, drawn, sc_errors, _ = _open(server, study.study_uid, "OT", "MedVersa results image", "rg1-zero-spacing-sc")
+    _assert_no_errors(sc_errors)
+    assert drawn > DRAWN, f"only {drawn} coloured pixels in the burned-in image"
+    record("SR TID 1500 (source with Pixel Spacing 0\\0)", VIEWER, "fails in viewer",
+           f"OHIF shows the source black and the outlines at NaN (`{nan[0].splitlines()[0][:70]}`); "
+           f"the burned-in Secondary Capture shows the results ({drawn} coloured pixels)")
 
 
 def test_the_check_finds_nothing_on_a_study_without_results(pacs):

@@ -108,6 +108,14 @@ def shared_radiograph_study(analyzer, path: Path) -> ProcessedStudy:
     return _process("rg1", [ds], analyzer)
 
 
+def zero_spacing_radiograph_study(analyzer, path: Path) -> ProcessedStudy:
+    """RG1_J2KI.dcm as a modality sends it (Pixel Spacing 0.000\\0.000), in a study of its own."""
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = hd.UID(), hd.UID(), hd.UID()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return _process("rg1-zero-spacing", [ds], analyzer)
+
+
 def sr_variant_studies(analyzer) -> list[ProcessedStudy]:
     """Studies whose SRs take the other paths of the SR builder: dermoscopy (skin classification and
     lesion mask), question and region answers only (no measurement group at all), and a
