@@ -172,6 +172,14 @@ def classes_in_text(text: str, table: dict[str, hd.sr.CodedConcept]) -> list[str
     return found
 
 
+def words_beyond(text: str, names: list[str]) -> bool:
+    """Whether ``text`` has words besides the class ``names`` it was found to name (and joining words)."""
+    rest = text.lower()
+    for name in sorted(names, key=len, reverse=True):
+        rest = re.sub(rf"\b{re.escape(name)}\b", " ", rest)
+    return bool(set(re.findall(r"[a-z0-9]+", rest)) - {"and", "or", "with"})
+
+
 class _Builder:
     def __init__(self, algorithm: AlgorithmInfo, key: str) -> None:
         self.algorithm = algorithm
@@ -246,10 +254,14 @@ class _Builder:
 
     def classification(self, result: TaskResult) -> None:
         table = mv.SKIN_LESION_CLASSES if result.task is Task.SKIN_LESION_CLASSIFICATION else mv.CHEST_PATHOLOGIES
-        for name in classes_in_text(result.answer.plain_text, table):
+        named = classes_in_text(result.answer.plain_text, table)
+        for name in named:
             self.evaluation(table[name], mv.PRESENT)
         self.absent(result)
-        self.text(mv.FINDING, result.answer.plain_text)
+        # The answer's words as well only where they say more than its coded classes: a bare "pneumonia"
+        # beside "Pneumonia: present" read as a second, stray finding in the text report.
+        if words_beyond(result.answer.plain_text, named):
+            self.text(mv.FINDING, result.answer.plain_text)
 
     def segmentation(self, result: TaskResult, segs: dict[str, SegReference]) -> None:
         masks = [(m.label, m.mask) for m in [*result.answer.masks_2d, *result.answer.masks_3d]]

@@ -13,7 +13,7 @@ from medversa.dicom_mapping.ko import build_key_objects
 from medversa.dicom_mapping.pr import build_presentation_state
 from medversa.dicom_mapping.sc import build_secondary_capture
 from medversa.dicom_mapping.seg import build_segmentation
-from medversa.dicom_mapping.sr import SegReference, build_sr
+from medversa.dicom_mapping.sr import SegReference, build_sr, words_beyond
 from medversa.inference import Answer, Box, Mask2D, Task
 
 from . import dicom_factory as f
@@ -156,6 +156,20 @@ def test_sr_codes_classification_findings_with_their_presence(cxr, tmp_path):
     assert ("36118008", "272519000") in evaluations  # pneumothorax: absent (<N/A>)
     # The pleural effusion box is a planar ROI group whose finding type says what was found.
     assert ("121071", "60046008") in evaluations
+
+
+def test_classification_words_are_kept_only_where_they_say_more_than_the_codes(cxr, tmp_path):
+    ds, image = cxr
+    bare = TaskResult(Answer("", Task.CHEST_PATHOLOGY_CLASSIFICATION, "pneumonia"), [image.ref])
+    back = hd.sr.srread(assert_valid(build_sr([bare], [ds], ALG, hd.UID(), hd.UID()), tmp_path, "sr"))
+    items = list(_all_items(back))
+    assert ("233604007", "52101004") in {(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeValue)
+                                         for i in items if i.ValueType == "CODE"}  # pneumonia: present
+    assert "pneumonia" not in [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert not words_beyond("Pneumonia", ["pneumonia"])
+    assert not words_beyond("atelectasis and pneumonia.", ["atelectasis", "pneumonia"])
+    assert words_beyond("pneumonia, likely aspiration", ["pneumonia"])
+    assert words_beyond("no finding", [])
 
 
 def test_device_uid_changes_with_the_model():
