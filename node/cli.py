@@ -99,7 +99,7 @@ def serve(
 ) -> None:
     """Run the node: SCP, study completion, queue, embedded worker (default), exports, HTTP."""
     from .logs import configure
-    from .service import Node
+    from .service import Node, PortUnavailable
     from .settings import Peer
 
     flags = {"scp.ae_title": ae_title, "scp.port": port, "data_dir": data_dir, "idle_seconds": idle_seconds,
@@ -127,7 +127,11 @@ def serve(
                         BUNDLED_CHECKPOINT / "MODEL_CARD.md")
     log.info("medversa-node: AE %s port %d, data %s, %s broker", settings.scp.ae_title, settings.scp.port,
              settings.data_dir, "embedded SQLite" if settings.embedded else "external")
-    Node(settings, config).run()
+    try:
+        Node(settings, config).run()
+    except PortUnavailable as exc:
+        log.error("%s", exc)
+        raise typer.Exit(2) from None
 
 
 def ask(

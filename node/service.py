@@ -28,6 +28,20 @@ from .settings import NodeSettings
 LOGGER = logging.getLogger(__name__)
 
 
+class PortUnavailable(RuntimeError):
+    """A listening port the node needs cannot be bound (another process has it, or no permission)."""
+
+
+def _bind(what: str, setting: str, bind: str, port: int, start):
+    """Run ``start`` (which binds ``bind:port``); an OS refusal becomes a message an operator can act on."""
+    try:
+        return start()
+    except OSError as exc:
+        raise PortUnavailable(
+            f"cannot listen for {what} on {bind}:{port} ({exc.strerror or exc}): another process may hold the "
+            f"port; stop it or set {setting} (environment MEDVERSA_{setting.upper().replace('.', '__')})") from exc
+
+
 def recover_spool(ctx: NodeContext) -> int:
     """After a crash: drop partial files, record spooled files whose rows were not written."""
     removed = ctx.spool.remove_partials()
@@ -87,9 +101,15 @@ class Node:
         recover_spool(self.ctx)
         if self.settings.embedded:
             self.requeue_interrupted_jobs("the node restarted while they ran")
-        self.scp.start()
-        if self.settings.http.enabled:
-            self.http = start_http(self.settings.http.bind, self.settings.http.port, self.ctx.metrics, self.health)
+        scp, http = self.settings.scp, self.settings.http
+        _bind("DICOM (the SCP)", "scp.port", scp.bind, scp.port, self.scp.start)
+        if http.enabled:
+            try:
+                self.http = _bind("metrics and health (HTTP)", "http.port", http.bind, http.port,
+                                  lambda: start_http(http.bind, http.port, self.ctx.metrics, self.health))
+            except PortUnavailable:
+                self.scp.stop()  # nothing half-started stays listening
+                raise
         if self.settings.embedded:
             self._start_worker()
 

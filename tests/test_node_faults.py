@@ -12,6 +12,7 @@ import sys
 import time
 
 import pydicom
+import yaml
 import pytest
 from pynetdicom import AE
 from sqlalchemy import select
@@ -393,3 +394,45 @@ def test_a_prior_fetch_that_finds_nothing_or_gets_no_answer_skips_only_the_compa
     record_case("fault", "prior fetch: the PACS accepts and never answers", "query timed out after the configured "
                 "3 s; comparison skipped with the reason; the SR was written", instances_sent=1, processed=1, lost=0,
                 job_seconds=round(no_answer, 1))
+
+
+@pytest.mark.parametrize("taken", ["scp", "http"])
+def test_a_port_held_by_another_process_stops_serve_with_a_clear_message(tmp_path, taken):
+    """IT starts the node beside something that holds its DICOM or HTTP port: one line saying which
+    port and which setting, exit status 2, no traceback, and nothing left listening."""
+    scp_port, http_port = free_port(), free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", scp_port if taken == "scp" else http_port))
+    holder.listen()
+    try:
+        config = _config(tmp_path, scp_port, http={"bind": "127.0.0.1", "port": http_port})
+        done = subprocess.run([sys.executable, "-m", "medversa.cli", "serve", "--config", str(config)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output
+    setting = "scp.port" if taken == "scp" else "http.port"
+    port = scp_port if taken == "scp" else http_port
+    assert f"127.0.0.1:{port}" in output and setting in output, output
+
+
+def test_a_node_whose_http_port_is_taken_closes_its_scp_again(tmp_path):
+    """In process (a library user, or a supervisor that restarts in place): the SCP bound first does
+    not stay listening when the HTTP port then fails."""
+    from medversa.node.service import Node, PortUnavailable
+    from medversa.node.settings import NodeSettings
+
+    scp_port, http_port = free_port(), free_port()
+    settings = NodeSettings(**yaml.safe_load(_config(tmp_path, scp_port, http={"bind": "127.0.0.1",
+                                                                               "port": http_port}).read_text()))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", http_port))
+        holder.listen()
+        node = Node(settings)
+        with pytest.raises(PortUnavailable, match="http.port"):
+            node.start()
+    assert node.scp._server is None and node.worker is None
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", scp_port)) != 0
