@@ -167,6 +167,7 @@ class Node:
                 self.worker.kill()
         if self.http is not None:
             self.http.shutdown()
+            self.http.server_close()  # shutdown() only ends the loop; the listening socket stays open
 
 
 def run_worker(settings: NodeSettings, queues: list[str]) -> None:

@@ -436,3 +436,19 @@ def test_a_node_whose_http_port_is_taken_closes_its_scp_again(tmp_path):
     assert node.scp._server is None and node.worker is None
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", scp_port)) != 0
+
+
+def test_a_stopped_node_releases_its_ports(tmp_path):
+    """Stop closes the listening sockets themselves (a restart in place binds the same ports at once)."""
+    from medversa.node.service import Node
+    from medversa.node.settings import NodeSettings
+
+    scp_port, http_port = free_port(), free_port()
+    raw = yaml.safe_load(_config(tmp_path, scp_port, http={"bind": "127.0.0.1", "port": http_port}).read_text())
+    settings = NodeSettings(**raw, broker_url="redis://127.0.0.1:1/0")  # external broker: no worker to start
+    node = Node(settings)
+    node.start()
+    node.stop()
+    for port in (scp_port, http_port):
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))  # raises EADDRINUSE while the old socket is open
