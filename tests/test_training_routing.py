@@ -279,3 +279,27 @@ def test_a_trainer_with_ct_crop_trains_ct_steps_on_windows(tmp_path) -> None:
     rows = [trainer.train_step() for _ in range(2)]
     assert seen == [(1, 1, 16, 32, 32)] * 2
     assert all(r["task"] == "abdominal_organ_segmentation" and np.isfinite(r["loss_seg"]) for r in rows)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_not_applied(tmp_path) -> None:
+    config = TrainConfig.from_dict({"preset": "tiny", "steps": 3, "optimizer": {"warmup_steps": 1},
+                                    "output_dir": str(tmp_path), "augment": False})
+    trainer = Trainer(config, records=[_chest(i) for i in range(2)])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    original = trainer.objective.forward
+
+    def poisoned(batch):
+        losses = original(batch)
+        losses["total"] = losses["total"] * float("inf")
+        return losses
+
+    trainer.objective.forward = poisoned
+    row = trainer.train_step()
+    assert row["skipped"] is True and not np.isfinite(row["grad_norm"])
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # no NaN written, nothing moved
+    trainer.objective.forward = original
+    row = trainer.train_step()
+    assert "skipped" not in row and np.isfinite(row["grad_norm"])
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(bool(torch.isfinite(p).all()) for p in after.values())

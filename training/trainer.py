@@ -222,7 +222,14 @@ class Trainer:
         losses["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optimizer.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        # A non-finite gradient would write NaN into every weight (clipping scales by it): skip that
+        # update, as a loss scaler does, and say so. Seen with bf16 autocast of 3D convolutions on the CPU.
+        skipped = not bool(torch.isfinite(grad_norm))
+        if skipped:
+            LOGGER.warning("step %d (%s): gradient norm %s; update skipped", self.step, batch.task.value,
+                           float(grad_norm))
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         values = {k: float(losses[k].detach()) if k in losses else 0.0 for k in LOGGED}
@@ -233,6 +240,8 @@ class Trainer:
                **{f"loss_{k}": round(v, 6) for k, v in values.items() if k in losses or k == "total"},
                "lr": lr, "grad_norm": round(float(grad_norm), 4),
                "samples_per_s": round(batch.size * self.runtime.world_size / elapsed, 3), "seconds": round(elapsed, 3)}
+        if skipped:
+            row["skipped"] = True
         self.step += 1
         return row
 
