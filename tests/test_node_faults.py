@@ -12,8 +12,8 @@ import sys
 import time
 
 import pydicom
-import yaml
 import pytest
+import yaml
 from pynetdicom import AE
 from sqlalchemy import select
 
