@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from sqlalchemy import func, select
@@ -26,13 +28,14 @@ from .scp import StorageSCP, record_spooled_files
 from .settings import NodeSettings
 
 LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PortUnavailable(RuntimeError):
     """A listening port the node needs cannot be bound (another process has it, or no permission)."""
 
 
-def _bind(what: str, setting: str, bind: str, port: int, start):
+def _bind(what: str, setting: str, bind: str, port: int, start: Callable[[], T]) -> T:
     """Run ``start`` (which binds ``bind:port``); an OS refusal becomes a message an operator can act on."""
     try:
         return start()

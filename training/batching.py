@@ -148,8 +148,8 @@ def crop_volumes(batch: Batch, shape: tuple[int, int, int], foreground: float, s
         crop.set_random_state(seed=(seed + 7919 * b) % 2**32)
         labels = torch.stack([masks[i] for i in tokens])  # [tokens, D, H, W]: the crop centres on the first
         out = crop({"image": stack[0], "label": labels})[0]
-        images[b] = out["image"].as_tensor().unsqueeze(0) if hasattr(out["image"], "as_tensor") else out["image"][None]
-        cropped = out["label"].as_tensor() if hasattr(out["label"], "as_tensor") else out["label"]
+        images[b] = out["image"].as_tensor().unsqueeze(0)  # MONAI's MetaTensor -> a plain tensor
+        cropped = out["label"].as_tensor()
         for k, i in enumerate(tokens):
             masks[i] = cropped[k].contiguous()
     return dataclasses.replace(batch, images=images, seg_masks=masks)
