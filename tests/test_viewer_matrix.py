@@ -18,6 +18,8 @@ def test_matrix_shows_the_latest_recorded_outcome_per_object_and_viewer(tmp_path
          "time": 2},
         {"kind": "SEG (CT)", "viewer": "OHIF 3.13.2 (browser)", "outcome": "pass", "detail": "drawn",
          "test": "tests/test_viewer_ohif.py::x", "time": 3},
+        {"kind": "a kind the tool does not list", "viewer": "dciodvfy", "outcome": "pass", "detail": "valid",
+         "test": "t::b", "time": 4},
     ]
     log = tmp_path / "results.jsonl"
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -28,6 +30,7 @@ def test_matrix_shows_the_latest_recorded_outcome_per_object_and_viewer(tmp_path
     assert "pass: no errors" in table["SR TID 1500"] and "old" not in table["SR TID 1500"]
     assert "pass: drawn" in table["SEG (CT)"]
     assert "not checked" in table["SR TID 2000 (text)"]  # nothing recorded: never claimed
+    assert "pass: valid" in table["a kind the tool does not list"]  # a recorded check is never dropped
     assert "`tests/test_viewer_ohif.py`" in out.read_text()
 
 

@@ -16,15 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ("SR TID 1500", "SR TID 2000 (text)", "SR answers (TID 1500)", "SEG (CT)", "SEG (radiograph)", "GSPS",
-         "Secondary Capture")
+#: The SR of a source whose Pixel Spacing is 0\\0 (invalid, but sent by real modalities): OHIF cannot draw it.
+ZERO_SPACING_SR = "SR TID 1500 (source with Pixel Spacing 0\\0)"
+KINDS = ("SR TID 1500", ZERO_SPACING_SR, "SR TID 2000 (text)",
+         "SR answers (TID 1500)", "SEG (CT)", "SEG (radiograph)", "GSPS", "Secondary Capture")
 VIEWERS = ("OHIF 3.13.2 (browser)", "dciodvfy", "PixelMed DicomSRValidator", "highdicom read-back",
            "dcmtk dcmp2pgm")
 #: Pairs that do not apply (a validator of another object type, a renderer of presentation states).
 NOT_APPLICABLE = {
     ("SEG (CT)", "PixelMed DicomSRValidator"), ("SEG (radiograph)", "PixelMed DicomSRValidator"),
     ("GSPS", "PixelMed DicomSRValidator"), ("Secondary Capture", "PixelMed DicomSRValidator"),
-    ("SR TID 1500", "dcmtk dcmp2pgm"), ("SR TID 2000 (text)", "dcmtk dcmp2pgm"),
+    ("SR TID 1500", "dcmtk dcmp2pgm"), (ZERO_SPACING_SR, "dcmtk dcmp2pgm"), ("SR TID 2000 (text)", "dcmtk dcmp2pgm"),
     ("SR answers (TID 1500)", "dcmtk dcmp2pgm"), ("SEG (CT)", "dcmtk dcmp2pgm"),
     ("SEG (radiograph)", "dcmtk dcmp2pgm"), ("Secondary Capture", "dcmtk dcmp2pgm"),
     ("GSPS", "highdicom read-back"), ("Secondary Capture", "highdicom read-back"),
@@ -67,7 +69,8 @@ def render(latest: dict) -> str:
         "| object | " + " | ".join(VIEWERS) + " |",
         "|---|" + "---|" * len(VIEWERS),
     ]
-    for kind in KINDS:
+    recorded_elsewhere = sorted({kind for kind, _ in latest} - set(KINDS))  # a row no test run is dropped
+    for kind in (*KINDS, *recorded_elsewhere):
         lines.append(f"| {kind} | " + " | ".join(_cell(kind, v, latest) for v in VIEWERS) + " |")
     return "\n".join(lines) + "\n"
 
