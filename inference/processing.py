@@ -113,4 +113,3 @@ def box_to_pixels(box: torch.Tensor, width: int, height: int) -> tuple[float, fl
     x0, x1 = sorted((v[0], v[2]))
     y0, y1 = sorted((v[1], v[3]))
     return (x0 * width, y0 * height, x1 * width, y1 * height)
-

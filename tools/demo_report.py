@@ -34,6 +34,8 @@ import json
 import os
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -92,12 +94,8 @@ def parent_organ_steps(cfg: TrainConfig) -> int:
     """Chest-organ steps of every run a continued recipe builds on (its checkpoint's run and that run's own)."""
     if not cfg.init_checkpoint:
         return 0
-    parent = Path(cfg.init_checkpoint).parent
-    log = parent / "metrics.jsonl"
-    if not log.is_file():
-        raise ValueError(f"{cfg.init_checkpoint}: no metrics.jsonl beside it to count the parent run's steps")
-    return sum(1 for folder in runs_of(parent) for line in (folder / "metrics.jsonl").read_text().splitlines()
-               if json.loads(line)["task"] == "chest_organ_segmentation")
+    return sum(1 for _, row in step_rows(Path(cfg.init_checkpoint).parent)
+               if row["task"] == "chest_organ_segmentation")
 
 
 def specialist_scores(cfg: TrainConfig, data: Path, out: Path, organ_steps: int) -> dict:
@@ -188,22 +186,29 @@ def ancestor_recipe_names(count: int) -> list[str]:
     return list(reversed(names[:count]))
 
 
+def step_rows(run: Path) -> Iterator[tuple[Path, dict]]:
+    """(run folder, metrics.jsonl row) of every step of the run and of the runs it continued, oldest first."""
+    for folder in runs_of(run):
+        log = folder / "metrics.jsonl"
+        if not log.is_file():
+            raise ValueError(f"{folder}: no metrics.jsonl to count its steps")
+        for line in log.read_text().splitlines():
+            yield folder, json.loads(line)
+
+
 def step_minutes(run: Path) -> float:
     """Minutes of training steps of the run and every run it continued (the budget's measure)."""
-    return sum(json.loads(line)["seconds"] for folder in runs_of(run)
-               for line in (folder / "metrics.jsonl").read_text().splitlines()) / 60
+    return sum(row["seconds"] for _, row in step_rows(run)) / 60
 
 
 def minutes_table(run: Path) -> list[str]:
     """Steps and wall time per stage and per task, from the metrics.jsonl of the run (and those it continued)."""
     by_stage: dict[str, list] = {}
     by_task: dict[str, list] = {}
-    for folder in runs_of(run):
-        recipe = TrainConfig.from_file(folder / "train-config.yaml").name
-        for line in (folder / "metrics.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            by_stage.setdefault(f"{recipe}: {r.get('stage', 'all')}", []).append(r["seconds"])
-            by_task.setdefault(r["task"], []).append(r["seconds"])
+    recipes = {folder: TrainConfig.from_file(folder / "train-config.yaml").name for folder in runs_of(run)}
+    for folder, r in step_rows(run):
+        by_stage.setdefault(f"{recipes[folder]}: {r.get('stage', 'all')}", []).append(r["seconds"])
+        by_task.setdefault(r["task"], []).append(r["seconds"])
     lines = ["| recipe: stage | steps | wall time of its steps (min) |", "|---|---|---|"]
     lines += [f"| {k} | {len(v)} | {sum(v) / 60:.1f} |" for k, v in by_stage.items()]
     lines += ["", "| task | steps | min | s/step (median) |", "|---|---|---|---|"]
@@ -213,11 +218,7 @@ def minutes_table(run: Path) -> list[str]:
 
 
 def tasks_table(meta: dict, scores: dict, run: Path) -> list[str]:
-    steps: dict[str, int] = {}
-    for folder in runs_of(run):
-        for line in (folder / "metrics.jsonl").read_text().splitlines():
-            task = json.loads(line)["task"]
-            steps[task] = steps.get(task, 0) + 1
+    steps = Counter(row["task"] for _, row in step_rows(run))
     lines = ["| task (declared) | trained on | steps | holdout, 95% CI |", "|---|---|---|---|"]
     for task in meta.get("declared_tasks", []):
         lines.append(f"| {task.replace('_', ' ')} | {TRAINED_ON.get(task, '?')} | {steps.get(task, 0)} | "
