@@ -22,6 +22,7 @@ from medversa.training.objective import TrainingObjective
 from medversa.training.records import (
     ArrayImage,
     ArrayMask,
+    ClassificationRecord,
     DetectionRecord,
     ReportRecord,
     SegmentationRecord,
@@ -199,6 +200,34 @@ def test_detection_all_targets_asks_for_every_lung_in_most_samples_and_keeps_old
     assert both.answer.count("<DET>") == 2 and set(both.structures) == {"left lung", "right lung"}
     with pytest.raises(ValueError, match="detection_all_targets"):
         TrainConfig.from_dict({"steps": 10, "optimizer": {"warmup_steps": 1}, "detection_all_targets": 1.5})
+
+
+def test_context_dropout_leaves_fields_out_at_its_chance_and_keeps_old_samples_at_zero() -> None:
+    """A radiograph without View/Sex/Age in its DICOM must still read as a radiograph: training leaves
+    context fields out at ``context_dropout``; at 0 nothing changes (old recipes sample the same)."""
+    from medversa.inference import ClinicalContext
+
+    context = ClinicalContext(age=46, sex="male", view="PA")
+    image = [ArrayImage(np.zeros((8, 8), np.uint8))]
+    report = ReportRecord("t", "r", Modality.CXR, "train", image, findings="Clear lungs.", context=context)
+    labels = ClassificationRecord("t", "c", Modality.CXR, "train", image[0], ["pneumonia"], context=context)
+    for record, task in ((report, Task.REPORT_FINDINGS), (labels, Task.CHEST_PATHOLOGY_CLASSIFICATION)):
+        contexts = [build_sample(record, task, np.random.default_rng(seed), augment=False,
+                                 context_dropout=0.5).context for seed in range(400)]
+        without_view = sum("View" not in c for c in contexts) / 400
+        assert without_view == pytest.approx(0.5, abs=0.08), task
+        assert sum(c == "" for c in contexts) / 400 == pytest.approx(0.125, abs=0.05), task
+        assert "Age: 46. Sex: male. View: PA." in contexts, task
+        for seed in range(20):
+            old = build_sample(record, task, np.random.default_rng(seed), augment=False)
+            new = build_sample(record, task, np.random.default_rng(seed), augment=False, context_dropout=0.0)
+            assert (new.question, new.answer, new.context) == (old.question, old.answer, old.context)
+            assert old.context == "Age: 46. Sex: male. View: PA."
+    sampler = DomainAwareSampler([report] * 4, 0, 8, context_dropout=1.0)
+    assert {s.context for step in range(3) for s in sampler.samples(step)} == {""}
+    assert {s.context for s in DomainAwareSampler([report] * 4, 0, 8).samples(0)} == {"Age: 46. Sex: male. View: PA."}
+    with pytest.raises(ValueError, match="context_dropout"):
+        TrainConfig.from_dict({"steps": 10, "optimizer": {"warmup_steps": 1}, "context_dropout": -0.1})
 
 
 def test_strata_weights_leave_text_only_reports_out_and_are_checked() -> None:

@@ -132,9 +132,11 @@ NOT_TRAINED = {
 TRAINED_ON = {
     "chest_organ_segmentation": "JSRT/SCR left lung, right lung, heart masks; V7 both-lung masks (cxr-notes)",
     "anatomy_detection": "cxr-notes left/right lung boxes",
-    "report_findings": "cxr-notes clinical notes (with age, sex, view); IU X-ray findings (text only, in `demo` "
-                       "and `demo-tune`; `demo-polish` trains on the radiographs' notes only)",
-    "chest_pathology_classification": "cxr-notes `finding` mapped to the 33 classes: pneumonia, no finding",
+    "report_findings": "cxr-notes clinical notes (with age, sex, view; `demo-context` leaves each out at "
+                       "random); IU X-ray findings (text only, in `demo` and `demo-tune`; later runs train on "
+                       "the radiographs' notes only)",
+    "chest_pathology_classification": "cxr-notes `finding` mapped to the 33 classes: pneumonia, no finding "
+                                      "(context as for findings)",
     "vqa": "closed questions from labels: pneumonia yes/no, frontal/lateral view (cxr-notes); lesion class "
            "yes/no (derm)",
     "region_captioning": "lung boxes (cxr-notes) and boxes around the SCR masks, answered with the structure",
@@ -275,7 +277,8 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
         "show what the node does with a trained model; they are not diagnoses.",
         "",
         f"- Recipes: {recipes}; `recipe.yaml` is the last one's, `recipe-parent.yaml` the one it "
-        "continued, `recipe-parent-2.yaml` the one before; deterministic for the seeds and thread count.",
+        "continued, `recipe-parent-2.yaml` the one before that, and so on; deterministic for the seeds and "
+        "thread count.",
         "- Data manifest: `data-manifest.json` (SHA-256 of every file read; the holdout split was never trained "
         "or tuned on).",
         f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",

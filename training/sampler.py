@@ -59,6 +59,7 @@ class DomainAwareSampler:
         balanced: tuple[str, ...] | list[str] = (),
         strata_weights: dict[str, dict[str, float]] | None = None,
         detection_all_targets: float = 0.0,
+        context_dropout: float = 0.0,
     ) -> None:
         grouped: dict[tuple[Modality, Task], list[Record]] = defaultdict(list)
         for record in records:
@@ -78,6 +79,7 @@ class DomainAwareSampler:
         self.augment = augment
         self.context_fields = context_fields
         self.detection_all_targets = detection_all_targets
+        self.context_dropout = context_dropout
         unknown_b = set(balanced) - {t.value for t in Task}
         if unknown_b:
             raise ValueError(f"unknown balanced task(s): {sorted(unknown_b)}")
@@ -173,7 +175,8 @@ class DomainAwareSampler:
                              np.random.default_rng([self.seed, step, 2, i]), self.augment,
                              self.context_fields,
                              structure=chosen[i] if pool.task.family is TaskFamily.SEGMENTATION else None,
-                             detection_all_targets=self.detection_all_targets)
+                             detection_all_targets=self.detection_all_targets,
+                             context_dropout=self.context_dropout)
                 for i in mine]
 
     def describe_strata(self) -> dict[str, dict[str, int]]:

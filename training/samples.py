@@ -14,6 +14,7 @@ Answers read as the analyzer parses them (``inference/labels.py``):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ from medversa.inference import (
     SEG2D_TOKEN,
     SEG3D_TOKEN,
     TEMPLATES,
+    ClinicalContext,
     ContextFields,
     Modality,
     Task,
@@ -114,25 +116,28 @@ def _crop_all(images: list[np.ndarray], rng: np.random.Generator, augment: bool)
 
 def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: bool = True,
                  context_fields: ContextFields | None = None, structure: str | None = None,
-                 detection_all_targets: float = 0.0) -> Sample:
+                 detection_all_targets: float = 0.0, context_dropout: float = 0.0) -> Sample:
     """One sample of ``task`` from ``record``; ``augment=False`` gives the un-augmented view.
 
     The record's clinical context is written by :func:`render_context` with ``context_fields``
     (the recipe's; None: every field), the function the node uses on DICOM headers. ``structure``
     asks a segmentation record for that structure (balanced sampling) instead of one drawn at random;
-    ``detection_all_targets`` is the share of detection samples asking for every candidate class.
+    ``detection_all_targets`` is the share of detection samples asking for every candidate class;
+    ``context_dropout`` the chance that each context field is left out (:func:`drop_context_fields`).
     """
     if isinstance(record, TextRecord):
         return _report(task, record.findings, record.impression, "", [], rng, record.record_id)
     if isinstance(record, ReportRecord):
         images = _crop_all([img.load() for img in record.images], rng, augment)
-        context = render_context(record.context, record.modality, context_fields)
+        context = render_context(drop_context_fields(record.context, rng, context_dropout),
+                                 record.modality, context_fields)
         return _report(task, record.findings, record.impression, context, images, rng, record.record_id)
     if isinstance(record, ClassificationRecord):
         answer = join_targets(list(record.labels)) or NO_FINDING
         images = _crop_all([record.image.load()], rng, augment)
         return Sample(task, record.modality, fill_template(_template(task, rng), [0]), answer,
-                      render_context(record.context, record.modality, context_fields), images,
+                      render_context(drop_context_fields(record.context, rng, context_dropout),
+                                     record.modality, context_fields), images,
                       record_id=record.record_id)
     if isinstance(record, DetectionRecord):
         return _detection(record, task, rng, detection_all_targets)
@@ -157,6 +162,21 @@ def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: 
         return Sample(task, record.modality, question, record.answer,
                       images=_crop_all(current + prior, rng, augment), record_id=record.record_id)
     raise TypeError(f"cannot build a sample from a {type(record).__name__}")
+
+
+def drop_context_fields(context: ClinicalContext | None, rng: np.random.Generator,
+                        chance: float) -> ClinicalContext | None:
+    """``context`` with each field left out (None) with probability ``chance``.
+
+    A hospital's DICOM often lacks View Position, Patient's Sex or Age (anonymised or minimal
+    headers); a model that only ever saw complete context learns to read the modality off it. At
+    ``chance`` 0 nothing is drawn from ``rng``, so earlier recipes' samples stay exactly as they were.
+    """
+    if context is None or chance <= 0.0:
+        return context
+    names = [f.name for f in dataclasses.fields(context)]
+    dropped = rng.random(len(names)) < chance
+    return dataclasses.replace(context, **{name: None for name, drop in zip(names, dropped, strict=True) if drop})
 
 
 def _report(task: Task, findings: str, impression: str, context: str, images: list[np.ndarray],

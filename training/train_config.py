@@ -93,6 +93,10 @@ class TrainConfig:
     #: Share of detection samples that ask for every candidate class of the record (random order);
     #: the rest ask a random number of them (1 to all). 0 keeps earlier recipes' samples exactly.
     detection_all_targets: float = 0.0
+    #: Chance that each clinical-context field (age, sex, view...) of a training sample is left out, as
+    #: in a request from DICOM that lacks the tag (anonymised or minimal headers): the image, not the
+    #: context, must tell a radiograph from a skin lesion. 0 keeps earlier recipes' samples exactly.
+    context_dropout: float = 0.0
     #: CT steps train on organ-centred crops of the model volume of this [z, x, y] size (None: the whole
     #: volume, as the paper); ``ct_crop_foreground`` is the share of crops centred inside the organ.
     ct_crop: list[int] | None = None
@@ -183,6 +187,8 @@ def _build(cls: type, data: dict[str, Any], where: str):
         if not 0.0 <= config.detection_all_targets <= 1.0:
             raise ValueError(f"{where}: detection_all_targets is a share between 0 and 1, "
                              f"got {config.detection_all_targets}")
+        if not 0.0 <= config.context_dropout <= 1.0:
+            raise ValueError(f"{where}: context_dropout is a chance between 0 and 1, got {config.context_dropout}")
         if config.ct_crop is not None and (len(config.ct_crop) != 3 or any(
                 not isinstance(n, int) or n < 16 or n % 16 for n in config.ct_crop)):
             raise ValueError(f"{where}: ct_crop is three sizes [z, x, y], each a multiple of 16 (the 3D UNet "

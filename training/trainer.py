@@ -151,7 +151,8 @@ class Trainer:
         self.sampler = DomainAwareSampler(
             self.records, config.seed, config.batch_size, config.modality_weights, config.task_weights,
             self.runtime.rank, self.runtime.world_size, config.augment, self.context_fields, config.stages,
-            config.balanced, config.strata_weights, config.detection_all_targets)
+            config.balanced, config.strata_weights, config.detection_all_targets,
+            context_dropout=config.context_dropout)
         self._inner = TrainingObjective(self.model, tokenizer.ids.image, config.loss_weights)
         self.objective = distributed.wrap(self._inner, self.runtime, config.strategy)
         self._sharded = self.runtime.distributed and config.strategy == "fsdp"
