@@ -180,6 +180,11 @@ def words_beyond(text: str, names: list[str]) -> bool:
     return bool(set(re.findall(r"[a-z0-9]+", rest)) - {"and", "or", "with"})
 
 
+#: How the SR's notes name a classification task.
+_TASK_TITLES = {Task.CHEST_PATHOLOGY_CLASSIFICATION: "Chest pathology classification",
+                Task.SKIN_LESION_CLASSIFICATION: "Skin lesion classification"}
+
+
 class _Builder:
     def __init__(self, algorithm: AlgorithmInfo, key: str) -> None:
         self.algorithm = algorithm
@@ -253,15 +258,27 @@ class _Builder:
             self.evaluation(mv.finding_code(label), mv.ABSENT)
 
     def classification(self, result: TaskResult) -> None:
-        table = mv.SKIN_LESION_CLASSES if result.task is Task.SKIN_LESION_CLASSIFICATION else mv.CHEST_PATHOLOGIES
-        named = classes_in_text(result.answer.plain_text, table)
+        skin = result.task is Task.SKIN_LESION_CLASSIFICATION
+        table, other = (mv.SKIN_LESION_CLASSES, mv.CHEST_PATHOLOGIES) if skin else (mv.CHEST_PATHOLOGIES,
+                                                                                    mv.SKIN_LESION_CLASSES)
+        text = result.answer.plain_text
+        named = classes_in_text(text, table)
+        foreign = classes_in_text(text, other)
         for name in named:
             self.evaluation(table[name], mv.PRESENT)
         self.absent(result)
+        if foreign:
+            # Another task's classes (a skin lesion named for a chest radiograph): the model answered the
+            # wrong question, and that answer must not reach the reader as a finding of this image.
+            LOGGER.warning("%s answered with another task's class(es) %s: left out of the report",
+                           result.task.value, ", ".join(foreign))
+            if not named:
+                self.text(mv.FINDING, f"{_TASK_TITLES[result.task]}: no answer among this task's classes "
+                                      "(the model's answer was withheld)")
         # The answer's words as well only where they say more than its coded classes: a bare "pneumonia"
         # beside "Pneumonia: present" read as a second, stray finding in the text report.
-        if words_beyond(result.answer.plain_text, named):
-            self.text(mv.FINDING, result.answer.plain_text)
+        if not foreign and words_beyond(text, named):
+            self.text(mv.FINDING, text)
 
     def segmentation(self, result: TaskResult, segs: dict[str, SegReference]) -> None:
         masks = [(m.label, m.mask) for m in [*result.answer.masks_2d, *result.answer.masks_3d]]
@@ -309,6 +326,13 @@ class _Builder:
 
     def report(self, result: TaskResult) -> None:
         text = result.answer.plain_text
+        lesions = classes_in_text(text, mv.SKIN_LESION_CLASSES)
+        if lesions and not words_beyond(text, lesions):
+            # Nothing but skin-lesion classes as a radiograph's report (a classification answer of the
+            # other domain): withheld. A note that mentions, say, a history of melanoma is a report and stays.
+            LOGGER.warning("%s answered only with skin-lesion class(es) %s: withheld from the report",
+                           result.task.value, ", ".join(lesions))
+            text = "No report: the model's answer was not a report of this image (withheld)."
         if result.task is Task.REPORT_FINDINGS:
             self.text(mv.FINDINGS, text)
         elif result.task is Task.REPORT_IMPRESSION:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from medversa.dicom_mapping import AlgorithmInfo, TaskResult, prepare_study
+from medversa.dicom_mapping.codes import SKIN_LESION_CLASSES
 from medversa.dicom_mapping.ko import build_key_objects
 from medversa.dicom_mapping.pr import build_presentation_state
 from medversa.dicom_mapping.sc import build_secondary_capture
@@ -170,6 +171,35 @@ def test_classification_words_are_kept_only_where_they_say_more_than_the_codes(c
     assert not words_beyond("atelectasis and pneumonia.", ["atelectasis", "pneumonia"])
     assert words_beyond("pneumonia, likely aspiration", ["pneumonia"])
     assert words_beyond("no finding", [])
+
+
+def test_another_domains_classes_never_reach_a_radiographs_report(cxr, tmp_path, caplog):
+    """A chest radiograph answered with skin-lesion classes (the model before `demo-context`, asked
+    without View/Sex/Age): no skin lesion reaches the SR, a note says the answer was withheld, the log
+    says why; a pathology named beside it is still coded; a note that mentions melanoma stays a report."""
+    ds, image = cxr
+    wrong = [TaskResult(Answer("", Task.CHEST_PATHOLOGY_CLASSIFICATION, "melanoma"), [image.ref]),
+             TaskResult(Answer("", Task.REPORT_FINDINGS, "melanocytic nevus"), [image.ref])]
+    with caplog.at_level("WARNING"):
+        back = hd.sr.srread(assert_valid(build_sr(wrong, [ds], ALG, hd.UID(), hd.UID()), tmp_path, "wrong"))
+    texts = [i.TextValue for i in _all_items(back) if i.ValueType == "TEXT"]
+    assert not [t for t in texts if "melano" in t.lower()], texts
+    assert "Chest pathology classification: no answer among this task's classes (the model's answer was withheld)" \
+        in texts
+    assert "No report: the model's answer was not a report of this image (withheld)." in texts
+    assert not [i for i in _all_items(back) if i.ValueType == "CODE"
+                and i.ConceptCodeSequence[0].CodeValue in {c.value for c in SKIN_LESION_CLASSES.values()}]
+    assert "left out of the report" in caplog.text and "withheld from the report" in caplog.text
+    mixed = [TaskResult(Answer("", Task.CHEST_PATHOLOGY_CLASSIFICATION, "melanoma and pneumonia"), [image.ref]),
+             TaskResult(Answer("", Task.REPORT_FINDINGS, "History of melanoma. New right lower lobe nodule."),
+                        [image.ref])]
+    back = hd.sr.srread(assert_valid(build_sr(mixed, [ds], ALG, hd.UID(), hd.UID()), tmp_path, "mixed"))
+    items = list(_all_items(back))
+    assert ("233604007", "52101004") in {(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeValue)
+                                         for i in items if i.ValueType == "CODE"}  # pneumonia: present
+    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert "History of melanoma. New right lower lobe nodule." in texts
+    assert "melanoma and pneumonia" not in texts and not [t for t in texts if "withheld" in t]
 
 
 def test_device_uid_changes_with_the_model():
