@@ -8,8 +8,9 @@ node asks in the words the model learned:
 - age: Patient's Age (0010,1010, PS3.5 AS: ``046Y``), else whole years between Patient's Birth
   Date (0010,0030) and Study Date (0008,0020); the birth date itself never leaves this module;
 - sex: Patient's Sex (0010,0040) M/F/O;
-- view: View Position (0018,5101) as training names it (PA, AP, lateral), "AP supine" when the
-  Patient Orientation Modifier (0054,0412) says supine (SNOMED CT 40199007);
+- view: View Position (0018,5101) as training names it (PA, AP, lateral), else the View Code
+  Sequence (0054,0220, CID 4010 "DX View"), which DX and some CR senders fill instead; "AP supine"
+  when the Patient Orientation Modifier (0054,0412) says supine (SNOMED CT 40199007);
 - indication: Reason for the Requested Procedure (0040,1002, also inside the Request Attributes
   Sequence), Requested Procedure Description (0032,1060), Admitting Diagnoses Description
   (0008,1080), Additional Patient History (0010,21B0) — with the patient's name parts and IDs
@@ -27,11 +28,15 @@ from pydicom.dataset import Dataset
 from medversa.inference import ClinicalContext
 
 from . import header as h
+from .series import VIEW_CODE_PROJECTIONS
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _SEX = {"M": "male", "F": "female", "O": "other"}
 _VIEWS = {"PA": "PA", "AP": "AP", "LL": "lateral", "RL": "lateral", "LAT": "lateral", "LATERAL": "lateral",
           "LLD": "lateral", "RLD": "lateral"}
+#: View Code Sequence meanings (upper case) of the projections, for senders whose codes are not listed.
+_VIEW_MEANINGS = {"POSTERO-ANTERIOR": "PA", "ANTERO-POSTERIOR": "AP", "LATERAL": "lateral",
+                  "RIGHT LATERAL": "lateral", "LEFT LATERAL": "lateral"}
 _SUPINE_CODES = frozenset({"40199007", "F-10450"})  # SNOMED CT / SRT "supine"
 _INDICATION_KEYWORDS = ("ReasonForTheRequestedProcedure", "RequestedProcedureDescription",
                         "AdmittingDiagnosesDescription", "AdditionalPatientHistory")
@@ -62,10 +67,19 @@ def _date(value: str) -> dt.date | None:
 
 def projection(ds: Dataset) -> str | None:
     """The view as training names it ("PA", "AP", "AP supine", "lateral"), None when not stated."""
-    view = _VIEWS.get(h.upper(ds, "ViewPosition"))
+    view = _VIEWS.get(h.upper(ds, "ViewPosition")) or _coded_view(ds)
     if view == "AP" and _is_supine(ds):
         return "AP supine"
     return view
+
+
+def _coded_view(ds: Dataset) -> str | None:
+    """The projection of the View Code Sequence (by code, else by meaning), None when it names another."""
+    for code, _, meaning in h.codes(ds, "ViewCodeSequence"):
+        view = VIEW_CODE_PROJECTIONS.get(code) or _VIEW_MEANINGS.get(meaning)
+        if view:
+            return view
+    return None
 
 
 def _is_supine(ds: Dataset) -> bool:

@@ -79,8 +79,13 @@ _OTHER_ANATOMY_PREFIXES = (
 )
 
 # --- views (PS3.16 CID 4010 "DX View") ---------------------------------------------------------
-_FRONTAL_VIEW_CODES = frozenset({"272479007", "399348003", "R-40888", "R-10206"})  # PA, AP (SCT, SRT)
-_LATERAL_VIEW_CODES = frozenset({"399067008", "399173006", "399198007", "R-102CD", "R-10236", "R-10232"})
+#: CID 4010 (DX View) codes of the chest projections, SNOMED CT and the SNOMED RT codes older senders
+#: write, as training names the projection (header_context reads the PA/AP difference from it).
+VIEW_CODE_PROJECTIONS = {"272479007": "PA", "R-40888": "PA", "399348003": "AP", "R-10206": "AP",
+                         **dict.fromkeys(("399067008", "399173006", "399198007", "R-102CD", "R-10236", "R-10232"),
+                                         "lateral")}
+_FRONTAL_VIEW_CODES = frozenset(c for c, p in VIEW_CODE_PROJECTIONS.items() if p != "lateral")
+_LATERAL_VIEW_CODES = frozenset(c for c, p in VIEW_CODE_PROJECTIONS.items() if p == "lateral")
 _FRONTAL_TOKENS = frozenset({"pa", "ap", "frontal", "front", "posteroanterior", "anteroposterior"})
 _LATERAL_TOKENS = frozenset({"lat", "lateral", "ll", "rl", "seitlich"})
 

@@ -113,6 +113,28 @@ def test_view_position_and_view_code():
     assert classify(ds)[:2] == (SeriesKind.CHEST_RADIOGRAPH, View.LATERAL)
 
 
+def test_the_prompts_view_comes_from_the_view_code_sequence_when_view_position_is_missing():
+    """A DX without View Position still tells the model its projection (context as training wrote it):
+    the model before `demo-context` read a radiograph with no View as a skin lesion."""
+    from medversa.dicom_mapping.header_context import projection
+
+    def dx(code: str, scheme: str, meaning: str) -> Dataset:
+        ds = fac.make_cr(view_position=None, sop_class_uid=fac.DX_PRESENTATION, modality="DX")
+        ds.ViewCodeSequence = [_code(code, scheme, meaning)]
+        return ds
+
+    assert projection(dx("272479007", "SCT", "postero-anterior")) == "PA"
+    assert projection(dx("R-40888", "SRT", "postero-anterior")) == "PA"
+    assert projection(dx("399348003", "SCT", "antero-posterior")) == "AP"
+    assert projection(dx("399173006", "SCT", "left lateral")) == "lateral"
+    assert projection(dx("99LOCAL", "99X", "ANTERO-POSTERIOR")) == "AP"  # an unlisted code, by its meaning
+    assert projection(dx("399135007", "SCT", "left anterior oblique")) is None  # a view training never named
+    assert [i.projection for i in prepare_study([dx("272479007", "SCT", "postero-anterior")]).images] == ["PA"]
+    both = fac.make_cr(view_position="AP")
+    both.ViewCodeSequence = [_code("272479007", "SCT", "postero-anterior")]
+    assert projection(both) == "AP"  # View Position, where present, decides
+
+
 def test_chest_by_description_or_region_and_missing_body_part(caplog):
     ds = fac.make_cr(body_part=None, StudyDescription="XR THORAX 1 VIEW")
     assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH
