@@ -180,11 +180,6 @@ def words_beyond(text: str, names: list[str]) -> bool:
     return bool(set(re.findall(r"[a-z0-9]+", rest)) - {"and", "or", "with"})
 
 
-#: How the SR's notes name a classification task.
-_TASK_TITLES = {Task.CHEST_PATHOLOGY_CLASSIFICATION: "Chest pathology classification",
-                Task.SKIN_LESION_CLASSIFICATION: "Skin lesion classification"}
-
-
 class _Builder:
     def __init__(self, algorithm: AlgorithmInfo, key: str) -> None:
         self.algorithm = algorithm
@@ -273,8 +268,8 @@ class _Builder:
             LOGGER.warning("%s answered with another task's class(es) %s: left out of the report",
                            result.task.value, ", ".join(foreign))
             if not named:
-                self.text(mv.FINDING, f"{_TASK_TITLES[result.task]}: no answer among this task's classes "
-                                      "(the model's answer was withheld)")
+                title = result.task.value.replace("_", " ").capitalize()  # "Chest pathology classification"
+                self.text(mv.FINDING, f"{title}: no answer among this task's classes (the model's answer was withheld)")
         # The answer's words as well only where they say more than its coded classes: a bare "pneumonia"
         # beside "Pneumonia: present" read as a second, stray finding in the text report.
         if not foreign and words_beyond(text, named):
