@@ -129,15 +129,13 @@ def build_sample(record: Record, task: Task, rng: np.random.Generator, augment: 
         return _report(task, record.findings, record.impression, "", [], rng, record.record_id)
     if isinstance(record, ReportRecord):
         images = _crop_all([img.load() for img in record.images], rng, augment)
-        context = render_context(drop_context_fields(record.context, rng, context_dropout),
-                                 record.modality, context_fields)
+        context = _context_text(record, rng, context_fields, context_dropout)
         return _report(task, record.findings, record.impression, context, images, rng, record.record_id)
     if isinstance(record, ClassificationRecord):
         answer = join_targets(list(record.labels)) or NO_FINDING
         images = _crop_all([record.image.load()], rng, augment)
         return Sample(task, record.modality, fill_template(_template(task, rng), [0]), answer,
-                      render_context(drop_context_fields(record.context, rng, context_dropout),
-                                     record.modality, context_fields), images,
+                      _context_text(record, rng, context_fields, context_dropout), images,
                       record_id=record.record_id)
     if isinstance(record, DetectionRecord):
         return _detection(record, task, rng, detection_all_targets)
@@ -177,6 +175,12 @@ def drop_context_fields(context: ClinicalContext | None, rng: np.random.Generato
     names = [f.name for f in dataclasses.fields(context)]
     dropped = rng.random(len(names)) < chance
     return dataclasses.replace(context, **{name: None for name, drop in zip(names, dropped, strict=True) if drop})
+
+
+def _context_text(record: ReportRecord | ClassificationRecord, rng: np.random.Generator,
+                  fields: ContextFields | None, dropout: float) -> str:
+    """A sample's ``<context>`` text: the record's context, fields left out at ``dropout``, as the node writes it."""
+    return render_context(drop_context_fields(record.context, rng, dropout), record.modality, fields)
 
 
 def _report(task: Task, findings: str, impression: str, context: str, images: list[np.ndarray],
