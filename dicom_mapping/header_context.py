@@ -28,15 +28,13 @@ from pydicom.dataset import Dataset
 from medversa.inference import ClinicalContext
 
 from . import header as h
-from .series import VIEW_CODE_PROJECTIONS
+from .series import coded_projection
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _SEX = {"M": "male", "F": "female", "O": "other"}
-_VIEWS = {"PA": "PA", "AP": "AP", "LL": "lateral", "RL": "lateral", "LAT": "lateral", "LATERAL": "lateral",
-          "LLD": "lateral", "RLD": "lateral"}
-#: View Code Sequence meanings (upper case) of the projections, for senders whose codes are not listed.
-_VIEW_MEANINGS = {"POSTERO-ANTERIOR": "PA", "ANTERO-POSTERIOR": "AP", "LATERAL": "lateral",
-                  "RIGHT LATERAL": "lateral", "LEFT LATERAL": "lateral"}
+#: View Position values as training names the projection. Not LLD/RLD: a lateral decubitus film is a
+#: frontal projection of a patient lying on one side, a view training never named.
+_VIEWS = {"PA": "PA", "AP": "AP", "LL": "lateral", "RL": "lateral", "LAT": "lateral", "LATERAL": "lateral"}
 _SUPINE_CODES = frozenset({"40199007", "F-10450"})  # SNOMED CT / SRT "supine"
 _INDICATION_KEYWORDS = ("ReasonForTheRequestedProcedure", "RequestedProcedureDescription",
                         "AdmittingDiagnosesDescription", "AdditionalPatientHistory")
@@ -74,10 +72,13 @@ def projection(ds: Dataset) -> str | None:
 
 
 def _coded_view(ds: Dataset) -> str | None:
-    """The projection of the View Code Sequence (by code, else by meaning), None when it names another."""
+    """The View Code Sequence's projection as training names it (PA, AP, lateral), else None.
+
+    A plain "frontal" says neither PA nor AP, so it gives no view: training never wrote "frontal".
+    """
     for code, _, meaning in h.codes(ds, "ViewCodeSequence"):
-        view = VIEW_CODE_PROJECTIONS.get(code) or _VIEW_MEANINGS.get(meaning)
-        if view:
+        view = coded_projection(code, meaning)
+        if view in ("PA", "AP", "lateral"):
             return view
     return None
 

@@ -80,12 +80,14 @@ _OTHER_ANATOMY_PREFIXES = (
 
 # --- views (PS3.16 CID 4010 "DX View") ---------------------------------------------------------
 #: CID 4010 (DX View) codes of the chest projections, SNOMED CT and the SNOMED RT codes older senders
-#: write, as training names the projection (header_context reads the PA/AP difference from it).
+#: write, as training names the projection ("frontal" only says it is not a lateral).
 VIEW_CODE_PROJECTIONS = {"272479007": "PA", "R-40888": "PA", "399348003": "AP", "R-10206": "AP",
+                         "399033003": "frontal",
                          **dict.fromkeys(("399067008", "399173006", "399198007", "R-102CD", "R-10236", "R-10232"),
                                          "lateral")}
-_FRONTAL_VIEW_CODES = frozenset(c for c, p in VIEW_CODE_PROJECTIONS.items() if p != "lateral")
-_LATERAL_VIEW_CODES = frozenset(c for c, p in VIEW_CODE_PROJECTIONS.items() if p == "lateral")
+#: Compacted meanings (letters only) of the frontal projections, for codes the table does not list.
+_FRONTAL_MEANINGS = {"posteroanterior": "PA", "posterioranterior": "PA", "anteroposterior": "AP",
+                     "anteriorposterior": "AP"}
 _FRONTAL_TOKENS = frozenset({"pa", "ap", "frontal", "front", "posteroanterior", "anteroposterior"})
 _LATERAL_TOKENS = frozenset({"lat", "lateral", "ll", "rl", "seitlich"})
 
@@ -147,6 +149,28 @@ def _chest_evidence(ds: Dataset) -> tuple[bool | None, str]:
     return None, "no body part information"
 
 
+def coded_projection(code: str, meaning: str) -> str | None:
+    """The chest projection a View Code Sequence item names: "PA", "AP", "lateral", "frontal" or None.
+
+    By code (CID 4010), else by meaning, for senders with local codes: postero-anterior and
+    antero-posterior (hyphenated or not), a meaning with the word "lateral" (left/right lateral,
+    lateral projection) and "frontal". Oblique, decubitus and limb projections (medial-lateral,
+    latero-medial) are none of these. One rule for the series classifier and the prompt's view.
+    """
+    if code in VIEW_CODE_PROJECTIONS:
+        return VIEW_CODE_PROJECTIONS[code]
+    words = h.tokens(meaning)
+    if any(w.startswith(("oblique", "decubitus", "medial", "medio")) for w in words):
+        return None
+    compact = "".join(words)
+    for spelled, projection in _FRONTAL_MEANINGS.items():
+        if spelled in compact:
+            return projection
+    if "lateral" in words:
+        return "lateral"
+    return "frontal" if "frontal" in words else None
+
+
 def _view_from_tokens(words: list[str]) -> View | None:
     frontal = any(w in _FRONTAL_TOKENS for w in words)
     lateral = any(w in _LATERAL_TOKENS for w in words)
@@ -164,8 +188,8 @@ def chest_view(ds: Dataset) -> tuple[View | None, str]:
 
     1. View Position (0018,5101): ``PA``/``AP`` -> frontal; ``LL``/``RL``/``LAT``/``LATERAL`` ->
        lateral (PS3.3 C.8.11.5.1.1, C.8.1.1).
-    2. View Code Sequence (0054,0220), CID 4010: postero-anterior / antero-posterior -> frontal,
-       (left/right) lateral -> lateral (by code or by meaning).
+    2. View Code Sequence (0054,0220), CID 4010 (:func:`coded_projection`): postero-anterior,
+       antero-posterior, frontal -> frontal; (left/right) lateral -> lateral.
     3. Series Description, Image Comments, Acquisition Device Processing Description, Protocol
        Name: the words PA, AP, frontal -> frontal; LAT, lateral, LL, RL -> lateral. A text naming
        both (e.g. "PA + LAT") is not decisive. Study Description is not used: it describes the
@@ -178,16 +202,10 @@ def chest_view(ds: Dataset) -> tuple[View | None, str]:
     if view is not None:
         return view, f"ViewPosition {h.upper(ds, 'ViewPosition')}"
     for code, _, meaning in h.codes(ds, "ViewCodeSequence"):
-        if code in _FRONTAL_VIEW_CODES:
-            return View.FRONTAL, f"ViewCodeSequence {meaning or code}"
-        if code in _LATERAL_VIEW_CODES:
-            return View.LATERAL, f"ViewCodeSequence {meaning or code}"
-        low = meaning.lower()
-        if "decubitus" not in low and "oblique" not in low:
-            if "lateral" in low:
-                return View.LATERAL, f"ViewCodeSequence {meaning}"
-            if "posterior" in low or "frontal" in low:
-                return View.FRONTAL, f"ViewCodeSequence {meaning}"
+        projection = coded_projection(code, meaning)
+        if projection is not None:
+            view = View.LATERAL if projection == "lateral" else View.FRONTAL
+            return view, f"ViewCodeSequence {meaning or code}"
     for keyword in ("SeriesDescription", "ImageComments", "AcquisitionDeviceProcessingDescription",
                     "ProtocolName"):
         view = _view_from_tokens(h.tokens(h.text(ds, keyword)))

@@ -135,6 +135,32 @@ def test_the_prompts_view_comes_from_the_view_code_sequence_when_view_position_i
     assert projection(both) == "AP"  # View Position, where present, decides
 
 
+def test_one_view_code_rule_for_the_classifier_and_the_prompt():
+    """Local codes are read by their meaning, the same way for the series classifier and the prompt:
+    before, "lateral projection" was classified lateral but gave no View, and a local
+    "postero-anterior" gave a View but no classification."""
+    from medversa.dicom_mapping.header_context import projection
+    from medversa.dicom_mapping.series import coded_projection
+
+    def dx(meaning: str, code: str = "99LOCAL", view_position: str | None = None) -> Dataset:
+        ds = fac.make_cr(40, 60, view_position=view_position, sop_class_uid=fac.DX_PRESENTATION, modality="DX")
+        ds.ViewCodeSequence = [_code(code, "99X" if code == "99LOCAL" else "SCT", meaning)]
+        return ds  # landscape: the aspect fallback cannot decide for the code
+
+    cases = {"lateral projection": ("lateral", View.LATERAL), "Postero-anterior": ("PA", View.FRONTAL),
+             "POSTEROANTERIOR": ("PA", View.FRONTAL), "antero-posterior": ("AP", View.FRONTAL),
+             "frontal": (None, View.FRONTAL), "medial-lateral": (None, None), "latero-medial": (None, None),
+             "lateral oblique": (None, None), "left lateral decubitus": (None, None), "axial": (None, None)}
+    for meaning, (prompt_view, classified) in cases.items():
+        assert projection(dx(meaning)) == prompt_view, meaning
+        assert chest_view(dx(meaning))[0] == classified, meaning
+    assert coded_projection("399033003", "") == "frontal"  # CID 4010 "frontal", by code alone
+    assert chest_view(dx("", code="399033003"))[0] == View.FRONTAL
+    assert projection(dx("", code="399033003")) is None  # training names PA or AP, never "frontal"
+    for decubitus in ("LLD", "RLD"):  # a frontal projection lying on one side: no View, never "lateral"
+        assert projection(fac.make_cr(view_position=decubitus)) is None
+
+
 def test_chest_by_description_or_region_and_missing_body_part(caplog):
     ds = fac.make_cr(body_part=None, StudyDescription="XR THORAX 1 VIEW")
     assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH
