@@ -171,6 +171,47 @@ def coded_projection(code: str, meaning: str) -> str | None:
     return "frontal" if "frontal" in words else None
 
 
+#: View Position defined terms of a film taken lying on one side (PS3.3 C.8.1.1).
+_DECUBITUS_VIEW_POSITIONS = frozenset({"LLD", "RLD"})
+#: Free-text views that name one: decubitus, decub, LLD, RLD.
+_DECUBITUS_WORDS = frozenset({"decubitus", "decub", "lld", "rld"})
+
+
+def _position_meanings(ds: Dataset) -> list[str]:
+    """Meanings of the coded view, its modifiers and the patient orientation modifier."""
+    views = h.items(ds, "ViewCodeSequence")
+    found = [m for _, _, m in h.codes(ds, "ViewCodeSequence")]
+    found += [m for view in views for _, _, m in h.codes(view, "ViewModifierCodeSequence")]
+    found += [m for _, _, m in h.codes(ds, "ViewModifierCodeSequence")]
+    found += [m for orientation in h.items(ds, "PatientOrientationCodeSequence")
+              for _, _, m in h.codes(orientation, "PatientOrientationModifierCodeSequence")]
+    return found
+
+
+def decubitus_evidence(ds: Dataset) -> str | None:
+    """Where the header says the film is a decubitus film, else None.
+
+    A decubitus film is taken with a horizontal beam of a patient lying down (on one side: lateral
+    decubitus; on the back: dorsal decubitus): the chest lies across the image. The model learned
+    upright and supine films only, and on a lateral decubitus film it outlined "lungs" and "heart"
+    across the wrong anatomy (RG1 turned a quarter, checked by eye), so the node does not read one.
+    Sources: View Position LLD/RLD; "decubitus" in the meaning of the View Code, View Modifier or
+    Patient Orientation Modifier codes; the words decubitus, decub, LLD, RLD in the series' own texts
+    (not Study Description, which describes every film of the study).
+    """
+    view_position = h.upper(ds, "ViewPosition")
+    if view_position in _DECUBITUS_VIEW_POSITIONS:
+        return f"ViewPosition {view_position}"
+    for meaning in _position_meanings(ds):
+        if "DECUBITUS" in meaning:
+            return f"coded position {meaning.lower()}"
+    for keyword in ("SeriesDescription", "ImageComments", "AcquisitionDeviceProcessingDescription",
+                    "ProtocolName"):
+        if _DECUBITUS_WORDS.intersection(h.tokens(h.text(ds, keyword))):
+            return f"{keyword} names a decubitus film"  # free text itself is never echoed
+    return None
+
+
 def _view_from_tokens(words: list[str]) -> View | None:
     frontal = any(w in _FRONTAL_TOKENS for w in words)
     lateral = any(w in _LATERAL_TOKENS for w in words)
@@ -258,6 +299,10 @@ def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
         if chest is None:
             LOGGER.info("%s without body part information: assumed to be a chest radiograph", what)
             why = "no body part information, CR/DX assumed chest"
+        decubitus = decubitus_evidence(ds)
+        if decubitus is not None:
+            return None, None, (f"decubitus chest radiograph ({decubitus}): the model reads upright and supine "
+                                f"films, not decubitus ones ({what})")
         view, view_why = chest_view(ds)
         return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
 
@@ -309,7 +354,7 @@ def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
       ``...1.7.1-4``) with Modality CR/DX, and a chest body part (Body Part Examined,
       Anatomic Region Sequence, or descriptions naming chest/thorax/CXR/lung). A CR/DX with no
       body part information at all is accepted as chest (logged), since CR/DX routed to this
-      node are nearly always chest films.
+      node are nearly always chest films. A decubitus film (:func:`decubitus_evidence`) is not used.
     * Dermoscopy: Dermoscopic Photography (``...77.1.7``), Modality DMS, or VL Photographic
       (``...77.1.4``) / Secondary Capture with Modality XC/DMS/OT with a skin body part.
     * CT: CT Image (``...1.2``), Enhanced CT (``...1.2.1``) and Legacy Converted Enhanced CT;

@@ -161,6 +161,41 @@ def test_one_view_code_rule_for_the_classifier_and_the_prompt():
         assert projection(fac.make_cr(view_position=decubitus)) is None
 
 
+def test_decubitus_films_are_not_read():
+    """A decubitus film lies across the image; the model outlined lungs and heart on the wrong anatomy
+    of one, so it is skipped with a reason, and the study's upright film is still read."""
+    from medversa.dicom_mapping.series import decubitus_evidence
+
+    def orientation_modifier(meaning: str) -> Dataset:
+        ds = fac.make_cr(view_position="AP")
+        orientation = Dataset()
+        orientation.PatientOrientationModifierCodeSequence = [_code("99DEC", "99X", meaning)]
+        ds.PatientOrientationCodeSequence = [orientation]
+        return ds
+
+    dx = fac.make_cr(view_position=None, sop_class_uid=fac.DX_PRESENTATION, modality="DX")
+    view = _code("399348003", "SCT", "antero-posterior")
+    view.ViewModifierCodeSequence = [_code("99DEC", "99X", "dorsal decubitus")]
+    dx.ViewCodeSequence = [view]
+    decubitus = {"View Position": fac.make_cr(view_position="RLD"),
+                 "orientation": orientation_modifier("left lateral decubitus"), "view modifier": dx,
+                 "series text": fac.make_cr(view_position=None, SeriesDescription="Chest LLD"),
+                 "protocol": fac.make_cr(view_position="AP", ProtocolName="THORAX DECUBITUS")}
+    for where, ds in decubitus.items():
+        kind, view_, reason = classify(ds)
+        assert kind is None and view_ is None and "decubitus" in reason, where
+        assert decubitus_evidence(ds) is not None, where
+    upright = {"PA": fac.make_cr(view_position="PA"), "supine": orientation_modifier("supine"),
+               "study text": fac.make_cr(view_position="PA", StudyDescription="Chest PA and decubitus")}
+    for where, ds in upright.items():  # the study's text describes all its films, not this one
+        assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH and decubitus_evidence(ds) is None, where
+    pa, lld = fac.make_cr(view_position="PA"), fac.make_cr(view_position="LLD")
+    lld.StudyInstanceUID = pa.StudyInstanceUID
+    study = prepare_study([pa, lld])
+    assert [i.ref.sop_instance_uid for i in study.images] == [pa.SOPInstanceUID]
+    assert [(s.sop_instance_uid, "ViewPosition LLD" in s.reason) for s in study.skipped] == [(lld.SOPInstanceUID, True)]
+
+
 def test_chest_by_description_or_region_and_missing_body_part(caplog):
     ds = fac.make_cr(body_part=None, StudyDescription="XR THORAX 1 VIEW")
     assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH
