@@ -258,6 +258,30 @@ def chest_view(ds: Dataset) -> tuple[View | None, str]:
     return None, "no view attribute and a landscape or unsized image: view unknown"
 
 
+def orientation_problem(ds: Dataset, view: View | None) -> str | None:
+    """How a chest film's stored orientation differs from the one the model learned, else None.
+
+    Patient Orientation (0020,0020) names the patient directions of the image's rows and columns.
+    The model learned films as they are hung: head up (columns toward the feet, F) and, for a
+    frontal film, the patient's left on the image's right. On a frontal film stored mirrored (rows
+    toward the patient's right, R\\F) it labelled the patient's left lung "right lung" (RG1 mirrored,
+    checked by eye): a laterality error, so such a film is not read; nor is one upside down or turned
+    a quarter. A lateral may face either way. Absent or incomplete values say nothing.
+    """
+    values = [str(v).strip().upper() for v in (h.value(ds, "PatientOrientation") or [])]
+    if len(values) != 2 or not all(values):
+        return None
+    row, column = values[0][0], values[1][0]
+    stated = "\\".join(values)
+    if column == "H":
+        return f"upside down (Patient Orientation {stated})"
+    if column != "F":
+        return f"turned a quarter (Patient Orientation {stated})"
+    if row == "R" and view is not View.LATERAL:
+        return f"mirrored (Patient Orientation {stated})"
+    return None
+
+
 def _is_skin(ds: Dataset) -> tuple[bool, str]:
     body_part = h.upper(ds, "BodyPartExamined")
     if body_part and _has_prefix(h.tokens(body_part), _SKIN_PREFIXES):
@@ -304,6 +328,10 @@ def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
             return None, None, (f"decubitus chest radiograph ({decubitus}): the model reads upright and supine "
                                 f"films, not decubitus ones ({what})")
         view, view_why = chest_view(ds)
+        stored = orientation_problem(ds, view)
+        if stored is not None:
+            return None, None, (f"chest radiograph stored {stored}: the model reads films hung head up with the "
+                                f"patient's left on the image's right ({what})")
         return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
 
     # Dermoscopy / skin photograph.
@@ -354,7 +382,8 @@ def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
       ``...1.7.1-4``) with Modality CR/DX, and a chest body part (Body Part Examined,
       Anatomic Region Sequence, or descriptions naming chest/thorax/CXR/lung). A CR/DX with no
       body part information at all is accepted as chest (logged), since CR/DX routed to this
-      node are nearly always chest films. A decubitus film (:func:`decubitus_evidence`) is not used.
+      node are nearly always chest films. A decubitus film (:func:`decubitus_evidence`) and one stored mirrored
+      or rotated (:func:`orientation_problem`) are not used.
     * Dermoscopy: Dermoscopic Photography (``...77.1.7``), Modality DMS, or VL Photographic
       (``...77.1.4``) / Secondary Capture with Modality XC/DMS/OT with a skin body part.
     * CT: CT Image (``...1.2``), Enhanced CT (``...1.2.1``) and Legacy Converted Enhanced CT;

@@ -196,6 +196,38 @@ def test_decubitus_films_are_not_read():
     assert [(s.sop_instance_uid, "ViewPosition LLD" in s.reason) for s in study.skipped] == [(lld.SOPInstanceUID, True)]
 
 
+def test_films_stored_mirrored_or_turned_are_not_read():
+    """On RG1 stored mirrored (Patient Orientation R\\F) the model called the patient's left lung
+    "right lung": a frontal film not hung as the model learned it is skipped with the reason."""
+    from medversa.dicom_mapping.series import orientation_problem
+
+    def cr(view_position: str | None, orientation: list[str] | None) -> Dataset:
+        ds = fac.make_cr(view_position=view_position)
+        if orientation is None:
+            del ds.PatientOrientation
+        else:
+            ds.PatientOrientation = orientation
+        return ds
+
+    skipped = {("PA", ("R", "F")): "mirrored", ("AP", ("RP", "F")): "mirrored", (None, ("R", "F")): "mirrored",
+               ("PA", ("L", "H")): "upside down", ("PA", ("R", "H")): "upside down",
+               ("PA", ("F", "L")): "turned a quarter", ("LL", ("H", "A")): "turned a quarter"}
+    for (view_position, orientation), why in skipped.items():
+        kind, view, reason = classify(cr(view_position, list(orientation)))
+        assert (kind, view) == (None, None) and f"stored {why}" in reason, (view_position, orientation)
+    read = {("PA", ("L", "F")), ("AP", ("LA", "FP")), ("LL", ("A", "F")), ("LL", ("P", "F")), ("LL", ("R", "F")),
+            ("PA", None), ("PA", ("L", "")), ("PA", ("L",))}  # absent or incomplete: nothing stated
+    for view_position, orientation in read:
+        ds = cr(view_position, None if orientation is None else list(orientation))
+        assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH, (view_position, orientation)
+        assert orientation_problem(ds, chest_view(ds)[0]) is None
+    upright, mirrored = cr("PA", ["L", "F"]), cr("PA", ["R", "F"])
+    mirrored.StudyInstanceUID = upright.StudyInstanceUID
+    study = prepare_study([upright, mirrored])
+    assert [i.ref.sop_instance_uid for i in study.images] == [upright.SOPInstanceUID]
+    assert [s.sop_instance_uid for s in study.skipped] == [mirrored.SOPInstanceUID]
+
+
 def test_chest_by_description_or_region_and_missing_body_part(caplog):
     ds = fac.make_cr(body_part=None, StudyDescription="XR THORAX 1 VIEW")
     assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH
