@@ -160,6 +160,8 @@ IMPRESSION = CodedConcept("19005-8", LN, "Impression")
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMPARISON = CodedConcept("18834-2", LN, "Radiology Comparison study")
 FINDING = CodedConcept("121071", DCM, "Finding")
+#: A note for the reader: an image of the study the algorithm was sent and did not analyse.
+COMMENT = CodedConcept(codes.DCM.Comment.value, DCM, codes.DCM.Comment.meaning)
 CLINICAL_FINDING = CodedConcept(codes.SCT.Finding.value, SCT, codes.SCT.Finding.meaning)
 PRESENT = CodedConcept(codes.SCT.Present.value, SCT, codes.SCT.Present.meaning)
 ABSENT = CodedConcept(codes.SCT.Absent.value, SCT, codes.SCT.Absent.meaning)

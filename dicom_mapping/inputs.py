@@ -20,7 +20,7 @@ from . import header as h
 from .header_context import clinical_context, projection
 from .pixels import display_frames
 from .references import ImageRef, PreparedImage, PreparedVolume, SeriesKind, Skipped, StudyInputs, View
-from .series import classify
+from .series import chest_film_left_out, classify
 from .volume import build_volume
 
 LOGGER = logging.getLogger(__name__)
@@ -56,9 +56,10 @@ def _image_key(img: PreparedImage, order: dict[str, tuple[float, float]]) -> tup
     return (series_no, instance_no, img.ref.sop_instance_uid, img.ref.frame or 0)
 
 
-def _skip(out: StudyInputs, sop_uid: str, series_uid: str, reason: str) -> None:
+def _skip(out: StudyInputs, sop_uid: str, series_uid: str, reason: str, reader_note: str | None = None) -> None:
     LOGGER.info("skipped %s: %s", sop_uid or f"series {series_uid or '(no Series Instance UID)'}", reason)
-    out.skipped.append(Skipped(sop_instance_uid=sop_uid, series_instance_uid=series_uid, reason=reason))
+    out.skipped.append(Skipped(sop_instance_uid=sop_uid, series_instance_uid=series_uid, reason=reason,
+                               reader_note=reader_note))
 
 
 def _prepare_image(ds: Dataset, kind: SeriesKind, view: View | None) -> list[PreparedImage]:
@@ -130,7 +131,7 @@ def prepare_study(datasets: Sequence[Dataset]) -> StudyInputs:
         series_uid = h.text(ds, "SeriesInstanceUID")
         kind, view, reason = classify(ds)
         if kind is None:
-            _skip(out, sop_uid, series_uid, reason)
+            _skip(out, sop_uid, series_uid, reason, chest_film_left_out(ds))
             continue
         if kind in _CT_KINDS:
             ct_series.setdefault(series_uid, []).append(ds)
@@ -139,7 +140,8 @@ def prepare_study(datasets: Sequence[Dataset]) -> StudyInputs:
         try:
             images = _prepare_image(ds, kind, view)
         except ValueError as exc:  # PixelDataError and friends
-            _skip(out, sop_uid, series_uid, f"{kind.value}: {exc}")
+            _skip(out, sop_uid, series_uid, f"{kind.value}: {exc}",
+                  f"a {kind.value.replace('_', ' ')} image whose pixel data could not be read")
             continue
         order[sop_uid] = (_sort_number(ds, "SeriesNumber"), _sort_number(ds, "InstanceNumber"))
         out.images.extend(images)
@@ -151,7 +153,9 @@ def prepare_study(datasets: Sequence[Dataset]) -> StudyInputs:
         try:
             volume = build_volume(members, kind=kind)
         except ValueError as exc:  # VolumeError, or anything a broken header makes of it
-            _skip(out, "", series_uid, f"CT series of {len(members)} instance(s): {exc}")
+            _skip(out, "", series_uid, f"CT series of {len(members)} instance(s): {exc}",
+                  f"an abdominal CT series of {len(members)} image(s) that could not be made into a volume"
+                  if kind is SeriesKind.ABDOMINAL_CT else None)
             continue
         volumes.append(((min(_sort_number(ds, "SeriesNumber") for ds in members), series_uid), volume))
 

@@ -101,6 +101,10 @@ class Skipped:
     sop_instance_uid: str
     series_instance_uid: str
     reason: str
+    #: For the study's reader, when the image is one the node was sent to read and left out (a chest
+    #: film it does not read as stored, pixels it could not decode): "a decubitus film (ViewPosition
+    #: LLD)". None for what no one expects read (an SR, a knee film, a CT localizer).
+    reader_note: str | None = None
 
 
 @dataclass

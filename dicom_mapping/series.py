@@ -282,6 +282,33 @@ def orientation_problem(ds: Dataset, view: View | None) -> str | None:
     return None
 
 
+def _chest_film_left_out(ds: Dataset, view: View | None) -> str | None:
+    """Why a chest radiograph is not read ("a decubitus film (ViewPosition LLD)"), None when it is."""
+    decubitus = decubitus_evidence(ds)
+    if decubitus is not None:
+        return f"a decubitus film ({decubitus})"
+    stored = orientation_problem(ds, view)
+    return f"a film stored {stored}" if stored is not None else None
+
+
+def _is_radiograph(ds: Dataset) -> bool:
+    """CR/DX SOP classes, or Secondary Capture / an unknown class with Modality CR/DX."""
+    sop = h.sop_class_uid(ds)
+    return sop in RADIOGRAPH_SOP_CLASSES or (
+        h.upper(ds, "Modality") in RADIOGRAPH_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY))
+
+
+def chest_film_left_out(ds: Dataset) -> str | None:
+    """For the study's reader: why this chest radiograph is not read, None when it is or is no chest film.
+
+    The node reads every chest radiograph except a decubitus film (:func:`decubitus_evidence`) and one
+    stored mirrored, upside down or turned a quarter (:func:`orientation_problem`).
+    """
+    if not _is_radiograph(ds) or _chest_evidence(ds)[0] is False:
+        return None
+    return _chest_film_left_out(ds, chest_view(ds)[0])
+
+
 def _is_skin(ds: Dataset) -> tuple[bool, str]:
     body_part = h.upper(ds, "BodyPartExamined")
     if body_part and _has_prefix(h.tokens(body_part), _SKIN_PREFIXES):
@@ -313,25 +340,18 @@ def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
     if modality in NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
         return None, None, f"not an image this node reads ({what})"
 
-    # Chest radiograph: CR/DX SOP classes, or Secondary Capture / unknown class with Modality CR/DX.
-    if sop in RADIOGRAPH_SOP_CLASSES or (
-        modality in RADIOGRAPH_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY)
-    ):
+    if _is_radiograph(ds):
         chest, why = _chest_evidence(ds)
         if chest is False:
             return None, None, f"radiograph but not a chest radiograph: {why} ({what})"
         if chest is None:
             LOGGER.info("%s without body part information: assumed to be a chest radiograph", what)
             why = "no body part information, CR/DX assumed chest"
-        decubitus = decubitus_evidence(ds)
-        if decubitus is not None:
-            return None, None, (f"decubitus chest radiograph ({decubitus}): the model reads upright and supine "
-                                f"films, not decubitus ones ({what})")
         view, view_why = chest_view(ds)
-        stored = orientation_problem(ds, view)
-        if stored is not None:
-            return None, None, (f"chest radiograph stored {stored}: the model reads films hung head up with the "
-                                f"patient's left on the image's right ({what})")
+        left_out = _chest_film_left_out(ds, view)
+        if left_out is not None:
+            return None, None, (f"chest radiograph not read, {left_out}: the model reads upright and supine films "
+                                f"hung head up with the patient's left on the image's right ({what})")
         return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
 
     # Dermoscopy / skin photograph.

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -381,12 +382,15 @@ def build_sr(
     segmentations: dict[tuple[int, str], SegReference] | None = None,
     series_number: int = 9700,
     instance_number: int = 1,
+    not_analysed: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The SR of one study's results.
 
     ``evidence`` holds every referenced instance: the source images, the prior
     study's images (a longitudinal comparison) and the SEG objects.
     ``segmentations`` maps (index of the result, structure label) to its SEG segment.
+    ``not_analysed`` names the study's images the node was sent and left out ("a decubitus film
+    (ViewPosition LLD)"): a reader must not take the results for a reading of those too.
     """
     if not results:
         raise ValueError("results: nothing to report")
@@ -407,6 +411,8 @@ def build_sr(
         elif result.task is Task.LONGITUDINAL_COMPARISON:
             builder.comparison(result, next((ds for ds in evidence
                                              if str(ds.get("StudyInstanceUID", "")) == result.prior_study_uid), None))
+    for note in not_analysed:
+        builder.text(mv.COMMENT, f"Not analysed: {note}. The results above do not cover it.")
     builder.text(_AI_NOTICE, AI_STATEMENT.format(name=algorithm.name, version=algorithm.version))
     placeholder = not builder.groups
     if placeholder:

@@ -106,7 +106,9 @@ def build_study_objects(datasets: list[Dataset], inputs: StudyInputs, planned: l
                                                           for p in planned for i in p.images)]
     evidence += [o.dataset for o in objects]
     uid, number = uids.next(ObjectKind.SR)
-    sr = build_sr(results, evidence, alg, uids.series(ObjectKind.SR), uid, seg_refs, instance_number=number)
+    not_analysed = [s.reader_note for s in inputs.skipped if s.reader_note]
+    sr = build_sr(results, evidence, alg, uids.series(ObjectKind.SR), uid, seg_refs, instance_number=number,
+                  not_analysed=not_analysed)
     # The same results as a text report (TID 2000), in a series of its own: viewers show text SRs.
     uid, number = uids.next(ObjectKind.SR_TEXT)
     text = build_text_report(sr, alg, uids.series(ObjectKind.SR_TEXT), uid, instance_number=number)

@@ -1,6 +1,7 @@
 """dicom_mapping's side of a study: plan -> (the tiny model) -> build_study_objects, one call for all kinds."""
 
 import highdicom as hd
+import pydicom
 import pytest
 
 from medversa.dicom_mapping import (
@@ -18,6 +19,7 @@ from medversa.inference import Task
 from medversa.node.infer import algorithm_for
 
 from . import dicom_factory as f
+from .dicom_tools import assert_valid
 from .test_infer import scripted
 
 
@@ -117,3 +119,46 @@ def test_answers_must_match_the_planned_requests(chest):
     with pytest.raises(ValueError, match="answer"):
         build_study_objects(datasets, inputs, planned, answers[:-1], options)
     assert build_study_objects(datasets, inputs, [], [], options).objects == []
+
+
+def test_the_sr_names_the_films_the_node_left_out(tiny_analyzer, tmp_path):
+    """A radiologist reading the SR of a study with an upright and a decubitus film, and one stored
+    mirrored, learns that the results cover neither of those two (they are stored, not read)."""
+    study = hd.UID()
+    upright = f.make_cr(128, 112, study_uid=study, instance_number=1)
+    decubitus = f.make_cr(128, 112, study_uid=study, view_position="LLD", instance_number=2, sop_uid=hd.UID())
+    mirrored = f.make_cr(128, 112, study_uid=study, instance_number=3, sop_uid=hd.UID(), PatientOrientation=["R", "F"])
+    knee = f.make_cr(128, 112, study_uid=study, body_part="KNEE", instance_number=4, sop_uid=hd.UID())
+    datasets = [upright, decubitus, mirrored, knee]
+    inputs = prepare_study(datasets)
+    assert [i.ref.sop_instance_uid for i in inputs.images] == [upright.SOPInstanceUID]
+    assert [s.reader_note for s in inputs.skipped] == [
+        "a decubitus film (ViewPosition LLD)", "a film stored mirrored (Patient Orientation R\\F)",
+        None]  # a knee film was never the node's to read
+    options = StudyOptions(algorithm=algorithm_for(tiny_analyzer), job_key="job-2:v1")
+    planned, _ = plan_study(inputs, options)
+    answers = tiny_analyzer.run([p.request for p in planned], choose_for=scripted(tiny_analyzer.tokenizer))
+    built = build_study_objects(datasets, inputs, planned, answers, options)
+    sr, text = built.objects[0].dataset, built.objects[1].dataset
+    wanted = ["Not analysed: a decubitus film (ViewPosition LLD). The results above do not cover it.",
+              "Not analysed: a film stored mirrored (Patient Orientation R\\F). The results above do not cover it."]
+    path = assert_valid(sr, tmp_path, "sr")
+    assert isinstance(hd.sr.srread(path), hd.sr.Comprehensive3DSR)  # highdicom reads it back
+    comments = [item.TextValue for group in pydicom.dcmread(path).ContentSequence
+                if group.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+                for item in group.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert comments == wanted
+    assert all(line in _document_text(assert_valid(text, tmp_path, "text")) for line in
+               [f"Comment: {w}" for w in wanted])
+    evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    assert upright.SOPInstanceUID in evidence and not {decubitus.SOPInstanceUID, mirrored.SOPInstanceUID} & evidence
+
+
+def _document_text(path) -> str:
+    """Every text value of an SR document, depth first."""
+    def walk(items):
+        for item in items:
+            yield getattr(item, "TextValue", "")
+            yield from walk(item.get("ContentSequence", []))
+    return "\n".join(walk(pydicom.dcmread(path).ContentSequence))
