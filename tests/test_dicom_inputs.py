@@ -340,6 +340,12 @@ def test_study_mixes_kinds_orders_and_skips(caplog):
     assert "not an image" in reasons[sr.SOPInstanceUID]
     assert "missing slice" in reasons[gap_ct[0].SeriesInstanceUID]
     assert "fewer than" in reasons[broken.SOPInstanceUID]
+    # What the SR tells the reader: the films and series the node was sent to read and could not.
+    notes = {s.sop_instance_uid or s.series_instance_uid: s.reader_note for s in study.skipped}
+    assert notes == {mr.SOPInstanceUID: None, sr.SOPInstanceUID: None,
+                     broken.SOPInstanceUID: "a chest radiograph image whose pixel data could not be read",
+                     gap_ct[0].SeriesInstanceUID: "an abdominal CT series of 4 image(s) that could not be made "
+                                                  "into a volume"}
     log = "\n".join(r.getMessage() for r in caplog.records)
     assert mr.SOPInstanceUID in log and broken.SOPInstanceUID in log
     assert fac.PATIENT_NAME not in log and fac.PATIENT_ID not in log and "Testpatient" not in log
