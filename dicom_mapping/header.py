@@ -57,6 +57,14 @@ def text(ds: Dataset, keyword: str) -> str:
         return ""
 
 
+def patient_orientation(ds: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation (0020,0020) as (row direction, column direction), None unless both are given."""
+    val = value(ds, "PatientOrientation")
+    if val is not None and not isinstance(val, (str, bytes)) and len(val) == 2 and all(val):
+        return str(val[0]), str(val[1])
+    return None
+
+
 def upper(ds: Dataset, keyword: str) -> str:
     """:func:`text` in upper case (Code Strings, PS3.5 6.2, are upper case by definition)."""
     return text(ds, keyword).upper()

@@ -17,6 +17,7 @@ from pydicom.sr.codedict import codes
 
 from medversa.inference import Answer
 
+from . import header as h
 from .identity import AlgorithmInfo
 from .overlay import draw_shapes, shapes_for_image
 from .references import ImageRef
@@ -49,6 +50,7 @@ def build_secondary_capture(
     image = Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8)), mode="RGB")
     for kind, color in _COLORS.items():
         draw_shapes(image, [s for s in shapes if s.kind == kind], fill=color)
+    orientation = h.patient_orientation(source)
     header = ResultHeader(algorithm, series_instance_uid, series_number, sop_instance_uid, instance_number,
                           SERIES_DESCRIPTION)
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -60,11 +62,11 @@ def build_secondary_capture(
         pixel_spacing=ref.pixel_spacing if ref.pixel_spacing and min(ref.pixel_spacing) > 0 else None,
         # highdicom insists on an orientation for patient-based images; the real value
         # (or an empty one, Type 2C, when the source has none) is set just below.
-        patient_orientation=_orientation(source) or ("L", "F"),
+        patient_orientation=orientation or ("L", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         **header.kwargs(),
     )
-    sc.PatientOrientation = list(_orientation(source) or []) or ""
+    sc.PatientOrientation = list(orientation or []) or ""
     if "Laterality" not in sc:
         sc.Laterality = ""  # General Series, Type 2C: unpaired or unknown body part
     sc.BurnedInAnnotation = "YES"
@@ -87,9 +89,3 @@ def build_secondary_capture(
     sc.DerivationCodeSequence = [derivation]
     return header.finish(sc)
 
-
-def _orientation(source: Dataset) -> tuple[str, str] | None:
-    value = source.get("PatientOrientation")
-    if value and len(value) == 2 and all(value):
-        return (str(value[0]), str(value[1]))
-    return None

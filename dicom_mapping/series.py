@@ -81,13 +81,16 @@ _OTHER_ANATOMY_PREFIXES = (
 # --- views (PS3.16 CID 4010 "DX View") ---------------------------------------------------------
 #: CID 4010 (DX View) codes of the chest projections, SNOMED CT and the SNOMED RT codes older senders
 #: write, as training names the projection ("frontal" only says it is not a lateral).
-VIEW_CODE_PROJECTIONS = {"272479007": "PA", "R-40888": "PA", "399348003": "AP", "R-10206": "AP",
+_VIEW_CODE_PROJECTIONS = {"272479007": "PA", "R-40888": "PA", "399348003": "AP", "R-10206": "AP",
                          "399033003": "frontal",
                          **dict.fromkeys(("399067008", "399173006", "399198007", "R-102CD", "R-10236", "R-10232"),
                                          "lateral")}
 #: Compacted meanings (letters only) of the frontal projections, for codes the table does not list.
 _FRONTAL_MEANINGS = {"posteroanterior": "PA", "posterioranterior": "PA", "anteroposterior": "AP",
                      "anteriorposterior": "AP"}
+#: The series' own texts that may name its view (not Study Description: it describes every film of
+#: the study, which often has both projections).
+_SERIES_TEXTS = ("SeriesDescription", "ImageComments", "AcquisitionDeviceProcessingDescription", "ProtocolName")
 _FRONTAL_TOKENS = frozenset({"pa", "ap", "frontal", "front", "posteroanterior", "anteroposterior"})
 _LATERAL_TOKENS = frozenset({"lat", "lateral", "ll", "rl", "seitlich"})
 
@@ -157,8 +160,8 @@ def coded_projection(code: str, meaning: str) -> str | None:
     lateral projection) and "frontal". Oblique, decubitus and limb projections (medial-lateral,
     latero-medial) are none of these. One rule for the series classifier and the prompt's view.
     """
-    if code in VIEW_CODE_PROJECTIONS:
-        return VIEW_CODE_PROJECTIONS[code]
+    if code in _VIEW_CODE_PROJECTIONS:
+        return _VIEW_CODE_PROJECTIONS[code]
     words = h.tokens(meaning)
     if any(w.startswith(("oblique", "decubitus", "medial", "medio")) for w in words):
         return None
@@ -205,8 +208,7 @@ def decubitus_evidence(ds: Dataset) -> str | None:
     for meaning in _position_meanings(ds):
         if "DECUBITUS" in meaning:
             return f"coded position {meaning.lower()}"
-    for keyword in ("SeriesDescription", "ImageComments", "AcquisitionDeviceProcessingDescription",
-                    "ProtocolName"):
+    for keyword in _SERIES_TEXTS:
         if _DECUBITUS_WORDS.intersection(h.tokens(h.text(ds, keyword))):
             return f"{keyword} names a decubitus film"  # free text itself is never echoed
     return None
@@ -247,8 +249,7 @@ def chest_view(ds: Dataset) -> tuple[View | None, str]:
         if projection is not None:
             view = View.LATERAL if projection == "lateral" else View.FRONTAL
             return view, f"ViewCodeSequence {meaning or code}"
-    for keyword in ("SeriesDescription", "ImageComments", "AcquisitionDeviceProcessingDescription",
-                    "ProtocolName"):
+    for keyword in _SERIES_TEXTS:
         view = _view_from_tokens(h.tokens(h.text(ds, keyword)))
         if view is not None:
             return view, f"{keyword} names a {view.value} view"  # free text itself is never echoed
@@ -268,7 +269,7 @@ def orientation_problem(ds: Dataset, view: View | None) -> str | None:
     checked by eye): a laterality error, so such a film is not read; nor is one upside down or turned
     a quarter. A lateral may face either way. Absent or incomplete values say nothing.
     """
-    values = [str(v).strip().upper() for v in (h.value(ds, "PatientOrientation") or [])]
+    values = [v.strip().upper() for v in h.patient_orientation(ds) or ()]
     if len(values) != 2 or not all(values):
         return None
     row, column = values[0][0], values[1][0]
