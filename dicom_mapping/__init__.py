@@ -25,6 +25,7 @@ from .annotations import (
 )
 from .header import truncation
 from .inputs import prepare_study
+from .orientation import AS_STORED, Reorientation
 from .pixels import PixelDataError, check_pixel_data
 from .references import SeriesKind, StudyInputs
 from .results import TaskResult
@@ -49,6 +50,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     # a study's way: prepare -> plan -> (the model) -> build
     "StudyInputs", "SeriesKind", "prepare_study", "classify", "check_pixel_data", "PixelDataError", "truncation",
+    "Reorientation", "AS_STORED",
     "StudyOptions", "plan_study", "PlannedRequest", "TaskResult", "AlgorithmInfo", "derive_uid", "ObjectKind",
     "WrittenObject", "build_study_objects",
     # the routing table

@@ -18,9 +18,10 @@ from pydicom.dataset import Dataset
 
 from . import header as h
 from .header_context import clinical_context, projection
+from .orientation import AS_STORED
 from .pixels import display_frames
 from .references import ImageRef, PreparedImage, PreparedVolume, SeriesKind, Skipped, StudyInputs, View
-from .series import chest_film_left_out, classify
+from .series import chest_film_left_out, classify, stored_orientation
 from .volume import build_volume
 
 LOGGER = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ def _prepare_image(ds: Dataset, kind: SeriesKind, view: View | None) -> list[Pre
     frames = display_frames(ds)
     multi = len(frames) > 1
     spacing = pixel_spacing(ds)
+    chest = kind is SeriesKind.CHEST_RADIOGRAPH
+    # classify() left out any chest film whose orientation is unknown: None cannot occur here.
+    orientation = (stored_orientation(ds, view) if chest else None) or AS_STORED
     prepared = []
     for index, pixels in enumerate(frames):
         ref = ImageRef(
@@ -81,7 +85,7 @@ def _prepare_image(ds: Dataset, kind: SeriesKind, view: View | None) -> list[Pre
             modality=h.upper(ds, "Modality"),
         )
         prepared.append(PreparedImage(ref=ref, pixels=pixels, kind=kind, view=view,
-                                      projection=projection(ds) if kind is SeriesKind.CHEST_RADIOGRAPH else None))
+                                      projection=projection(ds) if chest else None, orientation=orientation))
     return prepared
 
 

@@ -66,10 +66,16 @@ class PlannedRequest:
     prior_study_uid: str | None = None
 
     def result(self, answer: Answer) -> TaskResult:
-        """The model's answer to this request with its images resolved to source references."""
+        """The model's answer to this request with its images resolved to source references.
+
+        Boxes and masks come back on each source image's stored pixel grid (a film the model read
+        turned, :mod:`.orientation`, is turned back), as the result objects reference them.
+        """
         # Region captioning: its prompt is what was asked of the region.
         captioning = self.request.task is Task.REGION_CAPTIONING
         question = self.request.question or (self.request.prompts()[0][1] if captioning else None)
+        for index, img in enumerate(self.images):
+            answer = img.orientation.answer_to_stored(answer, index, img.ref.rows, img.ref.cols)
         return TaskResult(answer, [i.ref for i in self.images], self.volume.ref if self.volume else None,
                           question, self.prior_study_uid)
 
@@ -116,7 +122,7 @@ def _prior_details(prior: StudyInputs) -> str:
 
 
 def _image_input(img: PreparedImage) -> ImageInput:
-    return ImageInput(img.pixels, source_id=img.ref.sop_instance_uid)
+    return ImageInput(img.model_pixels(), source_id=img.ref.sop_instance_uid)
 
 
 #: The model's modality for each kind of 2D image it reads (a reader's question or region goes to one of these).
@@ -169,8 +175,9 @@ def plan_study(inputs: StudyInputs, options: StudyOptions,
     if options.region:
         if first_2d:
             img = first_2d[0]
+            region = img.orientation.box_to_model(options.region, img.ref.rows, img.ref.cols)
             planned.append(PlannedRequest(TaskRequest(Task.REGION_CAPTIONING, _modality_2d(img), [_image_input(img)],
-                                                      region=options.region), [img]))
+                                                      region=region), [img]))
         else:
             notes.append("region caption skipped: the study has no 2D image")
     for skipped in inputs.skipped:

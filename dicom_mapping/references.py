@@ -15,6 +15,8 @@ import numpy as np
 
 from medversa.inference import ClinicalContext
 
+from .orientation import AS_STORED, Reorientation
+
 
 class SeriesKind(str, Enum):
     """What a series is, for routing and for choosing the model's modality."""
@@ -83,6 +85,12 @@ class PreparedImage:
     view: View | None = None
     #: View Position as training names it ("PA", "AP", "AP supine", "lateral"); None when not stated.
     projection: str | None = None
+    #: How ``pixels`` (as stored) are turned for the model; its masks and boxes are turned back.
+    orientation: Reorientation = AS_STORED
+
+    def model_pixels(self) -> np.ndarray:
+        """The pixels as the model reads them (a chest film hung head up, the patient's left on the right)."""
+        return self.orientation.to_model(self.pixels)
 
 
 @dataclass
@@ -101,9 +109,9 @@ class Skipped:
     sop_instance_uid: str
     series_instance_uid: str
     reason: str
-    #: For the study's reader, when the image is one the node was sent to read and left out (a chest
-    #: film it does not read as stored, pixels it could not decode): "a decubitus film (ViewPosition
-    #: LLD)". None for what no one expects read (an SR, a knee film, a CT localizer).
+    #: For the study's reader, when the image is one the node was sent to read and left out (a
+    #: decubitus film, one whose sides are unknown, pixels it could not decode): "a decubitus film
+    #: (ViewPosition LLD)". None for what no one expects read (an SR, a knee film, a CT localizer).
     reader_note: str | None = None
 
 

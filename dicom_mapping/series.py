@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from . import header as h
+from .orientation import AS_STORED, Reorientation, chest_reorientation
 from .references import SeriesKind, View
 
 LOGGER = logging.getLogger(__name__)
@@ -259,28 +260,21 @@ def chest_view(ds: Dataset) -> tuple[View | None, str]:
     return None, "no view attribute and a landscape or unsized image: view unknown"
 
 
-def orientation_problem(ds: Dataset, view: View | None) -> str | None:
-    """How a chest film's stored orientation differs from the one the model learned, else None.
+def stored_orientation(ds: Dataset, view: View | None) -> Reorientation | None:
+    """How to hang this chest film as the model learned it (:mod:`.orientation`), None when it cannot be known.
 
-    Patient Orientation (0020,0020) names the patient directions of the image's rows and columns.
-    The model learned films as they are hung: head up (columns toward the feet, F) and, for a
-    frontal film, the patient's left on the image's right. On a frontal film stored mirrored (rows
-    toward the patient's right, R\\F) it labelled the patient's left lung "right lung" (RG1 mirrored,
-    checked by eye): a laterality error, so such a film is not read; nor is one upside down or turned
-    a quarter. A lateral may face either way. Absent or incomplete values say nothing.
+    From the first letters of Patient Orientation (0020,0020). Absent or incomplete values say
+    nothing: the film is read as stored. None when the two values name the same axis of the patient
+    (L\\R, F\\H...): contradictory, so the sides cannot be known.
     """
     values = [v.strip().upper() for v in h.patient_orientation(ds) or ()]
     if len(values) != 2 or not all(values):
-        return None
-    row, column = values[0][0], values[1][0]
-    stated = "\\".join(values)
-    if column == "H":
-        return f"upside down (Patient Orientation {stated})"
-    if column != "F":
-        return f"turned a quarter (Patient Orientation {stated})"
-    if row == "R" and view is not View.LATERAL:
-        return f"mirrored (Patient Orientation {stated})"
-    return None
+        return AS_STORED
+    return chest_reorientation(values[0][0], values[1][0], lateral=view is View.LATERAL)
+
+
+def _orientation_text(ds: Dataset) -> str:
+    return "\\".join(v.strip().upper() for v in h.patient_orientation(ds) or ())
 
 
 def _chest_film_left_out(ds: Dataset, view: View | None) -> str | None:
@@ -288,8 +282,9 @@ def _chest_film_left_out(ds: Dataset, view: View | None) -> str | None:
     decubitus = decubitus_evidence(ds)
     if decubitus is not None:
         return f"a decubitus film ({decubitus})"
-    stored = orientation_problem(ds, view)
-    return f"a film stored {stored}" if stored is not None else None
+    if stored_orientation(ds, view) is None:
+        return f"a film whose Patient Orientation {_orientation_text(ds)} is contradictory, so its sides are unknown"
+    return None
 
 
 def _is_radiograph(ds: Dataset) -> bool:
@@ -303,7 +298,8 @@ def chest_film_left_out(ds: Dataset) -> str | None:
     """For the study's reader: why this chest radiograph is not read, None when it is or is no chest film.
 
     The node reads every chest radiograph except a decubitus film (:func:`decubitus_evidence`) and one
-    stored mirrored, upside down or turned a quarter (:func:`orientation_problem`).
+    whose Patient Orientation contradicts itself (:func:`stored_orientation`); a film stored mirrored,
+    upside down or turned a quarter is turned for the model and read.
     """
     if not _is_radiograph(ds) or _chest_evidence(ds)[0] is False:
         return None
@@ -352,7 +348,10 @@ def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
         left_out = _chest_film_left_out(ds, view)
         if left_out is not None:
             return None, None, (f"chest radiograph not read, {left_out}: the model reads upright and supine films "
-                                f"hung head up with the patient's left on the image's right ({what})")
+                                f"whose sides are known ({what})")
+        hung = stored_orientation(ds, view)
+        if hung is not None and not hung.is_identity:
+            view_why += f"; {hung.describe()} for the model (Patient Orientation {_orientation_text(ds)})"
         return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
 
     # Dermoscopy / skin photograph.
@@ -403,8 +402,9 @@ def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
       ``...1.7.1-4``) with Modality CR/DX, and a chest body part (Body Part Examined,
       Anatomic Region Sequence, or descriptions naming chest/thorax/CXR/lung). A CR/DX with no
       body part information at all is accepted as chest (logged), since CR/DX routed to this
-      node are nearly always chest films. A decubitus film (:func:`decubitus_evidence`) and one stored mirrored
-      or rotated (:func:`orientation_problem`) are not used.
+      node are nearly always chest films. A decubitus film (:func:`decubitus_evidence`) and one whose Patient
+      Orientation contradicts itself (:func:`stored_orientation`) are not used; one stored mirrored
+      or turned is read after :mod:`.orientation` hangs it as the model learned.
     * Dermoscopy: Dermoscopic Photography (``...77.1.7``), Modality DMS, or VL Photographic
       (``...77.1.4``) / Secondary Capture with Modality XC/DMS/OT with a skin body part.
     * CT: CT Image (``...1.2``), Enhanced CT (``...1.2.1``) and Legacy Converted Enhanced CT;

@@ -41,11 +41,13 @@ from sqlalchemy import func, select
 
 from medversa.dicom_mapping import (
     ANNOTATION_CLASSES,
+    AS_STORED,
     AlgorithmInfo,
     ImageReference,
     ObjectKind,
     Region,
     RegionAnswer,
+    Reorientation,
     SeriesKind,
     bounding_box,
     build_answer_object,
@@ -165,6 +167,8 @@ class _Image:
     kind: SeriesKind
     rows: int
     cols: int
+    #: How the stored pixels are turned for the model (a chest film stored mirrored or turned).
+    orientation: Reorientation = AS_STORED
 
 
 def compute_ask(ctx: NodeContext, job_id: int, last_attempt: bool) -> None:
@@ -259,7 +263,7 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
         if modality is None:
             entry["note"].append(f"not answered: the model does not read {image.kind.value} images")
             continue
-        pixels = ImageInput(image.pixels, source_id=region.image.sop_instance_uid)
+        pixels = ImageInput(image.orientation.to_model(image.pixels), source_id=region.image.sop_instance_uid)
         wants_caption = ask.get("source") == "annotation" or ask.get("region") is not None
         for task, build in ((Task.REGION_CAPTIONING, wants_caption), (Task.VQA, bool(question))):
             if not build:
@@ -273,6 +277,7 @@ def _answer(ctx: NodeContext, regions: list[Region], images: dict[str, _Image], 
                 except ValueError as exc:
                     entry["note"].append(str(exc))
                     continue
+                box = image.orientation.box_to_model(box, image.rows, image.cols)
                 requests.append(TaskRequest(task, modality, [pixels], region=box))
             else:
                 asked = with_image_tag(question)
@@ -358,7 +363,7 @@ def find_image(ctx: NodeContext, study_uid: str, ref: ImageReference) -> tuple[_
         why = inputs.skipped[0].reason if inputs.skipped else "not a chest radiograph or skin image"
         return None, f"the model does not read it: {why}", False
     rows, cols = prepared.pixels.shape[:2]
-    return _Image(ds, prepared.pixels, prepared.kind, int(rows), int(cols)), note, False
+    return _Image(ds, prepared.pixels, prepared.kind, int(rows), int(cols), prepared.orientation), note, False
 
 
 def _spooled_image(ctx: NodeContext, study_uid: str, sop_uid: str) -> Path | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from medversa.inference import ImageInput, TaskRequest, load_analyzer
+from medversa.inference import ImageInput, Task, TaskRequest, load_analyzer
 from medversa.training.eval_metrics import dice
 
 from .conftest import SHARED, need
@@ -69,3 +69,33 @@ def test_asked_for_both_lungs_it_boxes_each_on_its_own_side():
             assert centre["left lung"] > 0.5 > centre["right lung"], (record.record_id, centre)
             for name, b in boxes.items():
                 assert box_iou((b.x0, b.y0, b.x1, b.y1), record.boxes[name][0]) > 0.4, (record.record_id, name)
+
+
+def test_a_film_stored_mirrored_or_turned_gets_each_lung_on_its_own_side_of_the_stored_film():
+    """Sent as DICOM stored mirrored (Patient Orientation R\\F) or turned a quarter (F\\R), a train-split
+    radiograph is read hung as the model learned it and its masks come back on the stored film: the
+    patient's left lung where the stored film shows it (fed as stored, the mirrored RG1 film had its
+    left lung labelled "right lung")."""
+    from medversa.dicom_mapping import StudyOptions, plan_study, prepare_study
+
+    from . import dicom_factory as fac
+
+    organs = need(MINI) / "cxr-organs"
+    analyzer = load_analyzer(device="cpu")
+    [i] = _train_ids(organs, 1)
+    hung = np.asarray(Image.open(organs / "images" / f"{i}.png").convert("L"))
+    truth = {s: np.asarray(Image.open(organs / "masks" / f"{i}_{s.replace(' ', '_')}.png")) > 0 for s in STRUCTURES}
+    stored_as = {("R", "F"): lambda a: a[:, ::-1], ("F", "R"): np.rot90}
+    for letters, store in stored_as.items():
+        pixels = np.ascontiguousarray(store(hung))
+        ds = fac.make_cr(*pixels.shape, pixels=pixels, bits=8, PatientOrientation=list(letters))
+        inputs = prepare_study([ds])
+        planned, _ = plan_study(inputs, StudyOptions(tasks=(Task.CHEST_ORGAN_SEGMENTATION,)))
+        [request] = planned
+        [answer] = analyzer.run([request.request])
+        drawn = {m.label: m.mask for m in request.result(answer).answer.masks_2d}
+        assert set(drawn) == set(STRUCTURES), (letters, answer.text)
+        for s in STRUCTURES:
+            on_stored = np.ascontiguousarray(store(truth[s]))
+            assert drawn[s].shape == on_stored.shape
+            assert dice(drawn[s], on_stored) > 0.75, (letters, s, dice(drawn[s], on_stored))

@@ -20,6 +20,7 @@ from medversa.dicom_mapping import (
     build_answer_sr,
     in_pixels,
     own_result_reason,
+    prepare_study,
     read_annotation,
     read_answers,
 )
@@ -224,6 +225,32 @@ def test_an_annotation_never_reopens_its_study_and_becomes_an_ask_job(ctx, image
     [group] = read_answers(pydicom.dcmread(sr_path))
     assert (group["question"], group["answer"], group["caption"]) == ("Is there a pneumothorax?", "No.",
                                                                        "A small opacity.")
+
+
+def test_a_region_on_a_film_stored_mirrored_reaches_the_model_on_the_same_anatomy(ctx):
+    """The reader draws on the film as stored (mirrored, Patient Orientation R\\F); the model reads it
+    hung, so the pixels it is given are flipped back and the region with them."""
+    hung = (np.arange(64 * 80).reshape(64, 80) % 4096).astype(np.uint16)
+    mirrored = f.make_cr(64, 80, pixels=np.ascontiguousarray(hung[:, ::-1]), PatientOrientation=["R", "F"])
+    _spool(ctx, mirrored)
+    with ctx.store.session() as s:
+        study = s.scalars(select(Study)).one()
+        study.state, study.pending_instances = StudyState.DONE, 0
+    _spool(ctx, ohif_measurement_report(mirrored, [rectangle_group(mirrored, (10, 12, 30, 40), "What is this?")]))
+    [job_id] = queue_annotations(ctx)
+    asked: list = []
+    run = ctx.analyzer.run
+
+    def recording(requests, **kwargs):  # the real model, with what it was asked kept
+        asked.extend(requests)
+        return run(requests, **kwargs)
+
+    ctx.analyzer.run = recording
+    assert run_job(ctx, job_id) == "DONE"
+    [caption] = [r for r in asked if r.task is Task.REGION_CAPTIONING]
+    assert caption.region == (80 - 30, 12, 80 - 10, 40)
+    stored = prepare_study([mirrored]).images[0].pixels
+    assert np.array_equal(caption.images[0].pixels, stored[:, ::-1])
 
 
 def test_an_sr_without_regions_and_an_unreadable_one_are_ignored_with_a_reason(ctx, image):

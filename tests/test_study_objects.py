@@ -122,18 +122,20 @@ def test_answers_must_match_the_planned_requests(chest):
 
 
 def test_the_sr_names_the_films_the_node_left_out(tiny_analyzer, tmp_path):
-    """A radiologist reading the SR of a study with an upright and a decubitus film, and one stored
-    mirrored, learns that the results cover neither of those two (they are stored, not read)."""
+    """A radiologist reading the SR of a study with an upright and a decubitus film, and one whose
+    Patient Orientation contradicts itself, learns that the results cover neither of those two."""
     study = hd.UID()
     upright = f.make_cr(128, 112, study_uid=study, instance_number=1)
     decubitus = f.make_cr(128, 112, study_uid=study, view_position="LLD", instance_number=2, sop_uid=hd.UID())
-    mirrored = f.make_cr(128, 112, study_uid=study, instance_number=3, sop_uid=hd.UID(), PatientOrientation=["R", "F"])
+    contradictory = f.make_cr(128, 112, study_uid=study, instance_number=3, sop_uid=hd.UID(),
+                              PatientOrientation=["L", "R"])
     knee = f.make_cr(128, 112, study_uid=study, body_part="KNEE", instance_number=4, sop_uid=hd.UID())
-    datasets = [upright, decubitus, mirrored, knee]
+    datasets = [upright, decubitus, contradictory, knee]
     inputs = prepare_study(datasets)
     assert [i.ref.sop_instance_uid for i in inputs.images] == [upright.SOPInstanceUID]
     assert [s.reader_note for s in inputs.skipped] == [
-        "a decubitus film (ViewPosition LLD)", "a film stored mirrored (Patient Orientation R\\F)",
+        "a decubitus film (ViewPosition LLD)",
+        "a film whose Patient Orientation L\\R is contradictory, so its sides are unknown",
         None]  # a knee film was never the node's to read
     options = StudyOptions(algorithm=algorithm_for(tiny_analyzer), job_key="job-2:v1")
     planned, _ = plan_study(inputs, options)
@@ -141,7 +143,8 @@ def test_the_sr_names_the_films_the_node_left_out(tiny_analyzer, tmp_path):
     built = build_study_objects(datasets, inputs, planned, answers, options)
     sr, text = built.objects[0].dataset, built.objects[1].dataset
     wanted = ["Not analysed: a decubitus film (ViewPosition LLD). The results above do not cover it.",
-              "Not analysed: a film stored mirrored (Patient Orientation R\\F). The results above do not cover it."]
+              "Not analysed: a film whose Patient Orientation L\\R is contradictory, so its sides are unknown. "
+              "The results above do not cover it."]
     path = assert_valid(sr, tmp_path, "sr")
     assert isinstance(hd.sr.srread(path), hd.sr.Comprehensive3DSR)  # highdicom reads it back
     comments = [item.TextValue for group in pydicom.dcmread(path).ContentSequence
@@ -152,7 +155,8 @@ def test_the_sr_names_the_films_the_node_left_out(tiny_analyzer, tmp_path):
                [f"Comment: {w}" for w in wanted])
     evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
-    assert upright.SOPInstanceUID in evidence and not {decubitus.SOPInstanceUID, mirrored.SOPInstanceUID} & evidence
+    left_out = {decubitus.SOPInstanceUID, contradictory.SOPInstanceUID}
+    assert upright.SOPInstanceUID in evidence and not left_out & evidence
 
 
 def _document_text(path) -> str:
