@@ -51,6 +51,8 @@ class StudyOptions:
     burned_in: bool = True
     burned_in_for_colour: bool = False
     key_objects: bool = False
+    #: With no result at all, an SR still names the films the node was sent and did not read (and why).
+    not_analysed_notice: bool = True
     #: Identifies the job (and its version): result UIDs derive from it.
     job_key: str = ""
 

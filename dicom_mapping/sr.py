@@ -390,9 +390,10 @@ def build_sr(
     study's images (a longitudinal comparison) and the SEG objects.
     ``segmentations`` maps (index of the result, structure label) to its SEG segment.
     ``not_analysed`` names the study's images the node was sent and left out ("a decubitus film
-    (ViewPosition LLD)"): a reader must not take the results for a reading of those too.
+    (ViewPosition LLD)"): a reader must not take the results for a reading of those too. With no
+    ``results`` the SR says only that (a study with nothing the model could read).
     """
-    if not results:
+    if not results and not not_analysed:
         raise ValueError("results: nothing to report")
     builder = _Builder(algorithm, sop_instance_uid)
     segmentations = segmentations or {}
@@ -411,8 +412,9 @@ def build_sr(
         elif result.task is Task.LONGITUDINAL_COMPARISON:
             builder.comparison(result, next((ds for ds in evidence
                                              if str(ds.get("StudyInstanceUID", "")) == result.prior_study_uid), None))
+    covered = "The results above do not cover it." if results else f"{algorithm.name} made no results for this study."
     for note in not_analysed:
-        builder.text(mv.COMMENT, f"Not analysed: {note}. The results above do not cover it.")
+        builder.text(mv.COMMENT, f"Not analysed: {note}. {covered}")
     builder.text(_AI_NOTICE, AI_STATEMENT.format(name=algorithm.name, version=algorithm.version))
     placeholder = not builder.groups
     if placeholder:

@@ -94,10 +94,10 @@ def build_study_objects(datasets: list[Dataset], inputs: StudyInputs, planned: l
     if len(answers) != len(planned):
         raise ValueError(f"{len(answers)} answer(s) to {len(planned)} planned request(s)")
     results = [p.result(answer) for p, answer in zip(planned, answers, strict=True)]
-    if not results:
-        return StudyObjects([], [])
     alg = options.algorithm
     uids = _Uids(alg.org_root, options.job_key or f"{inputs.study_instance_uid}:{alg.model_id}")
+    if not results:
+        return StudyObjects([], _not_analysed_notice(datasets, inputs, options, uids))
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     objects, seg_refs = _segmentations(results, by_uid, options, uids)
 
@@ -126,6 +126,26 @@ def build_study_objects(datasets: list[Dataset], inputs: StudyInputs, planned: l
         if ko is not None:
             objects.append(WrittenObject(ObjectKind.KO, ko))
     return StudyObjects(results, objects)
+
+
+def _not_analysed_notice(datasets: list[Dataset], inputs: StudyInputs, options: StudyOptions,
+                         uids: _Uids) -> list[WrittenObject]:
+    """With no result, the SR and its text report naming each image the node was sent to read and
+    left out (:attr:`.references.Skipped.reader_note`): the reader learns the study was looked at and
+    why nothing came back. Its evidence is those images. Nothing when there is no such image."""
+    left_out = [s for s in inputs.skipped if s.reader_note]
+    if not (options.not_analysed_notice and left_out):
+        return []
+    evidence = [ds for ds in datasets if any(
+        str(ds.SOPInstanceUID) == s.sop_instance_uid
+        or (not s.sop_instance_uid and str(ds.get("SeriesInstanceUID", "")) == s.series_instance_uid)
+        for s in left_out)]
+    uid, number = uids.next(ObjectKind.SR)
+    sr = build_sr([], evidence, options.algorithm, uids.series(ObjectKind.SR), uid, instance_number=number,
+                  not_analysed=[s.reader_note for s in left_out])
+    uid, number = uids.next(ObjectKind.SR_TEXT)
+    text = build_text_report(sr, options.algorithm, uids.series(ObjectKind.SR_TEXT), uid, instance_number=number)
+    return [WrittenObject(ObjectKind.SR, sr), WrittenObject(ObjectKind.SR_TEXT, text)]
 
 
 def answer_uids(org_root: str, key: str) -> tuple[str, str]:

@@ -43,7 +43,8 @@ def infer(
     """Read DICOM inputs, run the tasks that fit each study, write SR, SEG and overlays to --out.
 
     Inputs that cannot be used are skipped with a one-line note each; the exit status is 1 when
-    no result object was written at all.
+    no study was analysed (a study of images the node leaves out, a decubitus film, still gets the
+    SR that says so, as the node would send it).
     """
     from medversa.dicom_mapping import StudyOptions
     from medversa.inference import load_analyzer
@@ -61,13 +62,13 @@ def infer(
         key_objects=key_objects, context_fields=analyzer.declaration.context_fields,
         declared_tasks=analyzer.declaration.tasks, prior_details=analyzer.declaration.prior_details,
     )
-    written, messages = run_infer(list(inputs), out, analyzer, options, list(prior or []))
+    written, messages, analysed = run_infer(list(inputs), out, analyzer, options, list(prior or []))
     for message in messages:
         typer.echo("note: " + " ".join(message.splitlines()), err=True)  # one line per note
     for kind, path, ds in written:
         typer.echo(f"{kind}\t{path}\t{ds.get('SeriesDescription', '')}")
-    if not written:
-        typer.echo("no result objects written", err=True)
+    if not analysed:
+        typer.echo("no results: no study was analysed" if written else "no result objects written", err=True)
         raise typer.Exit(1)
 
 

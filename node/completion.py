@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pydicom
 from sqlalchemy import func, select
 
-from medversa.dicom_mapping import classify
+from medversa.dicom_mapping import SeriesKind, chest_film_left_out, classify
 
 from .job_states import move_job, move_study_state
 from .job_store import Instance, Job, JobState, Study, StudyState, utcnow
@@ -50,6 +50,33 @@ def _facts(s, study: Study) -> list[InstanceFacts]:
             kinds[i.series_instance_uid] = _series_kind(i.path)
     return [InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description,
                           kinds[i.series_instance_uid]) for i in rows]
+
+
+def _left_out_films(s, study: Study, ctx: NodeContext) -> list[str]:
+    """Why each series of chest films that the rules would route is not read (header only; one per series).
+
+    A decubitus film, or one whose Patient Orientation contradicts itself, has no series kind, so no
+    rule matches it; had it been readable it would have gone to the model when a rule routes chest
+    radiographs from its sender. Empty when ``not_analysed_notice`` is off.
+    """
+    if not ctx.settings.not_analysed_notice:
+        return []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for i in s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)):
+        if i.series_instance_uid in seen:
+            continue
+        seen.add(i.series_instance_uid)
+        try:
+            note = chest_film_left_out(pydicom.dcmread(i.path, stop_before_pixels=True))
+        except Exception as exc:  # noqa: BLE001 - an unreadable header has nothing to say here
+            LOGGER.debug("no left-out check for %s: %s", i.sop_instance_uid, type(exc).__name__)
+            continue
+        as_chest = InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description,
+                                 SeriesKind.CHEST_RADIOGRAPH.value)
+        if note is not None and route([as_chest], ctx.settings.routing).tasks:
+            notes.append(note)
+    return notes
 
 
 def _complete_enough(ctx: NodeContext, study: Study, have: int, now: dt.datetime) -> tuple[bool, str]:
@@ -90,6 +117,14 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
                 continue
             facts = _facts(s, study)
             routed = route(facts, ctx.settings.routing)
+            left_out = _left_out_films(s, study, ctx) if not routed.tasks else []
+            if left_out:
+                # Nothing to read, but films the rules send to the model were left out: the worker
+                # writes an SR that says so, so that the reader does not wait for results.
+                LOGGER.info("study %s: nothing the model reads; a not-analysed SR will say why", study_id)
+                notes = [f"not analysed: {note}" for note in left_out] + ([note] if note else [])
+                created.append(create_job_version(ctx, study_id, [], notes))
+                continue
             if not routed.tasks:
                 move_study_state(study, StudyState.DONE, reason="no routing rule matched")
                 study.pending_instances = 0

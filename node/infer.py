@@ -76,13 +76,15 @@ def write_outputs(output: StudyOutput, out_dir: Path) -> list[Path]:
 
 def run_infer(paths: list[Path], out_dir: Path, analyzer, options: StudyOptions,
               prior_paths: list[Path] | None = None,
-              choose_for=None) -> tuple[list[tuple[str, Path, Dataset]], list[str]]:
-    """Process every study found; return (kind, path, dataset) per object written and the messages."""
+              choose_for=None) -> tuple[list[tuple[str, Path, Dataset]], list[str], int]:
+    """Process every study found; return (kind, path, dataset) per object written, the messages and
+    the number of studies with results (a study with none may still get a not-analysed SR)."""
     studies, messages = read_inputs(paths)
     priors, prior_problems = read_inputs(prior_paths or [])
     messages += prior_problems
     prior_datasets = [ds for group in priors.values() for ds in group] or None
     written: list[tuple[str, Path, Dataset]] = []
+    analysed = 0
     for study_uid, datasets in studies.items():
         try:
             output = analyze_study(datasets, analyzer, options, prior_datasets, choose_for=choose_for)
@@ -91,8 +93,11 @@ def run_infer(paths: list[Path], out_dir: Path, analyzer, options: StudyOptions,
             messages.append(f"study {study_uid}: not processed: {type(exc).__name__}: {exc}")
             continue
         messages += [f"study {study_uid}: {n}" for n in output.notes]
+        analysed += bool(output.results)
+        if not output.results and output.objects:
+            messages.append(f"study {study_uid}: nothing analysed; its SR names the images left out and why")
         for obj, path in zip(output.objects, write_outputs(output, out_dir), strict=True):
             written.append((obj.kind, path, obj.dataset))
     if not studies:
         messages.append("no DICOM study found in the inputs")
-    return written, messages
+    return written, messages, analysed

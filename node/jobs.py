@@ -154,6 +154,7 @@ def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple
     return StudyOptions(
         algorithm=ctx.algorithm, tasks=tasks, presentation_states=ctx.settings.presentation_states,
         burned_in=ctx.settings.burned_in, key_objects=ctx.settings.key_objects,
+        not_analysed_notice=ctx.settings.not_analysed_notice,
         context_fields=context_fields_from(override) if override is not None else declaration.context_fields,
         declared_tasks=declaration.tasks, prior_details=declaration.prior_details, questions=questions,
         # Stable across job versions: a later version's objects replace the earlier ones.

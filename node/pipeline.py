@@ -52,8 +52,7 @@ def analyze_study(
     planned, notes = plan_study(inputs, options, prior)
     for note in notes:
         LOGGER.info("study %s: %s", inputs.study_instance_uid, note)
-    if not planned:
-        return StudyOutput(inputs.study_instance_uid, [], [], inputs, notes)
-    answers = analyzer.run([p.request for p in planned], choose_for=choose_for)
+    # Nothing planned: no model run, though the objects may still say which films were left out.
+    answers = analyzer.run([p.request for p in planned], choose_for=choose_for) if planned else []
     built = build_study_objects(datasets, inputs, planned, answers, options, prior_datasets)
     return StudyOutput(inputs.study_instance_uid, built.objects, built.results, inputs, notes)

@@ -275,6 +275,9 @@ class NodeSettings(BaseSettings):
     presentation_states: bool = True
     burned_in: bool = True
     key_objects: bool = False
+    #: A study with nothing the model could read, though it was sent films to read (a decubitus film),
+    #: still gets an SR naming each film and why it was not analysed.
+    not_analysed_notice: bool = True
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -188,8 +188,8 @@ def test_bad_region_is_a_clear_error(tmp_path):
 
 
 def test_run_infer_reports_an_empty_input(tiny_analyzer, tmp_path):
-    written, messages = run_infer([tmp_path], tmp_path / "out", tiny_analyzer, _options(tiny_analyzer))
-    assert written == [] and "no DICOM study found in the inputs" in messages
+    written, messages, analysed = run_infer([tmp_path], tmp_path / "out", tiny_analyzer, _options(tiny_analyzer))
+    assert written == [] and analysed == 0 and "no DICOM study found in the inputs" in messages
 
 
 def test_ct_from_real_dicom_series_sorted_and_segmented(tiny_analyzer, tmp_path):

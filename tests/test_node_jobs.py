@@ -169,6 +169,45 @@ def test_a_study_no_rule_matches_is_closed_without_a_job(ctx):
         assert s.scalars(select(Study)).one().state is StudyState.DONE
 
 
+def test_a_study_of_films_the_model_cannot_read_gets_an_sr_that_says_why(ctx, tmp_path):
+    """A decubitus film alone used to close its study with "no routing rule matched": nothing reached
+    PACS and the reader could not tell a skipped study from one still pending. Now the worker writes
+    an SR naming the film and why; a knee film or an MR (no one expects them read) still gets nothing,
+    nor does a decubitus film when no rule routes chest films or the notice is turned off."""
+    import pydicom
+
+    from medversa.node.jobs import run_job
+
+    when = utcnow() - dt.timedelta(minutes=1)
+    node = ctx(**{"model.preset": "tiny"})
+    decubitus = f.make_cr(32, 32, view_position="LLD")
+    knee = f.make_cr(32, 32, body_part="KNEE")
+    _receive(node, [decubitus, knee, f.base_dataset("1.2.840.10008.5.1.4.1.1.4", "MR")], when=when)
+    [job_id] = queue_due_studies(node, lambda j, q: None)
+    with node.store.session() as s:
+        job = s.get(Job, job_id)
+        assert job.study.study_instance_uid == decubitus.StudyInstanceUID
+        assert job.tasks == [] and "not analysed: a decubitus film (ViewPosition LLD)" in job.notes
+        closed = {st.study_instance_uid: st.state for st in s.scalars(select(Study))}
+    assert list(closed.values()).count(StudyState.DONE) == 2  # the knee film and the MR: nothing to do
+    assert run_job(node, job_id) == "DONE"
+    folder = node.settings.results_dir / decubitus.StudyInstanceUID
+    [sr] = [pydicom.dcmread(p) for p in folder.glob("SR_*.dcm")]
+    comments = [i.TextValue for group in sr.ContentSequence for i in group.get("ContentSequence", [])
+                if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert comments == ["Not analysed: a decubitus film (ViewPosition LLD). MedVersa made no results for this study."]
+    assert len(list(folder.glob("SR-TEXT_*.dcm"))) == 1 and len(list(folder.glob("*.dcm"))) == 2
+
+    for name, flags in (("notice off", {"not_analysed_notice": False}),
+                        ("ct only", {"routing": [{"name": "ct only", "series_kind": "abdominal_ct",
+                                                  "tasks": ["abdominal_organ_segmentation"]}]})):
+        other = NodeContext(load_settings(None, data_dir=tmp_path / name, idle_seconds=5, **flags))
+        _receive(other, [f.make_cr(32, 32, view_position="RLD")], when=when)
+        assert queue_due_studies(other, lambda j, q: None) == [], flags
+        with other.store.session() as s:
+            assert s.scalars(select(Study)).one().state is StudyState.DONE
+
+
 def test_backoff_doubles_up_to_the_cap():
     assert [backoff_s(n, 5, 60) for n in (1, 2, 3, 4, 5)] == [5, 10, 20, 40, 60]
 

@@ -19,7 +19,7 @@ from medversa.inference import Task
 from medversa.node.infer import algorithm_for
 
 from . import dicom_factory as f
-from .dicom_tools import assert_valid
+from .dicom_tools import assert_valid, pixelmed_sr_report
 from .test_infer import scripted
 
 
@@ -157,6 +157,31 @@ def test_the_sr_names_the_films_the_node_left_out(tiny_analyzer, tmp_path):
                 for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
     left_out = {decubitus.SOPInstanceUID, contradictory.SOPInstanceUID}
     assert upright.SOPInstanceUID in evidence and not left_out & evidence
+
+
+def test_a_study_with_nothing_to_read_gets_an_sr_naming_what_was_left_out(tiny_analyzer, tmp_path):
+    """A decubitus film alone: no model run, but an SR and its text report that name the film and say
+    no results were made, with the film as evidence; valid for dciodvfy, highdicom and PixelMed."""
+    decubitus = f.make_cr(128, 112, view_position="LLD")
+    inputs = prepare_study([decubitus])
+    options = StudyOptions(algorithm=algorithm_for(tiny_analyzer), job_key="job-3:v1")
+    planned, _ = plan_study(inputs, options)
+    assert planned == []
+    built = build_study_objects([decubitus], inputs, [], [], options)
+    assert [o.kind for o in built.objects] == [ObjectKind.SR, ObjectKind.SR_TEXT] and built.results == []
+    sr, text = (o.dataset for o in built.objects)
+    wanted = "Not analysed: a decubitus film (ViewPosition LLD). MedVersa made no results for this study."
+    path = assert_valid(sr, tmp_path, "sr")
+    assert isinstance(hd.sr.srread(path), hd.sr.Comprehensive3DSR)
+    errors, _ = pixelmed_sr_report(path)
+    assert errors == []
+    assert wanted in _document_text(path).splitlines()
+    assert f"Comment: {wanted}" in _document_text(assert_valid(text, tmp_path, "text"))
+    evidence = [r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence]
+    assert evidence == [decubitus.SOPInstanceUID]
+    off = StudyOptions(algorithm=options.algorithm, job_key="job-3:v1", not_analysed_notice=False)
+    assert build_study_objects([decubitus], inputs, [], [], off).objects == []
 
 
 def _document_text(path) -> str:
