@@ -118,14 +118,7 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
             facts = _facts(s, study)
             routed = route(facts, ctx.settings.routing)
             left_out = _left_out_films(s, study, ctx) if not routed.tasks else []
-            if left_out:
-                # Nothing to read, but films the rules send to the model were left out: the worker
-                # writes an SR that says so, so that the reader does not wait for results.
-                LOGGER.info("study %s: nothing the model reads; a not-analysed SR will say why", study_id)
-                notes = [f"not analysed: {note}" for note in left_out] + ([note] if note else [])
-                created.append(create_job_version(ctx, study_id, [], notes))
-                continue
-            if not routed.tasks:
+            if not routed.tasks and not left_out:
                 move_study_state(study, StudyState.DONE, reason="no routing rule matched")
                 study.pending_instances = 0
                 kinds = sorted({f.series_kind for f in facts if f.series_kind})
@@ -135,6 +128,13 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
                 ctx.store.audit("routing", "skipped", session=s, study_instance_uid=study.study_instance_uid,
                                 detail=why)
                 continue
+        if not routed.tasks:
+            # Nothing to read, but films the rules send to the model were left out: the worker writes
+            # an SR that says so, so that the reader does not wait for results that will not come.
+            LOGGER.info("study %s: nothing the model reads; a not-analysed SR will say why", study_id)
+            films = [f"not analysed: {film}" for film in left_out]
+            created.append(create_job_version(ctx, study_id, [], films + ([note] if note else [])))
+            continue
         notes = [f"rules: {', '.join(routed.rules)}"] + ([note] if note else [])
         created.append(create_job_version(ctx, study_id, routed.tasks, notes, routed.questions))
     # A reader's annotations (SR, GSPS) start ask jobs at once, without waiting for the study (node/ask.py).
