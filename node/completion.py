@@ -30,30 +30,41 @@ LOGGER = logging.getLogger(__name__)
 Enqueue = Callable[[int, str], None]
 
 
-def _series_kind(path: str) -> str:
-    """The classifier's kind of a spooled instance (header only); empty when unreadable or not used."""
+def _series_kind(path: str) -> tuple[str, str | None]:
+    """The classifier's kind of a spooled instance (header only; empty when unreadable or not used) and,
+    for a chest film the node does not read, why (:func:`chest_film_left_out`)."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is routed as "no kind", never a crash
         LOGGER.warning("could not read the header of %s for routing (%s)", path, type(exc).__name__)
-        return ""
+        return "", None
     kind, _, _ = classify(ds)
-    return kind.value if kind is not None else ""
+    return (kind.value, None) if kind is not None else ("", chest_film_left_out(ds))
 
 
-def _facts(s, study: Study) -> list[InstanceFacts]:
-    """Routing facts per instance; the series kind is read once per series (its first instance)."""
-    rows = list(s.scalars(select(Instance).where(Instance.study_id == study.id)))
+def _instance_facts(i: Instance, series_kind: str) -> InstanceFacts:
+    return InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description, series_kind)
+
+
+def _facts(s, study: Study) -> tuple[list[InstanceFacts], dict[str, tuple[Instance, str]]]:
+    """Routing facts per instance, and the chest films left out (per series: an instance and why).
+
+    The series kind is read once per series (its first instance with a kind), in one header read
+    that also says why a chest film among them is not read.
+    """
+    rows = list(s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)))
     kinds: dict[str, str] = {}
+    left_out: dict[str, tuple[Instance, str]] = {}
     for i in rows:
         if i.series_instance_uid not in kinds or not kinds[i.series_instance_uid]:
-            kinds[i.series_instance_uid] = _series_kind(i.path)
-    return [InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description,
-                          kinds[i.series_instance_uid]) for i in rows]
+            kinds[i.series_instance_uid], why = _series_kind(i.path)
+            if why is not None:
+                left_out.setdefault(i.series_instance_uid, (i, why))
+    return [_instance_facts(i, kinds[i.series_instance_uid]) for i in rows], left_out
 
 
-def _left_out_films(s, study: Study, ctx: NodeContext) -> list[str]:
-    """Why each series of chest films that the rules would route is not read (header only; one per series).
+def _left_out_films(ctx: NodeContext, left_out: dict[str, tuple[Instance, str]]) -> list[str]:
+    """Why each series of chest films that the rules would route is not read (one per series).
 
     A decubitus film, or one whose Patient Orientation contradicts itself, has no series kind, so no
     rule matches it; had it been readable it would have gone to the model when a rule routes chest
@@ -61,22 +72,8 @@ def _left_out_films(s, study: Study, ctx: NodeContext) -> list[str]:
     """
     if not ctx.settings.not_analysed_notice:
         return []
-    notes: list[str] = []
-    seen: set[str] = set()
-    for i in s.scalars(select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)):
-        if i.series_instance_uid in seen:
-            continue
-        seen.add(i.series_instance_uid)
-        try:
-            note = chest_film_left_out(pydicom.dcmread(i.path, stop_before_pixels=True))
-        except Exception as exc:  # noqa: BLE001 - an unreadable header has nothing to say here
-            LOGGER.debug("no left-out check for %s: %s", i.sop_instance_uid, type(exc).__name__)
-            continue
-        as_chest = InstanceFacts(i.modality, i.body_part, i.sop_class_uid, i.calling_ae, i.study_description,
-                                 SeriesKind.CHEST_RADIOGRAPH.value)
-        if note is not None and route([as_chest], ctx.settings.routing).tasks:
-            notes.append(note)
-    return notes
+    chest = SeriesKind.CHEST_RADIOGRAPH.value
+    return [why for i, why in left_out.values() if route([_instance_facts(i, chest)], ctx.settings.routing).tasks]
 
 
 def _complete_enough(ctx: NodeContext, study: Study, have: int, now: dt.datetime) -> tuple[bool, str]:
@@ -115,9 +112,9 @@ def queue_due_studies(ctx: NodeContext, enqueue: Enqueue, now: dt.datetime | Non
             ok, note = _complete_enough(ctx, study, have, now)
             if not ok:
                 continue
-            facts = _facts(s, study)
+            facts, chest_left_out = _facts(s, study)
             routed = route(facts, ctx.settings.routing)
-            left_out = _left_out_films(s, study, ctx) if not routed.tasks else []
+            left_out = _left_out_films(ctx, chest_left_out) if not routed.tasks else []
             if not routed.tasks and not left_out:
                 move_study_state(study, StudyState.DONE, reason="no routing rule matched")
                 study.pending_instances = 0
