@@ -29,7 +29,7 @@ class Reorientation:
 
     Model pixels are ``to_model(stored)``; a mask or box on the model pixels goes back with
     ``mask_to_stored`` / ``box_to_stored``. Boxes are ``(x0, y0, x1, y1)`` in continuous pixel
-    coordinates, as the analyzer writes them.
+    coordinates, as the analyzer writes them; every box method takes the stored film's shape.
     """
 
     transpose: bool = False
@@ -87,8 +87,11 @@ class Reorientation:
             out = np.swapaxes(out, 0, 1)
         return np.ascontiguousarray(out)
 
+    def _model_shape(self, stored_rows: int, stored_cols: int) -> tuple[int, int]:
+        return (stored_cols, stored_rows) if self.transpose else (stored_rows, stored_cols)
+
     def _point_to_model(self, x: float, y: float, stored_rows: int, stored_cols: int) -> tuple[float, float]:
-        rows, cols = (stored_cols, stored_rows) if self.transpose else (stored_rows, stored_cols)
+        rows, cols = self._model_shape(stored_rows, stored_cols)
         if self.transpose:
             x, y = y, x
         if self.flip_columns:
@@ -97,36 +100,34 @@ class Reorientation:
             y = rows - y
         return x, y
 
-    def _point_to_stored(self, x: float, y: float, model_rows: int, model_cols: int) -> tuple[float, float]:
+    def _point_to_stored(self, x: float, y: float, stored_rows: int, stored_cols: int) -> tuple[float, float]:
+        rows, cols = self._model_shape(stored_rows, stored_cols)
         if self.flip_columns:
-            x = model_cols - x
+            x = cols - x
         if self.flip_rows:
-            y = model_rows - y
+            y = rows - y
         return (y, x) if self.transpose else (x, y)
 
     def box_to_model(self, box: tuple[float, float, float, float], stored_rows: int,
                      stored_cols: int) -> tuple[float, float, float, float]:
         """A box on the stored film (a reader's region) on the model's pixels."""
-        corners = [self._point_to_model(box[0], box[1], stored_rows, stored_cols),
-                   self._point_to_model(box[2], box[3], stored_rows, stored_cols)]
-        return _bounds(corners)
+        return _bounds([self._point_to_model(box[0], box[1], stored_rows, stored_cols),
+                        self._point_to_model(box[2], box[3], stored_rows, stored_cols)])
 
-    def box_to_stored(self, box: tuple[float, float, float, float], model_rows: int,
-                      model_cols: int) -> tuple[float, float, float, float]:
+    def box_to_stored(self, box: tuple[float, float, float, float], stored_rows: int,
+                      stored_cols: int) -> tuple[float, float, float, float]:
         """A box on the model's pixels on the stored film."""
-        corners = [self._point_to_stored(box[0], box[1], model_rows, model_cols),
-                   self._point_to_stored(box[2], box[3], model_rows, model_cols)]
-        return _bounds(corners)
+        return _bounds([self._point_to_stored(box[0], box[1], stored_rows, stored_cols),
+                        self._point_to_stored(box[2], box[3], stored_rows, stored_cols)])
 
     def answer_to_stored(self, answer: Answer, image_index: int, stored_rows: int, stored_cols: int) -> Answer:
         """``answer`` with the boxes and masks of image ``image_index`` on the stored pixel grid."""
         if self.is_identity:
             return answer
-        rows, cols = (stored_cols, stored_rows) if self.transpose else (stored_rows, stored_cols)
         boxes = []
         for box in answer.boxes:
             if box.image_index == image_index:
-                x0, y0, x1, y1 = self.box_to_stored((box.x0, box.y0, box.x1, box.y1), rows, cols)
+                x0, y0, x1, y1 = self.box_to_stored((box.x0, box.y0, box.x1, box.y1), stored_rows, stored_cols)
                 box = replace(box, x0=x0, y0=y0, x1=x1, y1=y1)
             boxes.append(box)
         masks = [replace(m, mask=self.mask_to_stored(m.mask)) if m.image_index == image_index else m

@@ -267,14 +267,19 @@ def stored_orientation(ds: Dataset, view: View | None) -> Reorientation | None:
     nothing: the film is read as stored. None when the two values name the same axis of the patient
     (L\\R, F\\H...): contradictory, so the sides cannot be known.
     """
-    values = [v.strip().upper() for v in h.patient_orientation(ds) or ()]
+    values = _orientation_values(ds)
     if len(values) != 2 or not all(values):
         return AS_STORED
     return chest_reorientation(values[0][0], values[1][0], lateral=view is View.LATERAL)
 
 
+def _orientation_values(ds: Dataset) -> list[str]:
+    """Patient Orientation's two values, stripped and upper case; empty when not both are given."""
+    return [v.strip().upper() for v in h.patient_orientation(ds) or ()]
+
+
 def _orientation_text(ds: Dataset) -> str:
-    return "\\".join(v.strip().upper() for v in h.patient_orientation(ds) or ())
+    return "\\".join(_orientation_values(ds))
 
 
 def _chest_film_left_out(ds: Dataset, view: View | None) -> str | None:

@@ -58,7 +58,7 @@ def test_every_stored_orientation_is_hung_for_the_model_and_its_results_turned_b
     region[5:12, 20:27] = True
     on_stored = STORED[letters](region)
     assert np.array_equal(change.mask_to_stored(region), on_stored)
-    assert change.box_to_stored(_box_of(region), ROWS, COLS) == _box_of(on_stored)
+    assert change.box_to_stored(_box_of(region), *stored.shape) == _box_of(on_stored)
     # A reader's region drawn on the stored film reaches the model on the same pixels.
     assert change.box_to_model(_box_of(on_stored), *stored.shape) == _box_of(region)
 
