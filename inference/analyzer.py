@@ -19,7 +19,7 @@ import torch
 
 from .boxes import duplicate_boxes
 from .declaration import Declaration
-from .generation import NoRepeatNGram, TokenChooser, generate, greedy
+from .generation import NoRepeatNGram, TokenChooser, WithoutTokens, generate, greedy
 from .labels import label_tokens
 from .model import MedVersaModel
 from .processing import (
@@ -35,6 +35,9 @@ from .tasks import Task, TaskFamily
 from .tokenizer import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN, MedVersaTokenizer
 
 LOGGER = logging.getLogger(__name__)
+
+#: The task groups whose answers carry task tokens; every other answer is text.
+_ANSWERS_WITH_TASK_TOKENS = (TaskFamily.DETECTION, TaskFamily.SEGMENTATION)
 
 #: Builds a batch's token chooser from its (request, instruction) pairs.
 ChooserFactory = Callable[[list[tuple[TaskRequest, str]]], TokenChooser]
@@ -131,12 +134,18 @@ class Analyzer:
         return answers
 
     def _chooser(self, task: Task, choose: TokenChooser) -> TokenChooser:
-        """The caller's chooser, or for reports under ``generation.report_no_repeat_ngram`` a fresh
-        loop-free greedy one (it remembers its batch's choices)."""
-        size = self.model.config.generation.report_no_repeat_ngram
-        if size is None or choose is not greedy or task.family is not TaskFamily.REPORT_GENERATION:
+        """The caller's chooser, or greedy decoding as the checkpoint's ``generation`` settings shape it:
+        reports loop-free under ``report_no_repeat_ngram`` (a fresh chooser: it remembers its batch's
+        choices), text answers without task tokens under ``text_answers_without_task_tokens``."""
+        if choose is not greedy:
             return choose
-        return NoRepeatNGram(size)
+        settings = self.model.config.generation
+        size = settings.report_no_repeat_ngram
+        if size is not None and task.family is TaskFamily.REPORT_GENERATION:
+            choose = NoRepeatNGram(size)
+        if settings.text_answers_without_task_tokens and task.family not in _ANSWERS_WITH_TASK_TOKENS:
+            choose = WithoutTokens(choose, sorted(self.tokenizer.task_token_ids))
+        return choose
 
     def _run_batch(self, requests: list[TaskRequest], jobs: list[_Job], answers: list[Answer],
                    texts: dict[int, list[str]], choose: TokenChooser) -> None:

@@ -64,6 +64,27 @@ class NoRepeatNGram:
         return chosen
 
 
+class WithoutTokens:
+    """Another chooser, with some tokens never chosen.
+
+    Text answers (a report, a class name, a VQA or caption answer) must not carry a task token:
+    decoded there, ``<DET>`` or ``<2DSEG>`` would make the analyzer draw a box or a mask from a
+    report. The official code decodes them anywhere; a checkpoint opts in to this
+    (``generation.text_answers_without_task_tokens``).
+    """
+
+    def __init__(self, inner: TokenChooser, banned: Sequence[int]) -> None:
+        if not banned:
+            raise ValueError("no tokens to leave out")
+        self.inner = inner
+        self.banned = list(banned)
+
+    def __call__(self, step: int, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        logits[:, self.banned] = float("-inf")
+        return self.inner(step, logits)
+
+
 class ForcedTokens:
     """Choose planted token sequences (tests, teacher forcing through the cached path)."""
 

@@ -125,6 +125,9 @@ class GenerationConfig:
     #: Reports: never repeat an n-gram of this many tokens (greedy decoding's loops); None: plain
     #: greedy, as the official code decodes.
     report_no_repeat_ngram: int | None = None
+    #: Answers in text (every task but detection and segmentation) never decode a task token, so a
+    #: report cannot draw a box; False: any token anywhere, as the official code decodes.
+    text_answers_without_task_tokens: bool = False
 
 
 @dataclass

@@ -160,3 +160,74 @@ def test_the_analyzer_decodes_reports_loop_free_only_when_the_checkpoint_says_so
         assert tiny_analyzer._chooser(Task.REPORT_FINDINGS, forced) is forced  # a caller's chooser wins
     finally:
         config.report_no_repeat_ngram = None
+
+
+def test_without_tokens_never_chooses_them_and_otherwise_defers():
+    from medversa.inference.generation import NoRepeatNGram, WithoutTokens
+
+    logits = torch.tensor([[0.0, 5.0, 4.0, 1.0], [3.0, 0.0, 9.0, 2.0]])
+    assert [int(t) for t in WithoutTokens(greedy, [2])(0, logits)] == [1, 0]
+    assert [int(t) for t in WithoutTokens(greedy, [1, 2])(0, logits)] == [3, 0]
+    assert logits[0, 1] == 5.0  # the caller's logits are left as they were
+    inner = NoRepeatNGram(1)
+    chooser = WithoutTokens(inner, [2])
+    assert [int(t) for t in chooser(0, logits)] == [1, 0]
+    assert [int(t) for t in chooser(1, logits)] == [3, 3]  # the inner chooser still bans its repeats
+    with pytest.raises(ValueError):
+        WithoutTokens(greedy, [])
+
+
+@torch.inference_mode()
+def test_a_report_draws_no_box_when_the_checkpoint_keeps_task_tokens_out_of_text(tiny_analyzer, rng):
+    """The tiny model pushed to decode <DET> everywhere: by default (the official decoding) a findings
+    request gets a box; with ``text_answers_without_task_tokens`` its text has no task token and no box
+    or mask comes of it, while a detection request still gets its boxes."""
+    analyzer, tok = tiny_analyzer, tiny_analyzer.tokenizer
+    head = analyzer.model.causal_lm.lm_head
+    pixels = rng.integers(0, 256, (240, 200), dtype=np.uint8)
+    findings = TaskRequest(Task.REPORT_FINDINGS, Modality.CXR, [ImageInput(pixels)])
+    detection = TaskRequest(Task.ANATOMY_DETECTION, Modality.CXR, [ImageInput(pixels)], targets=("left lung",))
+
+    def favour_det(module, args, output):
+        output = output.clone()
+        output[..., tok.ids.det] += 1e4
+        return output
+
+    settings = analyzer.model.config.generation
+    hook = head.register_forward_hook(favour_det)
+    try:
+        official = analyzer.run([findings])[0]
+        settings.text_answers_without_task_tokens = True
+        guarded, detected = analyzer.run([findings, detection])
+    finally:
+        settings.text_answers_without_task_tokens = False
+        hook.remove()
+    assert "<DET>" in official.text and official.boxes  # what a report drew before
+    assert not any(name in guarded.text for name in tok.task_token_ids.values())
+    assert not guarded.boxes and not guarded.masks_2d and guarded.text
+    assert "<DET>" in detected.text and detected.boxes  # vision answers keep their tokens
+
+
+def test_the_analyzer_keeps_task_tokens_out_of_text_answers_only_when_the_checkpoint_says_so(tiny_analyzer):
+    from medversa.inference.generation import NoRepeatNGram, WithoutTokens
+
+    settings = tiny_analyzer.model.config.generation
+    assert settings.text_answers_without_task_tokens is False  # official decoding by default
+    assert tiny_analyzer._chooser(Task.VQA, greedy) is greedy
+    settings.text_answers_without_task_tokens = True
+    settings.report_no_repeat_ngram = 4
+    try:
+        task_ids = sorted(tiny_analyzer.tokenizer.task_token_ids)
+        for task in (Task.REPORT_FINDINGS, Task.CHEST_PATHOLOGY_CLASSIFICATION, Task.VQA,
+                     Task.REGION_CAPTIONING, Task.LONGITUDINAL_COMPARISON):
+            chooser = tiny_analyzer._chooser(task, greedy)
+            assert isinstance(chooser, WithoutTokens) and chooser.banned == task_ids, task
+        assert isinstance(tiny_analyzer._chooser(Task.REPORT_FINDINGS, greedy).inner, NoRepeatNGram)
+        for task in (Task.ANATOMY_DETECTION, Task.PATHOLOGY_DETECTION, Task.CHEST_ORGAN_SEGMENTATION,
+                     Task.ABDOMINAL_ORGAN_SEGMENTATION):
+            assert tiny_analyzer._chooser(task, greedy) is greedy, task
+        forced = ForcedTokens([[1]])
+        assert tiny_analyzer._chooser(Task.VQA, forced) is forced  # a caller's chooser wins
+    finally:
+        settings.text_answers_without_task_tokens = False
+        settings.report_no_repeat_ngram = None
