@@ -30,7 +30,7 @@ from .pixels import PixelDataError, check_pixel_data
 from .references import SeriesKind, StudyInputs
 from .results import TaskResult
 from .routing_table import DEFAULT_RULE_NAMES, DEFAULT_TASKS, INTERACTIVE_TASKS, MODALITIES, fits, kinds_for
-from .series import chest_film_left_out, classify
+from .series import Classification, classify
 
 if TYPE_CHECKING:
     from .answer_sr import RegionAnswer, build_answer_sr, read_answers
@@ -49,7 +49,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     # a study's way: prepare -> plan -> (the model) -> build
-    "StudyInputs", "SeriesKind", "prepare_study", "classify", "chest_film_left_out", "check_pixel_data",
+    "StudyInputs", "SeriesKind", "prepare_study", "classify", "Classification", "check_pixel_data",
     "PixelDataError", "truncation",
     "Reorientation", "AS_STORED",
     "StudyOptions", "plan_study", "PlannedRequest", "TaskResult", "AlgorithmInfo", "derive_uid", "ObjectKind",

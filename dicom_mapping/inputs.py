@@ -21,7 +21,7 @@ from .header_context import clinical_context, projection
 from .orientation import AS_STORED
 from .pixels import display_frames
 from .references import ImageRef, PreparedImage, PreparedVolume, SeriesKind, Skipped, StudyInputs, View
-from .series import chest_film_left_out, classify, stored_orientation
+from .series import Classification, classify
 from .volume import build_volume
 
 LOGGER = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ def _skip(out: StudyInputs, sop_uid: str, series_uid: str, reason: str, reader_n
                                reader_note=reader_note))
 
 
-def _prepare_image(ds: Dataset, kind: SeriesKind, view: View | None) -> list[PreparedImage]:
+def _prepare_image(ds: Dataset, found: Classification) -> list[PreparedImage]:
+    kind, view = found.kind, found.view
     frames = display_frames(ds)
     multi = len(frames) > 1
     spacing = pixel_spacing(ds)
     chest = kind is SeriesKind.CHEST_RADIOGRAPH
-    # classify() left out any chest film whose orientation is unknown: None cannot occur here.
-    orientation = (stored_orientation(ds, view) if chest else None) or AS_STORED
+    orientation = found.orientation or AS_STORED
     prepared = []
     for index, pixels in enumerate(frames):
         ref = ImageRef(
@@ -133,23 +133,24 @@ def prepare_study(datasets: Sequence[Dataset]) -> StudyInputs:
     for ds in datasets:
         sop_uid = h.sop_instance_uid(ds)
         series_uid = h.text(ds, "SeriesInstanceUID")
-        kind, view, reason = classify(ds)
+        found = classify(ds)
+        kind = found.kind
         if kind is None:
-            _skip(out, sop_uid, series_uid, reason, chest_film_left_out(ds))
+            _skip(out, sop_uid, series_uid, found.reason, found.reader_note)
             continue
         if kind in _CT_KINDS:
             ct_series.setdefault(series_uid, []).append(ds)
             ct_kinds.setdefault(series_uid, set()).add(kind)
             continue
         try:
-            images = _prepare_image(ds, kind, view)
+            images = _prepare_image(ds, found)
         except ValueError as exc:  # PixelDataError and friends
             _skip(out, sop_uid, series_uid, f"{kind.value}: {exc}",
                   f"a {kind.value.replace('_', ' ')} image whose pixel data could not be read")
             continue
         order[sop_uid] = (_sort_number(ds, "SeriesNumber"), _sort_number(ds, "InstanceNumber"))
         out.images.extend(images)
-        LOGGER.info("prepared %s as %s (%d frame(s)): %s", sop_uid, kind.value, len(images), reason)
+        LOGGER.info("prepared %s as %s (%d frame(s)): %s", sop_uid, kind.value, len(images), found.reason)
 
     volumes: list[tuple[tuple[float, str], PreparedVolume]] = []
     for series_uid, members in ct_series.items():

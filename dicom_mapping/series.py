@@ -10,6 +10,7 @@ and the free-text descriptions (Study/Series Description, Protocol Name, Image C
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -282,12 +283,28 @@ def _orientation_text(ds: Dataset) -> str:
     return "\\".join(_orientation_values(ds))
 
 
-def _chest_film_left_out(ds: Dataset, view: View | None) -> str | None:
-    """Why a chest radiograph is not read ("a decubitus film (ViewPosition LLD)"), None when it is."""
+class Classification(NamedTuple):
+    """What :func:`classify` makes of one instance's header."""
+
+    #: The kind; None when this node does not use the instance.
+    kind: SeriesKind | None
+    #: A chest radiograph's projection (:func:`chest_view`); None for other kinds.
+    view: View | None
+    #: Which attributes decided, for the log.
+    reason: str
+    #: For the study's reader: why a chest radiograph the node was sent is not read ("a decubitus
+    #: film (ViewPosition LLD)"); None for every instance that is read or is no chest film.
+    reader_note: str | None = None
+    #: How a chest radiograph is hung for the model (:func:`stored_orientation`); None for other kinds.
+    orientation: Reorientation | None = None
+
+
+def _left_out_note(ds: Dataset, hung: Reorientation | None) -> str | None:
+    """Why a chest radiograph hung as ``hung`` is not read, None when it is."""
     decubitus = decubitus_evidence(ds)
     if decubitus is not None:
         return f"a decubitus film ({decubitus})"
-    if stored_orientation(ds, view) is None:
+    if hung is None:
         return f"a film whose Patient Orientation {_orientation_text(ds)} is contradictory, so its sides are unknown"
     return None
 
@@ -297,18 +314,6 @@ def _is_radiograph(ds: Dataset) -> bool:
     sop = h.sop_class_uid(ds)
     return sop in RADIOGRAPH_SOP_CLASSES or (
         h.upper(ds, "Modality") in RADIOGRAPH_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY))
-
-
-def chest_film_left_out(ds: Dataset) -> str | None:
-    """For the study's reader: why this chest radiograph is not read, None when it is or is no chest film.
-
-    The node reads every chest radiograph except a decubitus film (:func:`decubitus_evidence`) and one
-    whose Patient Orientation contradicts itself (:func:`stored_orientation`); a film stored mirrored,
-    upside down or turned a quarter is turned for the model and read.
-    """
-    if not _is_radiograph(ds) or _chest_evidence(ds)[0] is False:
-        return None
-    return _chest_film_left_out(ds, chest_view(ds)[0])
 
 
 def _is_skin(ds: Dataset) -> tuple[bool, str]:
@@ -334,58 +339,59 @@ def _is_abdominal(ds: Dataset) -> tuple[bool, str]:
     return False, f"BodyPartExamined {body_part or '(none)'} without abdominal coverage"
 
 
-def _classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
+def _classify(ds: Dataset) -> Classification:
     sop = h.sop_class_uid(ds)
     modality = h.upper(ds, "Modality")
     what = f"Modality {modality or '(none)'}, {_sop_name(sop)}"
 
     if modality in NON_IMAGE_MODALITIES or sop.startswith(_NON_IMAGE_SOP_PREFIXES):
-        return None, None, f"not an image this node reads ({what})"
+        return Classification(None, None, f"not an image this node reads ({what})")
 
     if _is_radiograph(ds):
         chest, why = _chest_evidence(ds)
         if chest is False:
-            return None, None, f"radiograph but not a chest radiograph: {why} ({what})"
+            return Classification(None, None, f"radiograph but not a chest radiograph: {why} ({what})")
         if chest is None:
             LOGGER.info("%s without body part information: assumed to be a chest radiograph", what)
             why = "no body part information, CR/DX assumed chest"
         view, view_why = chest_view(ds)
-        left_out = _chest_film_left_out(ds, view)
-        if left_out is not None:
-            return None, None, (f"chest radiograph not read, {left_out}: the model reads upright and supine films "
-                                f"whose sides are known ({what})")
         hung = stored_orientation(ds, view)
-        if hung is not None and not hung.is_identity:
+        left_out = _left_out_note(ds, hung)
+        if left_out is not None:
+            return Classification(None, None, f"chest radiograph not read, {left_out}: the model reads upright "
+                                              f"and supine films whose sides are known ({what})", left_out)
+        if not hung.is_identity:
             view_why += f"; {hung.describe()} for the model (Patient Orientation {_orientation_text(ds)})"
-        return SeriesKind.CHEST_RADIOGRAPH, view, f"chest radiograph ({what}; {why}; view from {view_why})"
+        return Classification(SeriesKind.CHEST_RADIOGRAPH, view,
+                              f"chest radiograph ({what}; {why}; view from {view_why})", orientation=hung)
 
     # Dermoscopy / skin photograph.
     if sop == DERMOSCOPIC_PHOTOGRAPHY or (
         modality == "DMS" and (not sop or sop in SECONDARY_CAPTURE_FAMILY or sop == VL_PHOTOGRAPHIC)
     ):
-        return SeriesKind.DERMOSCOPY, None, f"dermoscopy ({what})"
+        return Classification(SeriesKind.DERMOSCOPY, None, f"dermoscopy ({what})")
     if sop == VL_PHOTOGRAPHIC or (
         modality in PHOTO_MODALITIES and (not sop or sop in SECONDARY_CAPTURE_FAMILY)
     ):
         skin, why = _is_skin(ds)
         if skin:
-            return SeriesKind.DERMOSCOPY, None, f"skin photograph ({what}; {why})"
-        return None, None, f"photograph but not of skin: {why} ({what})"
+            return Classification(SeriesKind.DERMOSCOPY, None, f"skin photograph ({what}; {why})")
+        return Classification(None, None, f"photograph but not of skin: {why} ({what})")
 
     # CT.
     if sop in CT_SOP_CLASSES or (modality == "CT" and not sop):
         image_type = h.upper(ds, "ImageType")
         if "LOCALIZER" in image_type.split("\\"):
-            return None, None, f"CT localizer (scout) image, not part of a volume ({what})"
+            return Classification(None, None, f"CT localizer (scout) image, not part of a volume ({what})")
         abdominal, why = _is_abdominal(ds)
         if abdominal:
-            return SeriesKind.ABDOMINAL_CT, None, f"abdominal CT ({what}; {why})"
-        return SeriesKind.CT, None, f"CT ({what}; {why})"
+            return Classification(SeriesKind.ABDOMINAL_CT, None, f"abdominal CT ({what}; {why})")
+        return Classification(SeriesKind.CT, None, f"CT ({what}; {why})")
 
-    return None, None, f"not handled by this node ({what})"
+    return Classification(None, None, f"not handled by this node ({what})")
 
 
-def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
+def classify(ds: Dataset) -> Classification:
     """Recognise an instance from its header.
 
     Parameters
@@ -395,10 +401,11 @@ def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
 
     Returns
     -------
-    tuple of (SeriesKind or None, View or None, str)
+    Classification
         The kind (None when this node does not use the instance), the chest radiograph
-        projection (None for other kinds, see :func:`chest_view` for the rule) and a
-        human-readable reason naming the attributes that decided.
+        projection (None for other kinds, see :func:`chest_view` for the rule), a
+        human-readable reason naming the attributes that decided, for a chest film left out
+        the note its reader gets, and for a chest film read how it is hung for the model.
 
     Notes
     -----
@@ -422,4 +429,4 @@ def classify(ds: Dataset) -> tuple[SeriesKind | None, View | None, str]:
         return _classify(ds)
     except Exception as exc:  # noqa: BLE001 - a weird header is a reason, not a crash
         LOGGER.warning("could not classify instance %s: %s", h.sop_instance_uid(ds), exc)
-        return None, None, f"unreadable header: {type(exc).__name__}: {exc}"
+        return Classification(None, None, f"unreadable header: {type(exc).__name__}: {exc}")

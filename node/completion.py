@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pydicom
 from sqlalchemy import func, select
 
-from medversa.dicom_mapping import SeriesKind, chest_film_left_out, classify
+from medversa.dicom_mapping import SeriesKind, classify
 
 from .job_states import move_job, move_study_state
 from .job_store import Instance, Job, JobState, Study, StudyState, utcnow
@@ -32,14 +32,14 @@ Enqueue = Callable[[int, str], None]
 
 def _series_kind(path: str) -> tuple[str, str | None]:
     """The classifier's kind of a spooled instance (header only; empty when unreadable or not used) and,
-    for a chest film the node does not read, why (:func:`chest_film_left_out`)."""
+    for a chest film the node does not read, why (the classifier's reader note)."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is routed as "no kind", never a crash
         LOGGER.warning("could not read the header of %s for routing (%s)", path, type(exc).__name__)
         return "", None
-    kind, _, _ = classify(ds)
-    return (kind.value, None) if kind is not None else ("", chest_film_left_out(ds))
+    found = classify(ds)
+    return (found.kind.value, None) if found.kind is not None else ("", found.reader_note)
 
 
 def _instance_facts(i: Instance, series_kind: str) -> InstanceFacts:

@@ -35,7 +35,7 @@ def test_real_inputs_classify():
     cr = pydicom.dcmread(need(INPUTS / "RG1_J2KI.dcm"), stop_before_pixels=True)
     assert classify(cr)[:2] == (SeriesKind.CHEST_RADIOGRAPH, View.FRONTAL)
     sc = pydicom.dcmread(need(INPUTS / SC_CXR), stop_before_pixels=True)
-    kind, view, reason = classify(sc)
+    kind, view, reason, *_ = classify(sc)
     assert (kind, view) == (SeriesKind.CHEST_RADIOGRAPH, View.FRONTAL)
     assert "Secondary Capture" in reason
     for i in (1, 2, 3):
@@ -83,13 +83,13 @@ def test_skin_by_description_and_non_skin_photo():
                            SeriesDescription="Dermoscopy left forearm")
     assert classify(ds)[0] == SeriesKind.DERMOSCOPY
     eye = fac.make_vl_photo(body_part="EYE")
-    kind, _, reason = classify(eye)
+    kind, _, reason, *_ = classify(eye)
     assert kind is None and "not of skin" in reason and "EYE" in reason
 
 
 def test_lateral_from_series_description():
     ds = fac.make_cr(view_position=None, SeriesDescription="LAT")
-    kind, view, reason = classify(ds)
+    kind, view, reason, *_ = classify(ds)
     assert (kind, view) == (SeriesKind.CHEST_RADIOGRAPH, View.LATERAL)
     assert "SeriesDescription" in reason
 
@@ -182,8 +182,9 @@ def test_decubitus_films_are_not_read():
                  "series text": fac.make_cr(view_position=None, SeriesDescription="Chest LLD"),
                  "protocol": fac.make_cr(view_position="AP", ProtocolName="THORAX DECUBITUS")}
     for where, ds in decubitus.items():
-        kind, view_, reason = classify(ds)
+        kind, view_, reason, note, _ = classify(ds)
         assert kind is None and view_ is None and "decubitus" in reason, where
+        assert note == f"a decubitus film ({decubitus_evidence(ds)})", where
         assert decubitus_evidence(ds) is not None, where
     upright = {"PA": fac.make_cr(view_position="PA"), "supine": orientation_modifier("supine"),
                "study text": fac.make_cr(view_position="PA", StudyDescription="Chest PA and decubitus")}
@@ -215,13 +216,13 @@ def test_films_stored_mirrored_or_turned_are_read_hung_as_the_model_learned():
               ("PA", ("R", "H")): "turned half a turn", ("PA", ("F", "L")): "transposed",
               ("LL", ("H", "A")): "turned a quarter"}
     for (view_position, orientation), how in turned.items():
-        kind, _, reason = classify(cr(view_position, list(orientation)))
+        kind, _, reason, *_ = classify(cr(view_position, list(orientation)))
         assert kind == SeriesKind.CHEST_RADIOGRAPH and f"{how}" in reason and "for the model" in reason, reason
     as_stored = {("PA", ("L", "F")), ("AP", ("LA", "FP")), ("LL", ("A", "F")), ("LL", ("P", "F")),
                  ("LL", ("R", "F")), ("PA", None), ("PA", ("L", "")), ("PA", ("L",))}  # absent/incomplete: as stored
     for view_position, orientation in as_stored:
         ds = cr(view_position, None if orientation is None else list(orientation))
-        kind, _, reason = classify(ds)
+        kind, _, reason, *_ = classify(ds)
         assert kind == SeriesKind.CHEST_RADIOGRAPH and "for the model" not in reason, (view_position, orientation)
         assert stored_orientation(ds, chest_view(ds)[0]).is_identity
     mirrored = cr("PA", ["R", "F"])
@@ -236,7 +237,7 @@ def test_chest_by_description_or_region_and_missing_body_part(caplog):
     ds.AnatomicRegionSequence = [_code("51185008", "SCT", "Thoracic structure")]
     assert classify(ds)[0] == SeriesKind.CHEST_RADIOGRAPH
     with caplog.at_level(logging.INFO, logger="medversa.dicom_mapping"):
-        kind, _, reason = classify(fac.make_cr(body_part=None))
+        kind, _, reason, *_ = classify(fac.make_cr(body_part=None))
     assert kind == SeriesKind.CHEST_RADIOGRAPH and "assumed chest" in reason
     assert any("assumed" in r.getMessage() for r in caplog.records)
 
@@ -260,7 +261,7 @@ def _localizer() -> Dataset:
     ids=["mr", "sr", "knee", "unknown-body-part", "hand-by-description", "ct-localizer"],
 )
 def test_unusable_instances_are_rejected(make, expected):
-    kind, view, reason = classify(make())
+    kind, view, reason, *_ = classify(make())
     assert kind is None and view is None
     assert expected in reason
 
@@ -272,7 +273,7 @@ def test_classify_never_raises_on_weird_headers():
     ds.SOPClassUID = "1.2.3"
     ds.ViewPosition = ""
     ds.Rows = 0
-    kind, view, reason = classify(ds)
+    kind, view, reason, *_ = classify(ds)
     assert kind is None and reason
     ds = fac.make_cr()
     ds.AnatomicRegionSequence = [Dataset()]  # an item without a code

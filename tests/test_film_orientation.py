@@ -12,7 +12,6 @@ import pytest
 
 from medversa.dicom_mapping import SeriesKind, StudyOptions, classify, plan_study, prepare_study
 from medversa.dicom_mapping.orientation import AS_STORED, Reorientation, chest_reorientation
-from medversa.dicom_mapping.series import chest_film_left_out
 from medversa.inference import Answer, Box, Mask2D, Task
 
 from . import dicom_factory as fac
@@ -84,11 +83,10 @@ def test_a_lateral_is_turned_rather_than_mirrored_and_may_face_either_way():
 def test_contradictory_orientation_leaves_the_film_out(letters):
     assert chest_reorientation(*letters, lateral=False) is None
     ds = fac.make_cr(PatientOrientation=list(letters))
-    kind, _, reason = classify(ds)
-    assert kind is None and "is contradictory" in reason
+    found = classify(ds)
+    assert found.kind is None and "is contradictory" in found.reason and found.orientation is None
     stated = "\\".join(letters)
-    assert chest_film_left_out(ds) == (f"a film whose Patient Orientation {stated} is contradictory, so its sides "
-                                       "are unknown")
+    assert found.reader_note == f"a film whose Patient Orientation {stated} is contradictory, so its sides are unknown"
 
 
 def test_a_mirrored_film_is_read_hung_and_its_masks_and_boxes_land_on_the_stored_film():
@@ -101,7 +99,9 @@ def test_a_mirrored_film_is_read_hung_and_its_masks_and_boxes_land_on_the_stored
     mirrored = fac.make_cr(rows, cols, pixels=np.ascontiguousarray(hung[:, ::-1]), instance_number=2,
                            study_uid=upright.StudyInstanceUID, sop_uid=fac.generate_uid(),
                            PatientOrientation=["R", "F"])
-    assert classify(mirrored)[0] is SeriesKind.CHEST_RADIOGRAPH and chest_film_left_out(mirrored) is None
+    found = classify(mirrored)
+    assert found.kind is SeriesKind.CHEST_RADIOGRAPH and found.reader_note is None
+    assert found.orientation == Reorientation(flip_columns=True)
     inputs = prepare_study([upright, mirrored])
     assert [i.ref.sop_instance_uid for i in inputs.images] == [upright.SOPInstanceUID, mirrored.SOPInstanceUID]
     as_read, as_mirrored = inputs.images
