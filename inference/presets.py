@@ -95,8 +95,8 @@ def demo() -> MedVersaConfig:
             decoder_channels=(128, 64, 32, 16, 16),
         ),
         # Asked for one lung, the trained demo names it twice (it learnt that most detection prompts ask
-        # for both): keep one box per class where two overlap.
-        generation=GenerationConfig(duplicate_box_iou=0.5),
+        # for both): keep one box per class where two overlap. A text answer never decodes a task token.
+        generation=GenerationConfig(duplicate_box_iou=0.5, text_answers_without_task_tokens=True),
     )
 
 
@@ -109,4 +109,7 @@ def medversa_7b() -> MedVersaConfig:
         encoder_2d=Encoder2DConfig(),
         encoder_3d=Encoder3DConfig(),
         seg_2d=Seg2DConfig(),
+        # The node's one departure from the official decoding: a report, class, VQA or caption answer
+        # never decodes <DET>/<2DSEG>/<3DSEG>, which would draw a box or mask from a text answer.
+        generation=GenerationConfig(text_answers_without_task_tokens=True),
     )

@@ -231,3 +231,11 @@ def test_the_analyzer_keeps_task_tokens_out_of_text_answers_only_when_the_checkp
     finally:
         settings.text_answers_without_task_tokens = False
         settings.report_no_repeat_ngram = None
+
+
+def test_the_product_presets_keep_task_tokens_out_of_text_answers():
+    from medversa.inference.presets import create_config
+
+    assert create_config("medversa-7b").generation.text_answers_without_task_tokens is True
+    assert create_config("demo").generation.text_answers_without_task_tokens is True
+    assert create_config("tiny").generation.text_answers_without_task_tokens is False  # official decoding
