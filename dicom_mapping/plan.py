@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from medversa.inference import Answer, ContextFields, ImageInput, Modality, Task, TaskRequest, render_context
+from medversa.inference import (
+    MULTI_VIEW_TASKS,
+    Answer,
+    ContextFields,
+    ImageInput,
+    Modality,
+    Task,
+    TaskRequest,
+    render_context,
+)
 
 from .identity import AlgorithmInfo
 from .inputs import longitudinal_images, order_chest_views
@@ -19,8 +28,8 @@ from .references import PreparedImage, PreparedVolume, SeriesKind, StudyInputs, 
 from .results import TaskResult
 from .routing_table import DEFAULT_TASKS, fits
 
-#: Tasks that read every chest view of the study at once (multi-view, paper Fig. 1).
-_MULTI_VIEW = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL, Task.CHEST_PATHOLOGY_CLASSIFICATION)
+#: Chest views a multi-view request holds at most.
+MAX_VIEWS = 4
 #: Tasks that run on each frontal chest view alone (their boxes and masks belong to one image).
 _PER_FRONTAL = (Task.CHEST_ORGAN_SEGMENTATION, Task.PATHOLOGY_DETECTION, Task.ANATOMY_DETECTION)
 
@@ -44,6 +53,8 @@ class StudyOptions:
     declared_tasks: tuple[Task, ...] | None = None
     #: Name the prior's date and description in the comparison prompt (checkpoints trained so).
     prior_details: bool = False
+    #: Chest views per report/classification request (the checkpoint's declared number; None: up to four).
+    views_per_request: int | None = None
     #: Standing questions of the routing rules, asked (VQA) of the study's first frontal/skin image.
     questions: tuple[str, ...] = ()
     presentation_states: bool = True
@@ -144,10 +155,14 @@ def plan_study(inputs: StudyInputs, options: StudyOptions,
     chest = order_chest_views([i for i in inputs.images if i.kind is SeriesKind.CHEST_RADIOGRAPH])
     frontal = [i for i in chest if i.view is not View.LATERAL] or chest[:1]
     if chest:
-        views = chest[:4]  # multi-view: all views for language tasks (paper Fig. 1)
+        views = chest[:min(MAX_VIEWS, options.views_per_request or MAX_VIEWS)]
         context = _context(inputs, views, Modality.CXR, options)
-        for task in _wanted(SeriesKind.CHEST_RADIOGRAPH, options):
-            if task in _MULTI_VIEW:
+        wanted = _wanted(SeriesKind.CHEST_RADIOGRAPH, options)
+        if len(views) < min(len(chest), MAX_VIEWS) and any(t in MULTI_VIEW_TASKS for t in wanted):
+            notes.append(f"reports and classes read {len(views)} of the study's {len(chest)} chest views (frontal "
+                         f"first): the model was trained on {options.views_per_request} per request")
+        for task in wanted:
+            if task in MULTI_VIEW_TASKS:
                 planned.append(PlannedRequest(TaskRequest(task, Modality.CXR, [_image_input(i) for i in views],
                                                           context=context), views))
             elif task in _PER_FRONTAL:

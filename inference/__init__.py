@@ -23,7 +23,17 @@ from .declaration import Declaration, context_fields_from
 from .model_config import GenerationConfig, MedVersaConfig
 from .presets import create_config
 from .schema import MAX_DETECTION_TARGETS, Answer, Box, ImageInput, Mask2D, Mask3D, TaskRequest
-from .tasks import TEMPLATES, Modality, Task, TaskFamily, comparison_target, fill_template, format_region, join_targets
+from .tasks import (
+    MULTI_VIEW_TASKS,
+    TEMPLATES,
+    Modality,
+    Task,
+    TaskFamily,
+    comparison_target,
+    fill_template,
+    format_region,
+    join_targets,
+)
 from .tokens import DET_TOKEN, NA_TOKEN, SEG2D_TOKEN, SEG3D_TOKEN
 from .vocabulary import (
     ABDOMINAL_ORGANS,
@@ -66,7 +76,7 @@ __all__ = [
     # what crosses the boundary
     "Answer", "Box", "ImageInput", "MAX_DETECTION_TARGETS", "Mask2D", "Mask3D", "TaskRequest",
     "PixelBox", "box_overlap",
-    "Modality", "Task", "TaskFamily",
+    "Modality", "Task", "TaskFamily", "MULTI_VIEW_TASKS",
     "ClinicalContext", "ContextFields", "Declaration", "context_fields_from", "render_context",
     # the one vocabulary of class phrases
     "ABDOMINAL_ORGANS", "CHEST_ANATOMIES", "CHEST_ORGANS", "CHEST_PATHOLOGIES", "DEFAULT_TARGETS",

@@ -75,6 +75,7 @@ def info(
     fields = declared.get("context_fields", "every field, every modality")
     typer.echo(f"clinical context fields: {fields}")
     typer.echo(f"prior date/description in comparison prompts: {'yes' if declaration.prior_details else 'no'}")
+    typer.echo(f"chest views per report/classification request: {declaration.views_per_request or 'up to 4'}")
 
 
 @model_app.command("config")

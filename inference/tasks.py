@@ -230,6 +230,12 @@ def comparison_target(prior_images: list[int], details: str = "") -> str:
     return f"{tags} ({details})" if details else tags
 
 
+#: Chest tasks whose one request reads several views of a study at once (paper Fig. 1); how many a
+#: checkpoint saw in training is its declared ``views_per_request``.
+MULTI_VIEW_TASKS: tuple[Task, ...] = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL,
+                                      Task.CHEST_PATHOLOGY_CLASSIFICATION)
+
+
 def join_targets(names: list[str]) -> str:
     """'a', 'a and b', 'a, b and c' — how several classes are asked for in one request."""
     names = [n for n in names if n]

@@ -61,6 +61,7 @@ def infer(
         clinical_context=context, presentation_states=not no_overlays, burned_in=not no_burned_in,
         key_objects=key_objects, context_fields=analyzer.declaration.context_fields,
         declared_tasks=analyzer.declaration.tasks, prior_details=analyzer.declaration.prior_details,
+        views_per_request=analyzer.declaration.views_per_request,
     )
     written, messages, analysed = run_infer(list(inputs), out, analyzer, options, list(prior or []))
     for message in messages:

@@ -157,6 +157,7 @@ def pipeline_options(ctx: NodeContext, tasks: tuple[Task, ...], questions: tuple
         not_analysed_notice=ctx.settings.not_analysed_notice,
         context_fields=context_fields_from(override) if override is not None else declaration.context_fields,
         declared_tasks=declaration.tasks, prior_details=declaration.prior_details, questions=questions,
+        views_per_request=declaration.views_per_request,
         # Stable across job versions: a later version's objects replace the earlier ones.
         job_key=f"{study_uid}:{ctx.algorithm.model_id}",
     )

@@ -283,6 +283,8 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
         "or tuned on).",
         f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",
         f"- Clinical context it reads: {json.dumps(meta.get('context_fields'))}.",
+        f"- Chest views per report or classification request: {meta.get('views_per_request') or 'up to 4'} "
+        "(as trained; the node sends no more, frontal first).",
         "- Holdout scores with 95% bootstrap CIs: `holdout-scores.md` / `.json`; generalist vs specialist: "
         "`specialist-comparison.md`; loss curve: `loss.png`.",
         "",

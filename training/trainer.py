@@ -19,6 +19,7 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from medversa.inference import (
+    MULTI_VIEW_TASKS,
     ContextFields,
     Declaration,
     MedVersaModel,
@@ -39,12 +41,20 @@ from medversa.inference import (
 from . import distributed
 from .batching import collate, crop_volumes
 from .objective import TrainingObjective
-from .records import Record
-from .sampler import DomainAwareSampler
+from .records import Record, ReportRecord
+from .sampler import DomainAwareSampler, Pool
 from .schedule import make_scheduler
 from .train_config import StageConfig, TrainConfig
 
 LOGGER = logging.getLogger(__name__)
+
+
+def views_per_request(pools: Iterable[Pool]) -> int | None:
+    """The most chest views one multi-view sample shows (a report record's films; a classification
+    sample shows one film); None without such samples. The node sends no more (:class:`Declaration`)."""
+    counts = [len(record.images) if isinstance(record, ReportRecord) else 1
+              for pool in pools if pool.task in MULTI_VIEW_TASKS for record in pool.records]
+    return max((n for n in counts if n), default=None)
 
 LOGGED = ("total", "lm", "det", "seg", "route")
 
@@ -317,7 +327,8 @@ class Trainer:
             tasks = tuple(Task(t) for t in self.config.declared_tasks)
         else:
             tasks = tuple(t for t in Task if any(key[1] is t for key in self.sampler.pools))
-        return Declaration(tasks, self.context_fields, prior_details=False)
+        return Declaration(tasks, self.context_fields, prior_details=False,
+                           views_per_request=views_per_request(self.sampler.pools.values()))
 
     def export(self, minutes: float) -> Path:
         extra = {**self.declaration().to_meta(),
