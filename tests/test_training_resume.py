@@ -76,4 +76,5 @@ def test_two_process_run_resumes_exactly(tmp_path, strategy):
     trained = {key.split("/")[1] for key in meta["training"]["data"]["pools"]}
     assert {t.value for t in declared.tasks} == trained
     assert declared.context_fields == {Modality.CXR: ("age", "sex", "view"), Modality.DERM: (), Modality.CT: ()}
+    assert declared.views_per_request == 1  # every radiograph of the data is its own record
     assert (tmp_path / "straight" / "plots" / "loss.png").stat().st_size > 1000
