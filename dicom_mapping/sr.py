@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -491,14 +491,31 @@ _PROCEDURE_REPORTED = hd.sr.CodedConcept("121058", "DCM", "Procedure reported")
 _LANGUAGE = hd.sr.CodedConcept("121049", "DCM", "Language of Content Item and Descendants")
 
 
-def _text_lines(sr: Dataset) -> tuple[list[str], list[str]]:
-    """(findings, impressions) as sentences, read back from a TID 1500 document built above."""
+def _referenced_images(item: Dataset) -> list[str]:
+    """SOP Instance UIDs of the IMAGE items anywhere under a content item, in document order."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "IMAGE" and "ReferencedSOPSequence" in child:
+            found.append(str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        found += _referenced_images(child)
+    return found
+
+
+def _text_lines(sr: Dataset, films: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(findings, impressions) as sentences, read back from a TID 1500 document built above.
+
+    ``films`` names source images by SOP Instance UID ("PA film (series 1, image 2)"): where the
+    measurements lie on more than one of them, each line says which, since two films' "left lung"
+    lines read alike.
+    """
+    films = films or {}
     findings: list[str] = []
     impressions: list[str] = []
     for item in sr.ContentSequence:
         name = item.ConceptNameCodeSequence[0]
         if name.CodeValue == "126010":  # Imaging Measurements: one line per tracked finding
             seen: dict[str, list[str]] = {}
+            film_of: dict[str, str] = {}
             for group in item.get("ContentSequence", []):
                 what, values = "", []
                 for child in group.ContentSequence:
@@ -515,8 +532,14 @@ def _text_lines(sr: Dataset) -> tuple[list[str], list[str]]:
                 if any(v.startswith("volume") for v in seen.get(uid, [])):  # a volume's outline: one slice
                     values = [v.replace("area", "largest cross-section area", 1) for v in values]
                 seen.setdefault(uid, [what]).extend(v for v in values if v not in seen.get(uid, []))
-            for what, *values in seen.values():
-                findings.append(f"{what}: {', '.join(dict.fromkeys(values)) or 'found'} (AI result, see the images).")
+                named = [films[i] for i in _referenced_images(group) if i in films]
+                if named:
+                    film_of.setdefault(uid, named[0])
+            several = len(set(film_of.values())) > 1
+            for uid, (what, *values) in seen.items():
+                where = f" on the {film_of[uid]}" if several and uid in film_of else ""
+                findings.append(f"{what}{where}: {', '.join(dict.fromkeys(values)) or 'found'} "
+                                "(AI result, see the images).")
         elif name.CodeValue == "C0034375":  # Qualitative Evaluations
             for child in item.ContentSequence:
                 concept = child.ConceptNameCodeSequence[0]
@@ -538,6 +561,7 @@ def build_text_report(
     sop_instance_uid: str,
     series_number: int = 9705,
     instance_number: int = 1,
+    films: Mapping[str, str] | None = None,
 ) -> hd.sr.EnhancedSR:
     """The TID 1500 document's content as a Basic Diagnostic Imaging Report (TID 2000) in an Enhanced SR.
 
@@ -546,9 +570,10 @@ def build_text_report(
     groups drawn on the images and never show its text. They do show other SR documents as text.
     This document says the same, in sentences (Findings and Impressions sections, TID 2001), and is
     likewise AI-generated, unverified and partial. It lives in a series of its own, as a viewer
-    shows one document per SR series.
+    shows one document per SR series. ``films`` names the source images by SOP Instance UID, for
+    lines of a study whose measurements lie on several (:func:`_text_lines`).
     """
-    findings, impressions = _text_lines(measurement_report)
+    findings, impressions = _text_lines(measurement_report, films)
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     root = hd.sr.ContainerContentItem(name=_REPORT_TITLE, is_content_continuous=False, template_id="2000")
     items: list[hd.sr.ContentItem] = [hd.sr.CodeContentItem(

@@ -22,7 +22,7 @@ from .identity import AlgorithmInfo, derive_uid
 from .ko import build_key_objects
 from .plan import PlannedRequest, StudyOptions
 from .pr import build_presentation_state
-from .references import ImageRef, PreparedImage, StudyInputs, VolumeRef
+from .references import ImageRef, PreparedImage, SeriesKind, StudyInputs, VolumeRef
 from .results import TaskResult
 from .sc import build_secondary_capture
 from .seg import build_segmentation
@@ -111,7 +111,8 @@ def build_study_objects(datasets: list[Dataset], inputs: StudyInputs, planned: l
                   not_analysed=not_analysed)
     # The same results as a text report (TID 2000), in a series of its own: viewers show text SRs.
     uid, number = uids.next(ObjectKind.SR_TEXT)
-    text = build_text_report(sr, alg, uids.series(ObjectKind.SR_TEXT), uid, instance_number=number)
+    text = build_text_report(sr, alg, uids.series(ObjectKind.SR_TEXT), uid, instance_number=number,
+                             films=_film_names(planned, by_uid))
     objects[:0] = [WrittenObject(ObjectKind.SR, sr), WrittenObject(ObjectKind.SR_TEXT, text)]
 
     positives: list[Dataset] = []
@@ -126,6 +127,24 @@ def build_study_objects(datasets: list[Dataset], inputs: StudyInputs, planned: l
         if ko is not None:
             objects.append(WrittenObject(ObjectKind.KO, ko))
     return StudyObjects(results, objects)
+
+
+def _film_names(planned: list[PlannedRequest], by_uid: dict[str, Dataset]) -> dict[str, str]:
+    """How the text report names each 2D source image: its view and the numbers a viewer shows
+    ("PA film (series 1, image 2)")."""
+    names = {}
+    for request in planned:
+        for img in request.images:
+            ds = by_uid.get(img.ref.sop_instance_uid)
+            if ds is None:
+                continue
+            numbers = ", ".join(f"{what} {ds.get(tag)}" for what, tag in (("series", "SeriesNumber"),
+                                                                           ("image", "InstanceNumber"))
+                                if ds.get(tag) not in (None, ""))
+            kind = "film" if img.kind is SeriesKind.CHEST_RADIOGRAPH else "image"
+            name = f"{img.projection} {kind}" if img.projection else kind
+            names[img.ref.sop_instance_uid] = f"{name} ({numbers})" if numbers else name
+    return names
 
 
 def _not_analysed_notice(datasets: list[Dataset], inputs: StudyInputs, options: StudyOptions,

@@ -191,3 +191,34 @@ def _document_text(path) -> str:
             yield getattr(item, "TextValue", "")
             yield from walk(item.get("ContentSequence", []))
     return "\n".join(walk(pydicom.dcmread(path).ContentSequence))
+
+
+def test_the_text_report_says_which_film_each_measurement_is_on_when_there_are_several(tiny_analyzer, tmp_path):
+    """Two frontal films of one study (a PA and a repeat AP) each get "left lung: area ..." lines; the text
+    report names the film of each, as a viewer shows it (view, series and image number). A study with
+    one film keeps the plain lines."""
+    study = hd.UID()
+    pa = f.make_cr(128, 112, study_uid=study, series_number=3, instance_number=1)
+    ap = f.make_cr(128, 112, study_uid=study, view_position="AP", series_number=4, instance_number=1,
+                   series_uid=hd.UID(), sop_uid=hd.UID())
+    options = StudyOptions(algorithm=algorithm_for(tiny_analyzer), tasks=(Task.CHEST_ORGAN_SEGMENTATION,),
+                           job_key="job-4:v1")
+
+    def text_lines(datasets):
+        inputs = prepare_study(datasets)
+        planned, _ = plan_study(inputs, options)
+        answers = tiny_analyzer.run([p.request for p in planned], choose_for=scripted(tiny_analyzer.tokenizer))
+        built = build_study_objects(datasets, inputs, planned, answers, options)
+        text = next(o.dataset for o in built.objects if o.kind is ObjectKind.SR_TEXT)
+        return [line for line in _document_text(assert_valid(text, tmp_path, "text")).splitlines()
+                if "AI result" in line]
+
+    both = text_lines([pa, ap])
+    assert both and all(" on the PA film (series 3, image 1): " in line or " on the AP film (series 4, image 1): "
+                        in line for line in both), both
+    assert {line.split(" on the ")[0] for line in both if "PA film" in line} == \
+           {line.split(" on the ")[0] for line in both if "AP film" in line}  # the same structures on each
+    alone = text_lines([pa])
+    assert alone and not any(" on the " in line for line in alone)
+    assert sorted(line.split(":")[0] for line in alone) == sorted(
+        line.split(" on the ")[0] for line in both if "PA film" in line)
