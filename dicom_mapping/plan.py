@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from medversa.inference import (
+    MAX_VIEWS,
     MULTI_VIEW_TASKS,
     Answer,
     ContextFields,
@@ -28,8 +29,6 @@ from .references import PreparedImage, PreparedVolume, SeriesKind, StudyInputs, 
 from .results import TaskResult
 from .routing_table import DEFAULT_TASKS, fits
 
-#: Chest views a multi-view request holds at most.
-MAX_VIEWS = 4
 #: Tasks that run on each frontal chest view alone (their boxes and masks belong to one image).
 _PER_FRONTAL = (Task.CHEST_ORGAN_SEGMENTATION, Task.PATHOLOGY_DETECTION, Task.ANATOMY_DETECTION)
 

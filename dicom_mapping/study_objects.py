@@ -17,6 +17,7 @@ from pydicom import Dataset
 
 from medversa.inference import Answer
 
+from . import header as h
 from .answer_sr import RegionAnswer, build_answer_sr
 from .identity import AlgorithmInfo, derive_uid
 from .ko import build_key_objects
@@ -138,9 +139,9 @@ def _film_names(planned: list[PlannedRequest], by_uid: dict[str, Dataset]) -> di
             ds = by_uid.get(img.ref.sop_instance_uid)
             if ds is None:
                 continue
-            numbers = ", ".join(f"{what} {ds.get(tag)}" for what, tag in (("series", "SeriesNumber"),
-                                                                           ("image", "InstanceNumber"))
-                                if ds.get(tag) not in (None, ""))
+            numbers = ", ".join(f"{what} {h.text(ds, tag)}" for what, tag in (("series", "SeriesNumber"),
+                                                                                ("image", "InstanceNumber"))
+                                if h.text(ds, tag))
             kind = "film" if img.kind is SeriesKind.CHEST_RADIOGRAPH else "image"
             name = f"{img.projection} {kind}" if img.projection else kind
             names[img.ref.sop_instance_uid] = f"{name} ({numbers})" if numbers else name

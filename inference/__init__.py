@@ -24,6 +24,7 @@ from .model_config import GenerationConfig, MedVersaConfig
 from .presets import create_config
 from .schema import MAX_DETECTION_TARGETS, Answer, Box, ImageInput, Mask2D, Mask3D, TaskRequest
 from .tasks import (
+    MAX_VIEWS,
     MULTI_VIEW_TASKS,
     TEMPLATES,
     Modality,
@@ -76,7 +77,7 @@ __all__ = [
     # what crosses the boundary
     "Answer", "Box", "ImageInput", "MAX_DETECTION_TARGETS", "Mask2D", "Mask3D", "TaskRequest",
     "PixelBox", "box_overlap",
-    "Modality", "Task", "TaskFamily", "MULTI_VIEW_TASKS",
+    "Modality", "Task", "TaskFamily", "MAX_VIEWS", "MULTI_VIEW_TASKS",
     "ClinicalContext", "ContextFields", "Declaration", "context_fields_from", "render_context",
     # the one vocabulary of class phrases
     "ABDOMINAL_ORGANS", "CHEST_ANATOMIES", "CHEST_ORGANS", "CHEST_PATHOLOGIES", "DEFAULT_TARGETS",

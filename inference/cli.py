@@ -42,6 +42,7 @@ def info(
     from .model import MedVersaModel
     from .model_config import MedVersaConfig
     from .presets import create_config
+    from .tasks import MAX_VIEWS
 
     folder = BUNDLED_CHECKPOINT if name == "bundled" else Path(name)
     if folder.is_dir():
@@ -75,7 +76,8 @@ def info(
     fields = declared.get("context_fields", "every field, every modality")
     typer.echo(f"clinical context fields: {fields}")
     typer.echo(f"prior date/description in comparison prompts: {'yes' if declaration.prior_details else 'no'}")
-    typer.echo(f"chest views per report/classification request: {declaration.views_per_request or 'up to 4'}")
+    views = declaration.views_per_request or f"up to {MAX_VIEWS}"
+    typer.echo(f"chest views per report/classification request: {views}")
 
 
 @model_app.command("config")

@@ -31,8 +31,8 @@ class Declaration:
     #: Whether comparison prompts name the prior's date and description (as training wrote them).
     prior_details: bool = False
     #: The most chest views one report or classification request held in training; None: not known
-    #: (the node sends up to four, as the paper). A model trained on single films answered a findings
-    #: request with two films by a class name ("pneumonia"), not a report.
+    #: (the node sends up to :data:`~.tasks.MAX_VIEWS`, as the paper). A model trained on single films
+    #: answered a findings request with two films by a class name ("pneumonia"), not a report.
     views_per_request: int | None = None
 
     def __post_init__(self) -> None:

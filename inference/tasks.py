@@ -231,7 +231,8 @@ def comparison_target(prior_images: list[int], details: str = "") -> str:
 
 
 #: Chest tasks whose one request reads several views of a study at once (paper Fig. 1); how many a
-#: checkpoint saw in training is its declared ``views_per_request``.
+#: checkpoint saw in training is its declared ``views_per_request``, at most :data:`MAX_VIEWS`.
+MAX_VIEWS = 4
 MULTI_VIEW_TASKS: tuple[Task, ...] = (Task.REPORT_FINDINGS, Task.REPORT_IMPRESSION, Task.REPORT_FULL,
                                       Task.CHEST_PATHOLOGY_CLASSIFICATION)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from medversa.inference import Analyzer
+from medversa.inference import MAX_VIEWS, Analyzer
 from medversa.training.datasets.medinterp_mini import read_all
 from medversa.training.evaluate import (
     METRIC_NAMES,
@@ -283,7 +283,7 @@ def model_card(meta: dict, run: Path, report: Path) -> str:
         "or tuned on).",
         f"- Weights: `model.safetensors` stored as {meta['stored_dtype']}, SHA-256 `{meta['weights_sha256']}`.",
         f"- Clinical context it reads: {json.dumps(meta.get('context_fields'))}.",
-        f"- Chest views per report or classification request: {meta.get('views_per_request') or 'up to 4'} "
+        f"- Chest views per report or classification request: {meta.get('views_per_request') or f'up to {MAX_VIEWS}'} "
         "(as trained; the node sends no more, frontal first).",
         "- Holdout scores with 95% bootstrap CIs: `holdout-scores.md` / `.json`; generalist vs specialist: "
         "`specialist-comparison.md`; loss curve: `loss.png`.",

@@ -48,6 +48,8 @@ from .train_config import StageConfig, TrainConfig
 
 LOGGER = logging.getLogger(__name__)
 
+LOGGED = ("total", "lm", "det", "seg", "route")
+
 
 def views_per_request(pools: Iterable[Pool]) -> int | None:
     """The most chest views one multi-view sample shows (a report record's films; a classification
@@ -55,8 +57,6 @@ def views_per_request(pools: Iterable[Pool]) -> int | None:
     counts = [len(record.images) if isinstance(record, ReportRecord) else 1
               for pool in pools if pool.task in MULTI_VIEW_TASKS for record in pool.records]
     return max((n for n in counts if n), default=None)
-
-LOGGED = ("total", "lm", "det", "seg", "route")
 
 
 def load_records(config: TrainConfig) -> list[Record]:
